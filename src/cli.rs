@@ -1,0 +1,144 @@
+//! Command-line flags of the `pvdir` binary.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(name = "pvdir", version, about = "CSI driver: a directory per volume, on NFS or local disk")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the CSI API.
+    Serve(ServeArgs),
+    /// Helpers the driver runs as its own child processes (not for people).
+    #[command(hide = true, subcommand)]
+    Internal(Internal),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Internal {
+    /// Run one directory operation (JSON) and print the result as JSON.
+    Fs { op: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    /// Identity + Controller (CreateVolume, DeleteVolume, …).
+    Controller,
+    /// Identity + Node (NodePublishVolume, …).
+    Node,
+    /// Both in one process (the local backend in the node DaemonSet, or a single-host setup).
+    All,
+}
+
+impl Mode {
+    pub fn controller(self) -> bool {
+        matches!(self, Mode::Controller | Mode::All)
+    }
+    pub fn node(self) -> bool {
+        matches!(self, Mode::Node | Mode::All)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Which CSI services to serve.
+    #[arg(long, value_enum, default_value = "all", env = "PVDIR_MODE")]
+    pub mode: Mode,
+
+    /// Endpoint of the local backend (unix:///path or tcp://host:port). If neither endpoint is
+    /// given, the local backend is served on unix:///run/pvdir/local.sock.
+    #[arg(long, env = "PVDIR_LOCAL_ENDPOINT")]
+    pub local_endpoint: Option<String>,
+
+    /// Endpoint of the NFS backend (unix:///path or tcp://host:port).
+    #[arg(long, env = "PVDIR_NFS_ENDPOINT")]
+    pub nfs_endpoint: Option<String>,
+
+    /// Driver name of the local backend (the StorageClass provisioner).
+    #[arg(long, default_value = "local.pvdir.io", env = "PVDIR_LOCAL_DRIVER_NAME")]
+    pub local_driver_name: String,
+
+    /// Driver name of the NFS backend.
+    #[arg(long, default_value = "nfs.pvdir.io", env = "PVDIR_NFS_DRIVER_NAME")]
+    pub nfs_driver_name: String,
+
+    /// This node's ID (defaults to the host name); also the local topology value.
+    #[arg(long, env = "NODE_ID")]
+    pub node_id: Option<String>,
+
+    /// Directory holding local volumes; created if missing.
+    #[arg(long, default_value = "/var/lib/pvdir", env = "PVDIR_LOCAL_ROOT")]
+    pub local_root: PathBuf,
+
+    /// Where the NFS controller mounts exports to create and delete volume directories.
+    #[arg(long, default_value = "/run/pvdir/exports", env = "PVDIR_NFS_STAGING_DIR")]
+    pub nfs_staging_dir: PathBuf,
+
+    /// Bound, in seconds, on every operation that can block on an NFS server.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600), env = "PVDIR_NFS_TIMEOUT")]
+    pub nfs_timeout_secs: u64,
+
+    /// Log format.
+    #[arg(long, value_enum, default_value = "text", env = "PVDIR_LOG_FORMAT")]
+    pub log_format: LogFormat,
+
+    /// Log filter (tracing EnvFilter syntax, e.g. `info` or `pvdir=debug`).
+    #[arg(long, default_value = "info", env = "PVDIR_LOG")]
+    pub log: String,
+}
+
+/// Default endpoint when none is given.
+pub const DEFAULT_LOCAL_ENDPOINT: &str = "unix:///run/pvdir/local.sock";
+
+impl ServeArgs {
+    pub fn nfs_timeout(&self) -> Duration {
+        Duration::from_secs(self.nfs_timeout_secs)
+    }
+
+    /// (local, nfs) endpoints after applying the default.
+    pub fn endpoints(&self) -> (Option<String>, Option<String>) {
+        match (&self.local_endpoint, &self.nfs_endpoint) {
+            (None, None) => (Some(DEFAULT_LOCAL_ENDPOINT.into()), None),
+            (l, n) => (l.clone(), n.clone()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_serve_local_on_default_socket() {
+        let cli = Cli::try_parse_from(["pvdir", "serve"]).unwrap();
+        let Command::Serve(args) = cli.command else { panic!() };
+        assert_eq!(args.endpoints(), (Some(DEFAULT_LOCAL_ENDPOINT.into()), None));
+        assert_eq!(args.mode, Mode::All);
+        assert_eq!(args.nfs_timeout(), Duration::from_secs(30));
+    }
+
+    #[test]
+    fn nfs_only_does_not_add_local() {
+        let cli = Cli::try_parse_from(["pvdir", "serve", "--nfs-endpoint", "tcp://127.0.0.1:1"]).unwrap();
+        let Command::Serve(args) = cli.command else { panic!() };
+        assert_eq!(args.endpoints(), (None, Some("tcp://127.0.0.1:1".into())));
+    }
+
+    #[test]
+    fn zero_timeout_is_refused() {
+        assert!(Cli::try_parse_from(["pvdir", "serve", "--nfs-timeout-secs", "0"]).is_err());
+    }
+}

@@ -1,0 +1,157 @@
+//! CSI Controller: short adapters over [`crate::domain::controller::Controller`].
+
+use std::collections::HashMap;
+
+use tonic::{Request, Response, Status};
+
+use super::fail;
+use super::proto as csi;
+use super::request::{CapacitySpec, DeleteSpec, ListSpec, ValidateSpec};
+use crate::domain::access::BackendKind;
+use crate::domain::controller::Controller;
+use crate::domain::volume::{CreateSpec, Volume, TOPOLOGY_KEY};
+
+pub struct ControllerService {
+    inner: Controller,
+    kind: BackendKind,
+}
+
+impl ControllerService {
+    pub fn new(inner: Controller, kind: BackendKind) -> Self {
+        Self { inner, kind }
+    }
+}
+
+fn to_csi(v: Volume) -> csi::Volume {
+    csi::Volume {
+        capacity_bytes: v.capacity_bytes,
+        volume_id: v.id.to_string(),
+        volume_context: HashMap::new(),
+        content_source: None,
+        accessible_topology: v
+            .node
+            .map(|n| {
+                vec![csi::Topology {
+                    segments: HashMap::from([(TOPOLOGY_KEY.to_string(), n)]),
+                }]
+            })
+            .unwrap_or_default(),
+    }
+}
+
+fn rpc_capability(t: csi::controller_service_capability::rpc::Type) -> csi::ControllerServiceCapability {
+    csi::ControllerServiceCapability {
+        r#type: Some(csi::controller_service_capability::Type::Rpc(
+            csi::controller_service_capability::Rpc { r#type: t as i32 },
+        )),
+    }
+}
+
+#[tonic::async_trait]
+impl csi::controller_server::Controller for ControllerService {
+    async fn create_volume(
+        &self,
+        request: Request<csi::CreateVolumeRequest>,
+    ) -> Result<Response<csi::CreateVolumeResponse>, Status> {
+        let req = request.into_inner();
+        let name = req.name.clone();
+        let spec = CreateSpec::try_from(req).map_err(|e| fail("CreateVolume", &name, None, e))?;
+        let volume = self.inner.create(spec).await.map_err(|e| fail("CreateVolume", &name, None, e))?;
+        tracing::info!(volume.name = name, volume.id = %volume.id, "volume created");
+        Ok(Response::new(csi::CreateVolumeResponse { volume: Some(to_csi(volume)) }))
+    }
+
+    async fn delete_volume(
+        &self,
+        request: Request<csi::DeleteVolumeRequest>,
+    ) -> Result<Response<csi::DeleteVolumeResponse>, Status> {
+        let req = request.into_inner();
+        let id = req.volume_id.clone();
+        let spec = DeleteSpec::try_from(req).map_err(|e| fail("DeleteVolume", &id, None, e))?;
+        self.inner.delete(&spec.volume_id).await.map_err(|e| fail("DeleteVolume", &id, None, e))?;
+        tracing::info!(volume.id = id, "volume deleted");
+        Ok(Response::new(csi::DeleteVolumeResponse {}))
+    }
+
+    async fn validate_volume_capabilities(
+        &self,
+        request: Request<csi::ValidateVolumeCapabilitiesRequest>,
+    ) -> Result<Response<csi::ValidateVolumeCapabilitiesResponse>, Status> {
+        let req = request.into_inner();
+        let rpc = "ValidateVolumeCapabilities";
+        let spec = ValidateSpec::try_from(&req).map_err(|e| fail(rpc, &req.volume_id, None, e))?;
+        let unsupported = self
+            .inner
+            .validate(&spec.volume_id, &spec.capabilities)
+            .await
+            .map_err(|e| fail(rpc, &req.volume_id, None, e))?;
+        let reply = match unsupported {
+            Some(message) => csi::ValidateVolumeCapabilitiesResponse { confirmed: None, message },
+            None => csi::ValidateVolumeCapabilitiesResponse {
+                confirmed: Some(csi::validate_volume_capabilities_response::Confirmed {
+                    volume_context: req.volume_context,
+                    volume_capabilities: req.volume_capabilities,
+                    parameters: req.parameters,
+                    mutable_parameters: req.mutable_parameters,
+                }),
+                message: String::new(),
+            },
+        };
+        Ok(Response::new(reply))
+    }
+
+    async fn list_volumes(
+        &self,
+        request: Request<csi::ListVolumesRequest>,
+    ) -> Result<Response<csi::ListVolumesResponse>, Status> {
+        let spec = ListSpec::try_from(request.into_inner()).map_err(|e| fail("ListVolumes", "", None, e))?;
+        let page = self
+            .inner
+            .list(&spec.starting_token, spec.max_entries)
+            .await
+            .map_err(|e| fail("ListVolumes", "", None, e))?;
+        Ok(Response::new(csi::ListVolumesResponse {
+            entries: page
+                .volumes
+                .into_iter()
+                .map(|v| csi::list_volumes_response::Entry { volume: Some(to_csi(v)), status: None })
+                .collect(),
+            next_token: page.next_token.unwrap_or_default(),
+        }))
+    }
+
+    async fn get_capacity(
+        &self,
+        request: Request<csi::GetCapacityRequest>,
+    ) -> Result<Response<csi::GetCapacityResponse>, Status> {
+        let spec = CapacitySpec::try_from(request.into_inner()).map_err(|e| fail("GetCapacity", "", None, e))?;
+        let available = self
+            .inner
+            .capacity(&spec.parameters, &spec.capabilities, spec.topology.as_ref())
+            .await
+            .map_err(|e| fail("GetCapacity", "", None, e))?;
+        Ok(Response::new(csi::GetCapacityResponse {
+            available_capacity: available,
+            maximum_volume_size: None,
+            minimum_volume_size: None,
+        }))
+    }
+
+    async fn controller_get_capabilities(
+        &self,
+        _: Request<csi::ControllerGetCapabilitiesRequest>,
+    ) -> Result<Response<csi::ControllerGetCapabilitiesResponse>, Status> {
+        use csi::controller_service_capability::rpc::Type;
+        let mut capabilities = vec![
+            rpc_capability(Type::CreateDeleteVolume),
+            rpc_capability(Type::GetCapacity),
+            rpc_capability(Type::SingleNodeMultiWriter),
+        ];
+        // NFS volumes are spread over every export named by any StorageClass; the controller
+        // cannot enumerate them, so it does not claim to.
+        if self.kind == BackendKind::Local {
+            capabilities.push(rpc_capability(Type::ListVolumes));
+        }
+        Ok(Response::new(csi::ControllerGetCapabilitiesResponse { capabilities }))
+    }
+}

@@ -1,0 +1,60 @@
+//! CSI Identity: who this endpoint is and what it offers.
+
+use tonic::{Request, Response, Status};
+
+use super::proto as csi;
+use crate::domain::access::BackendKind;
+
+pub struct IdentityService {
+    name: String,
+    kind: BackendKind,
+    controller: bool,
+}
+
+impl IdentityService {
+    /// `controller`: whether this endpoint also serves the Controller service.
+    pub fn new(name: String, kind: BackendKind, controller: bool) -> Self {
+        Self { name, kind, controller }
+    }
+}
+
+fn plugin_capability(t: csi::plugin_capability::service::Type) -> csi::PluginCapability {
+    csi::PluginCapability {
+        r#type: Some(csi::plugin_capability::Type::Service(csi::plugin_capability::Service {
+            r#type: t as i32,
+        })),
+    }
+}
+
+#[tonic::async_trait]
+impl csi::identity_server::Identity for IdentityService {
+    async fn get_plugin_info(
+        &self,
+        _: Request<csi::GetPluginInfoRequest>,
+    ) -> Result<Response<csi::GetPluginInfoResponse>, Status> {
+        Ok(Response::new(csi::GetPluginInfoResponse {
+            name: self.name.clone(),
+            vendor_version: env!("CARGO_PKG_VERSION").into(),
+            manifest: Default::default(),
+        }))
+    }
+
+    async fn get_plugin_capabilities(
+        &self,
+        _: Request<csi::GetPluginCapabilitiesRequest>,
+    ) -> Result<Response<csi::GetPluginCapabilitiesResponse>, Status> {
+        use csi::plugin_capability::service::Type;
+        let mut capabilities = Vec::new();
+        if self.controller {
+            capabilities.push(plugin_capability(Type::ControllerService));
+        }
+        if self.kind == BackendKind::Local {
+            capabilities.push(plugin_capability(Type::VolumeAccessibilityConstraints));
+        }
+        Ok(Response::new(csi::GetPluginCapabilitiesResponse { capabilities }))
+    }
+
+    async fn probe(&self, _: Request<csi::ProbeRequest>) -> Result<Response<csi::ProbeResponse>, Status> {
+        Ok(Response::new(csi::ProbeResponse { ready: Some(true) }))
+    }
+}

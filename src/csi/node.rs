@@ -1,0 +1,125 @@
+//! CSI Node: short adapters over [`crate::domain::node::Node`].
+
+use std::collections::HashMap;
+
+use tonic::{Request, Response, Status};
+
+use super::fail;
+use super::proto as csi;
+use super::request::VolumeAtPath;
+use crate::domain::node::Node;
+use crate::domain::volume::{PublishSpec, TOPOLOGY_KEY};
+
+pub struct NodeService {
+    inner: Node,
+    node_id: String,
+    /// Local volumes are reachable only from this node; NFS volumes from anywhere.
+    report_topology: bool,
+}
+
+impl NodeService {
+    pub fn new(inner: Node, node_id: String, report_topology: bool) -> Self {
+        Self { inner, node_id, report_topology }
+    }
+}
+
+fn rpc_capability(t: csi::node_service_capability::rpc::Type) -> csi::NodeServiceCapability {
+    csi::NodeServiceCapability {
+        r#type: Some(csi::node_service_capability::Type::Rpc(csi::node_service_capability::Rpc {
+            r#type: t as i32,
+        })),
+    }
+}
+
+#[tonic::async_trait]
+impl csi::node_server::Node for NodeService {
+    async fn node_publish_volume(
+        &self,
+        request: Request<csi::NodePublishVolumeRequest>,
+    ) -> Result<Response<csi::NodePublishVolumeResponse>, Status> {
+        let req = request.into_inner();
+        let id = req.volume_id.clone();
+        let spec = PublishSpec::try_from(req).map_err(|e| fail("NodePublishVolume", &id, None, e))?;
+        let target = spec.target.clone();
+        self.inner
+            .publish(spec)
+            .await
+            .map_err(|e| fail("NodePublishVolume", &id, Some(&target), e))?;
+        tracing::info!(volume.id = id, target.path = %target.display(), "volume published");
+        Ok(Response::new(csi::NodePublishVolumeResponse {}))
+    }
+
+    async fn node_unpublish_volume(
+        &self,
+        request: Request<csi::NodeUnpublishVolumeRequest>,
+    ) -> Result<Response<csi::NodeUnpublishVolumeResponse>, Status> {
+        let req = request.into_inner();
+        let id = req.volume_id.clone();
+        let spec = VolumeAtPath::try_from(req).map_err(|e| fail("NodeUnpublishVolume", &id, None, e))?;
+        self.inner
+            .unpublish(&spec.volume_id, &spec.path)
+            .await
+            .map_err(|e| fail("NodeUnpublishVolume", &id, Some(&spec.path), e))?;
+        tracing::info!(volume.id = id, target.path = %spec.path.display(), "volume unpublished");
+        Ok(Response::new(csi::NodeUnpublishVolumeResponse {}))
+    }
+
+    async fn node_get_volume_stats(
+        &self,
+        request: Request<csi::NodeGetVolumeStatsRequest>,
+    ) -> Result<Response<csi::NodeGetVolumeStatsResponse>, Status> {
+        use csi::volume_usage::Unit;
+        let req = request.into_inner();
+        let id = req.volume_id.clone();
+        let spec = VolumeAtPath::try_from(req).map_err(|e| fail("NodeGetVolumeStats", &id, None, e))?;
+        let s = self
+            .inner
+            .stats(&spec.volume_id, &spec.path)
+            .await
+            .map_err(|e| fail("NodeGetVolumeStats", &id, Some(&spec.path), e))?;
+        Ok(Response::new(csi::NodeGetVolumeStatsResponse {
+            usage: vec![
+                csi::VolumeUsage {
+                    available: s.available_bytes,
+                    total: s.total_bytes,
+                    used: s.used_bytes,
+                    unit: Unit::Bytes as i32,
+                },
+                csi::VolumeUsage {
+                    available: s.free_inodes,
+                    total: s.total_inodes,
+                    used: s.used_inodes,
+                    unit: Unit::Inodes as i32,
+                },
+            ],
+            volume_condition: None,
+        }))
+    }
+
+    async fn node_get_capabilities(
+        &self,
+        _: Request<csi::NodeGetCapabilitiesRequest>,
+    ) -> Result<Response<csi::NodeGetCapabilitiesResponse>, Status> {
+        use csi::node_service_capability::rpc::Type;
+        Ok(Response::new(csi::NodeGetCapabilitiesResponse {
+            capabilities: vec![
+                rpc_capability(Type::GetVolumeStats),
+                rpc_capability(Type::SingleNodeMultiWriter),
+            ],
+        }))
+    }
+
+    async fn node_get_info(
+        &self,
+        _: Request<csi::NodeGetInfoRequest>,
+    ) -> Result<Response<csi::NodeGetInfoResponse>, Status> {
+        let accessible_topology = self.report_topology.then(|| csi::Topology {
+            segments: HashMap::from([(TOPOLOGY_KEY.to_string(), self.node_id.clone())]),
+        });
+        Ok(Response::new(csi::NodeGetInfoResponse {
+            node_id: self.node_id.clone(),
+            max_volumes_per_node: 0,
+            accessible_topology,
+        }))
+    }
+}

@@ -1,0 +1,282 @@
+//! Request validation, one `TryFrom` per request type: everything a handler needs is parsed
+//! into typed domain values here, so missing or malformed fields give INVALID_ARGUMENT before any
+//! lookup or side effect (the order the CSI spec and csi-sanity expect).
+
+use std::path::PathBuf;
+
+use super::proto as csi;
+use crate::domain::access::{AccessMode, AccessType, Capability};
+use crate::domain::volume::{CreateSpec, PublishSpec};
+
+/// A request that is malformed; always INVALID_ARGUMENT.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Invalid(pub String);
+
+fn required<'a>(value: &'a str, field: &str) -> Result<&'a str, Invalid> {
+    if value.is_empty() {
+        Err(Invalid(format!("{field} is required")))
+    } else {
+        Ok(value)
+    }
+}
+
+fn required_path(value: &str, field: &str) -> Result<PathBuf, Invalid> {
+    let path = PathBuf::from(required(value, field)?);
+    if !path.is_absolute() || value.contains('\0') {
+        return Err(Invalid(format!("{field} must be an absolute path")));
+    }
+    Ok(path)
+}
+
+fn access_mode(mode: Option<&csi::volume_capability::AccessMode>) -> Result<AccessMode, Invalid> {
+    use csi::volume_capability::access_mode::Mode;
+    let raw = mode.ok_or_else(|| Invalid("volume capability access_mode is required".into()))?;
+    match Mode::try_from(raw.mode) {
+        Ok(Mode::SingleNodeWriter) => Ok(AccessMode::SingleNodeWriter),
+        Ok(Mode::SingleNodeReaderOnly) => Ok(AccessMode::SingleNodeReaderOnly),
+        Ok(Mode::MultiNodeReaderOnly) => Ok(AccessMode::MultiNodeReaderOnly),
+        Ok(Mode::MultiNodeSingleWriter) => Ok(AccessMode::MultiNodeSingleWriter),
+        Ok(Mode::MultiNodeMultiWriter) => Ok(AccessMode::MultiNodeMultiWriter),
+        Ok(Mode::SingleNodeSingleWriter) => Ok(AccessMode::SingleNodeSingleWriter),
+        Ok(Mode::SingleNodeMultiWriter) => Ok(AccessMode::SingleNodeMultiWriter),
+        Ok(Mode::Unknown) | Err(_) => Err(Invalid(format!("access mode {} is not a known mode", raw.mode))),
+    }
+}
+
+pub fn capability(cap: &csi::VolumeCapability) -> Result<Capability, Invalid> {
+    use csi::volume_capability::AccessType as Raw;
+    let mode = access_mode(cap.access_mode.as_ref())?;
+    let access = match &cap.access_type {
+        Some(Raw::Mount(m)) => AccessType::Mount {
+            fs_type: m.fs_type.clone(),
+            mount_flags: m.mount_flags.clone(),
+        },
+        Some(Raw::Block(_)) => AccessType::Block,
+        None => return Err(Invalid("volume capability access_type is required".into())),
+    };
+    Ok(Capability { mode, access })
+}
+
+pub fn capabilities(caps: &[csi::VolumeCapability]) -> Result<Vec<Capability>, Invalid> {
+    if caps.is_empty() {
+        return Err(Invalid("volume_capabilities is required".into()));
+    }
+    caps.iter().map(capability).collect()
+}
+
+/// CSI capacity: report exactly what was asked (required, else limit, else 0 = unspecified).
+fn capacity(range: Option<&csi::CapacityRange>) -> Result<i64, Invalid> {
+    let Some(r) = range else { return Ok(0) };
+    if r.required_bytes < 0 || r.limit_bytes < 0 {
+        return Err(Invalid("capacity_range bytes must not be negative".into()));
+    }
+    if r.limit_bytes > 0 && r.required_bytes > r.limit_bytes {
+        return Err(Invalid(format!(
+            "capacity_range required_bytes {} exceeds limit_bytes {}",
+            r.required_bytes, r.limit_bytes
+        )));
+    }
+    Ok(if r.required_bytes > 0 { r.required_bytes } else { r.limit_bytes })
+}
+
+impl TryFrom<csi::CreateVolumeRequest> for CreateSpec {
+    type Error = Invalid;
+    fn try_from(req: csi::CreateVolumeRequest) -> Result<Self, Invalid> {
+        required(&req.name, "name")?;
+        if req.volume_content_source.is_some() {
+            return Err(Invalid("volume_content_source is not supported (no snapshots or clones yet)".into()));
+        }
+        let capabilities = capabilities(&req.volume_capabilities)?;
+        let requisite = req
+            .accessibility_requirements
+            .map(|a| a.requisite.into_iter().map(|t| t.segments).collect())
+            .unwrap_or_default();
+        Ok(Self {
+            capacity_bytes: capacity(req.capacity_range.as_ref())?,
+            name: req.name,
+            capabilities,
+            parameters: req.parameters,
+            requisite,
+        })
+    }
+}
+
+/// DeleteVolume: just the ID.
+pub struct DeleteSpec {
+    pub volume_id: String,
+}
+
+impl TryFrom<csi::DeleteVolumeRequest> for DeleteSpec {
+    type Error = Invalid;
+    fn try_from(req: csi::DeleteVolumeRequest) -> Result<Self, Invalid> {
+        required(&req.volume_id, "volume_id")?;
+        Ok(Self { volume_id: req.volume_id })
+    }
+}
+
+pub struct ValidateSpec {
+    pub volume_id: String,
+    pub capabilities: Vec<Capability>,
+}
+
+impl TryFrom<&csi::ValidateVolumeCapabilitiesRequest> for ValidateSpec {
+    type Error = Invalid;
+    fn try_from(req: &csi::ValidateVolumeCapabilitiesRequest) -> Result<Self, Invalid> {
+        required(&req.volume_id, "volume_id")?;
+        Ok(Self {
+            volume_id: req.volume_id.clone(),
+            capabilities: capabilities(&req.volume_capabilities)?,
+        })
+    }
+}
+
+pub struct ListSpec {
+    pub starting_token: String,
+    pub max_entries: usize,
+}
+
+impl TryFrom<csi::ListVolumesRequest> for ListSpec {
+    type Error = Invalid;
+    fn try_from(req: csi::ListVolumesRequest) -> Result<Self, Invalid> {
+        let max_entries = usize::try_from(req.max_entries)
+            .map_err(|_| Invalid("max_entries must not be negative".into()))?;
+        Ok(Self {
+            starting_token: req.starting_token,
+            max_entries,
+        })
+    }
+}
+
+pub struct CapacitySpec {
+    pub capabilities: Vec<Capability>,
+    pub parameters: std::collections::HashMap<String, String>,
+    pub topology: Option<std::collections::HashMap<String, String>>,
+}
+
+impl TryFrom<csi::GetCapacityRequest> for CapacitySpec {
+    type Error = Invalid;
+    fn try_from(req: csi::GetCapacityRequest) -> Result<Self, Invalid> {
+        // Capabilities are optional here: none means "any".
+        let capabilities = req.volume_capabilities.iter().map(capability).collect::<Result<_, _>>()?;
+        Ok(Self {
+            capabilities,
+            parameters: req.parameters,
+            topology: req.accessible_topology.map(|t| t.segments),
+        })
+    }
+}
+
+impl TryFrom<csi::NodePublishVolumeRequest> for PublishSpec {
+    type Error = Invalid;
+    fn try_from(req: csi::NodePublishVolumeRequest) -> Result<Self, Invalid> {
+        required(&req.volume_id, "volume_id")?;
+        let target = required_path(&req.target_path, "target_path")?;
+        let cap = req
+            .volume_capability
+            .as_ref()
+            .ok_or_else(|| Invalid("volume_capability is required".into()))?;
+        Ok(Self {
+            capability: capability(cap)?,
+            volume_id: req.volume_id,
+            target,
+            readonly: req.readonly,
+            context: req.volume_context,
+        })
+    }
+}
+
+/// NodeUnpublishVolume and NodeGetVolumeStats both name a volume and a path.
+pub struct VolumeAtPath {
+    pub volume_id: String,
+    pub path: PathBuf,
+}
+
+impl TryFrom<csi::NodeUnpublishVolumeRequest> for VolumeAtPath {
+    type Error = Invalid;
+    fn try_from(req: csi::NodeUnpublishVolumeRequest) -> Result<Self, Invalid> {
+        required(&req.volume_id, "volume_id")?;
+        Ok(Self {
+            path: required_path(&req.target_path, "target_path")?,
+            volume_id: req.volume_id,
+        })
+    }
+}
+
+impl TryFrom<csi::NodeGetVolumeStatsRequest> for VolumeAtPath {
+    type Error = Invalid;
+    fn try_from(req: csi::NodeGetVolumeStatsRequest) -> Result<Self, Invalid> {
+        required(&req.volume_id, "volume_id")?;
+        // Not required to be absolute: a path that is not a mount of the volume, relative or
+        // not, is NOT_FOUND (the spec's answer, and csi-sanity's expectation).
+        Ok(Self {
+            path: PathBuf::from(required(&req.volume_path, "volume_path")?),
+            volume_id: req.volume_id,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mount_cap(mode: i32) -> csi::VolumeCapability {
+        csi::VolumeCapability {
+            access_mode: Some(csi::volume_capability::AccessMode { mode }),
+            access_type: Some(csi::volume_capability::AccessType::Mount(Default::default())),
+        }
+    }
+
+    fn create(name: &str, caps: Vec<csi::VolumeCapability>, range: Option<(i64, i64)>) -> Result<CreateSpec, Invalid> {
+        CreateSpec::try_from(csi::CreateVolumeRequest {
+            name: name.into(),
+            volume_capabilities: caps,
+            capacity_range: range.map(|(r, l)| csi::CapacityRange { required_bytes: r, limit_bytes: l }),
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn create_requires_name_and_capabilities() {
+        assert!(create("", vec![mount_cap(1)], None).is_err());
+        assert!(create("a", vec![], None).is_err());
+        assert!(create("a", vec![mount_cap(0)], None).is_err());
+        assert!(create("a", vec![mount_cap(99)], None).is_err());
+        let no_type = csi::VolumeCapability { access_mode: mount_cap(1).access_mode, access_type: None };
+        assert!(create("a", vec![no_type], None).is_err());
+    }
+
+    #[test]
+    fn capacity_is_required_else_limit() {
+        assert_eq!(create("a", vec![mount_cap(1)], None).unwrap().capacity_bytes, 0);
+        assert_eq!(create("a", vec![mount_cap(1)], Some((10, 20))).unwrap().capacity_bytes, 10);
+        assert_eq!(create("a", vec![mount_cap(1)], Some((0, 20))).unwrap().capacity_bytes, 20);
+        assert!(create("a", vec![mount_cap(1)], Some((30, 20))).is_err());
+        assert!(create("a", vec![mount_cap(1)], Some((-1, 0))).is_err());
+    }
+
+    #[test]
+    fn publish_requires_absolute_target_and_capability() {
+        let ok = csi::NodePublishVolumeRequest {
+            volume_id: "v".into(),
+            target_path: "/t".into(),
+            volume_capability: Some(mount_cap(1)),
+            ..Default::default()
+        };
+        assert!(PublishSpec::try_from(ok.clone()).is_ok());
+        let mut rel = ok.clone();
+        rel.target_path = "t".into();
+        assert!(PublishSpec::try_from(rel).is_err());
+        let mut nocap = ok.clone();
+        nocap.volume_capability = None;
+        assert!(PublishSpec::try_from(nocap).is_err());
+        let mut noid = ok;
+        noid.volume_id.clear();
+        assert!(PublishSpec::try_from(noid).is_err());
+    }
+
+    #[test]
+    fn negative_max_entries_is_invalid() {
+        assert!(ListSpec::try_from(csi::ListVolumesRequest { max_entries: -1, ..Default::default() }).is_err());
+    }
+}

@@ -1,0 +1,125 @@
+//! The one mapping from domain errors to gRPC status codes. Every match is exhaustive with no
+//! wildcard arm, so a new error variant cannot compile until someone chooses its code.
+//!
+//! Codes are chosen for how the sidecars and kubelet react: ABORTED, UNAVAILABLE,
+//! DEADLINE_EXCEEDED and RESOURCE_EXHAUSTED mean "retry, may still be in progress";
+//! INVALID_ARGUMENT, NOT_FOUND, ALREADY_EXISTS and FAILED_PRECONDITION are final answers.
+
+use tonic::{Code, Status};
+
+use super::request::Invalid;
+use crate::domain::error::{ControllerError, NodeError};
+use crate::os::safe_fs::SafeFsError;
+use crate::os::OsError;
+
+pub fn fs_code(e: &SafeFsError) -> Code {
+    match e {
+        // A volume directory that has been tampered with (a link or a mount planted in it) is
+        // not something a retry fixes: an operator must look.
+        SafeFsError::SymlinkInPath { .. }
+        | SafeFsError::CrossesMount { .. }
+        | SafeFsError::NotADirectory { .. }
+        | SafeFsError::NotEmpty { .. } => Code::FailedPrecondition,
+        SafeFsError::TooDeep { .. } | SafeFsError::InvalidName { .. } => Code::Internal,
+        SafeFsError::OpenBase { errno, .. } | SafeFsError::Io { errno, .. } => match *errno {
+            // root_squash exports and read-only exports: final until the export is fixed.
+            libc::EACCES | libc::EPERM | libc::EROFS => Code::FailedPrecondition,
+            libc::ENOSPC | libc::EDQUOT => Code::ResourceExhausted,
+            libc::ESTALE | libc::ETIMEDOUT | libc::EIO => Code::Unavailable,
+            _ => Code::Internal,
+        },
+    }
+}
+
+pub fn os_code(e: &OsError) -> Code {
+    match e {
+        // A server that does not answer in time: the sidecar retries later.
+        OsError::TimedOut { .. } => Code::Unavailable,
+        OsError::Fs(fs) => fs_code(fs),
+        OsError::ReadMountTable { .. }
+        | OsError::Mount { .. }
+        | OsError::Unmount { .. }
+        | OsError::Spawn { .. }
+        | OsError::Helper { .. }
+        | OsError::Io { .. } => Code::Internal,
+    }
+}
+
+pub fn controller_code(e: &ControllerError) -> Code {
+    match e {
+        ControllerError::Parameters(_)
+        | ControllerError::MalformedId { .. }
+        | ControllerError::UnsupportedCapability { .. }
+        | ControllerError::UnusableName { .. } => Code::InvalidArgument,
+        ControllerError::NameConflict { .. } | ControllerError::DirectoryClaimed { .. } => Code::AlreadyExists,
+        // The spec's answer when no requisite topology can be satisfied.
+        ControllerError::TopologyUnsatisfiable { .. } => Code::ResourceExhausted,
+        ControllerError::NotFound { .. } => Code::NotFound,
+        ControllerError::WrongNode { .. } | ControllerError::InUse { .. } | ControllerError::WrongBackend { .. } => {
+            Code::FailedPrecondition
+        }
+        ControllerError::BadPageToken { .. } | ControllerError::InFlight { .. } => Code::Aborted,
+        ControllerError::CorruptRecord { .. } => Code::Internal,
+        ControllerError::Os { source, .. } => os_code(source),
+    }
+}
+
+pub fn node_code(e: &NodeError) -> Code {
+    match e {
+        NodeError::NotFound { .. } | NodeError::NotPublishedAt { .. } => Code::NotFound,
+        NodeError::Context(_) | NodeError::UnsupportedCapability { .. } => Code::InvalidArgument,
+        NodeError::TargetBusy { .. } => Code::AlreadyExists,
+        NodeError::SingleWriterInUse { .. } | NodeError::TargetNotEmpty { .. } => Code::FailedPrecondition,
+        NodeError::InFlight { .. } => Code::Aborted,
+        NodeError::Os { source, .. } => os_code(source),
+    }
+}
+
+impl From<Invalid> for Status {
+    fn from(e: Invalid) -> Self {
+        Status::invalid_argument(e.0)
+    }
+}
+
+impl From<ControllerError> for Status {
+    fn from(e: ControllerError) -> Self {
+        Status::new(controller_code(&e), e.to_string())
+    }
+}
+
+impl From<NodeError> for Status {
+    fn from(e: NodeError) -> Self {
+        Status::new(node_code(&e), e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn retryable_conditions_map_to_retry_codes() {
+        let timed_out = OsError::TimedOut { what: "mount.nfs".into(), after: Duration::from_secs(1) };
+        assert_eq!(os_code(&timed_out), Code::Unavailable);
+        assert_eq!(controller_code(&ControllerError::InFlight { key: "v".into() }), Code::Aborted);
+        assert_eq!(node_code(&NodeError::InFlight { key: "v".into() }), Code::Aborted);
+        assert_eq!(controller_code(&ControllerError::BadPageToken { token: "x".into() }), Code::Aborted);
+    }
+
+    #[test]
+    fn final_conditions_map_to_final_codes() {
+        let squash = OsError::Fs(SafeFsError::Io { step: "mkdir".into(), path: "/e".into(), errno: libc::EACCES });
+        assert_eq!(os_code(&squash), Code::FailedPrecondition);
+        assert_eq!(
+            controller_code(&ControllerError::NameConflict { name: "a".into(), difference: String::new() }),
+            Code::AlreadyExists
+        );
+        assert_eq!(
+            node_code(&NodeError::SingleWriterInUse { id: "a".into(), other: "/t".into() }),
+            Code::FailedPrecondition
+        );
+        assert_eq!(node_code(&NodeError::NotPublishedAt { id: "a".into(), path: "/p".into() }), Code::NotFound);
+        assert_eq!(Status::from(Invalid("x".into())).code(), Code::InvalidArgument);
+    }
+}

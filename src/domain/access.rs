@@ -1,0 +1,142 @@
+//! Access modes and volume capabilities as domain values, and which backend supports which.
+
+/// CSI access modes (the Kubernetes names in comments).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessMode {
+    /// ReadWriteOnce
+    SingleNodeWriter,
+    SingleNodeReaderOnly,
+    /// ReadOnlyMany
+    MultiNodeReaderOnly,
+    MultiNodeSingleWriter,
+    /// ReadWriteMany
+    MultiNodeMultiWriter,
+    /// ReadWriteOncePod: one publish target on one node.
+    SingleNodeSingleWriter,
+    SingleNodeMultiWriter,
+}
+
+impl AccessMode {
+    pub fn is_multi_node(self) -> bool {
+        matches!(
+            self,
+            Self::MultiNodeReaderOnly | Self::MultiNodeSingleWriter | Self::MultiNodeMultiWriter
+        )
+    }
+
+    /// Reader-only modes must always produce a read-only mount.
+    pub fn is_read_only(self) -> bool {
+        matches!(self, Self::SingleNodeReaderOnly | Self::MultiNodeReaderOnly)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessType {
+    /// A filesystem mount; pvdir volumes are directories, so `fs_type` is informational.
+    Mount {
+        fs_type: String,
+        mount_flags: Vec<String>,
+    },
+    Block,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Capability {
+    pub mode: AccessMode,
+    pub access: AccessType,
+}
+
+impl Capability {
+    pub fn mount_flags(&self) -> &[String] {
+        match &self.access {
+            AccessType::Mount { mount_flags, .. } => mount_flags,
+            AccessType::Block => &[],
+        }
+    }
+}
+
+/// Which backend a check is for: the only difference is multi-node access.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendKind {
+    Local,
+    Nfs,
+}
+
+/// Why a capability cannot be served, or `None` when it can.
+pub fn unsupported_reason(kind: BackendKind, cap: &Capability) -> Option<String> {
+    if cap.access == AccessType::Block {
+        return Some("block access is not supported: pvdir volumes are directories".into());
+    }
+    if kind == BackendKind::Local && cap.mode.is_multi_node() {
+        return Some(format!(
+            "access mode {:?} needs several nodes, but a local volume lives on one node",
+            cap.mode
+        ));
+    }
+    None
+}
+
+/// Mount flags of all capabilities, first occurrence kept, in order.
+pub fn merged_mount_flags(caps: &[Capability]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for flag in caps.iter().flat_map(|c| c.mount_flags()) {
+        if !out.contains(flag) {
+            out.push(flag.clone());
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cap(mode: AccessMode) -> Capability {
+        Capability {
+            mode,
+            access: AccessType::Mount {
+                fs_type: String::new(),
+                mount_flags: vec!["hard".into()],
+            },
+        }
+    }
+
+    #[test]
+    fn local_rejects_multi_node_nfs_takes_all() {
+        use AccessMode::*;
+        for m in [
+            SingleNodeWriter,
+            SingleNodeReaderOnly,
+            SingleNodeSingleWriter,
+            SingleNodeMultiWriter,
+        ] {
+            assert_eq!(unsupported_reason(BackendKind::Local, &cap(m)), None);
+        }
+        for m in [MultiNodeReaderOnly, MultiNodeSingleWriter, MultiNodeMultiWriter] {
+            assert!(unsupported_reason(BackendKind::Local, &cap(m)).is_some());
+            assert_eq!(unsupported_reason(BackendKind::Nfs, &cap(m)), None);
+        }
+    }
+
+    #[test]
+    fn block_is_never_supported() {
+        let c = Capability {
+            mode: AccessMode::SingleNodeWriter,
+            access: AccessType::Block,
+        };
+        assert!(unsupported_reason(BackendKind::Nfs, &c).is_some());
+    }
+
+    #[test]
+    fn flags_are_merged_without_duplicates() {
+        let mut b = cap(AccessMode::SingleNodeWriter);
+        b.access = AccessType::Mount {
+            fs_type: String::new(),
+            mount_flags: vec!["hard".into(), "vers=4.2".into()],
+        };
+        assert_eq!(
+            merged_mount_flags(&[cap(AccessMode::SingleNodeWriter), b]),
+            vec!["hard".to_string(), "vers=4.2".to_string()]
+        );
+    }
+}

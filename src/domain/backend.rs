@@ -1,0 +1,20 @@
+//! The backend an endpoint serves. One process may serve both, each on its own endpoint under
+//! its own driver name, because the two are provisioned differently (per node vs centrally).
+
+use super::access::BackendKind;
+use super::local::LocalBackend;
+use super::nfs::NfsBackend;
+
+pub enum Backend {
+    Local(LocalBackend),
+    Nfs(NfsBackend),
+}
+
+impl Backend {
+    pub fn kind(&self) -> BackendKind {
+        match self {
+            Backend::Local(_) => BackendKind::Local,
+            Backend::Nfs(_) => BackendKind::Nfs,
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! Controller-side operations: create, delete, validate, list and capacity, dispatched to the
+//! backend under per-volume in-flight guards.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::access::{unsupported_reason, Capability};
+use super::backend::Backend;
+use super::error::ControllerError;
+use super::guard::{InFlight, InFlightGuard};
+use super::volume::{CreateSpec, Volume, TOPOLOGY_KEY};
+use super::volume_id::{VolumeId, VolumeIdError};
+
+pub struct Controller {
+    backend: Arc<Backend>,
+    in_flight: InFlight,
+}
+
+/// One page of ListVolumes.
+pub struct Page {
+    pub volumes: Vec<Volume>,
+    pub next_token: Option<String>,
+}
+
+impl Controller {
+    /// `in_flight` is shared with the node service of the same backend, so that a delete
+    /// cannot run while the same process is publishing that volume.
+    pub fn new(backend: Arc<Backend>, in_flight: InFlight) -> Self {
+        Self { backend, in_flight }
+    }
+
+    fn claim(&self, key: &str) -> Result<InFlightGuard, ControllerError> {
+        self.in_flight
+            .try_claim(key)
+            .ok_or_else(|| ControllerError::InFlight { key: key.to_string() })
+    }
+
+    /// `None` for an ID this driver never made; an error for one that claims to be ours but is
+    /// malformed (for example one whose path would leave the share).
+    fn parse_ours(raw: &str) -> Result<Option<VolumeId>, ControllerError> {
+        match VolumeId::parse(raw) {
+            Ok(id) => Ok(Some(id)),
+            Err(VolumeIdError::Foreign) => Ok(None),
+            Err(source) => Err(ControllerError::MalformedId {
+                id: raw.to_string(),
+                source,
+            }),
+        }
+    }
+
+    pub async fn create(&self, spec: CreateSpec) -> Result<Volume, ControllerError> {
+        let _guard = self.claim(&spec.name)?;
+        match &*self.backend {
+            Backend::Local(b) => b.create(&spec).await,
+            Backend::Nfs(b) => b.create(&spec).await,
+        }
+    }
+
+    /// Deleting a volume that does not exist succeeds (the CSI spec's idempotency rule), and
+    /// so does an ID this driver never made: there is nothing of ours to delete.
+    pub async fn delete(&self, raw: &str) -> Result<(), ControllerError> {
+        let Some(id) = Self::parse_ours(raw)? else {
+            return Ok(());
+        };
+        let _guard = self.claim(raw)?;
+        match (&*self.backend, &id) {
+            (Backend::Local(b), VolumeId::Local(l)) => b.delete(l, raw).await,
+            (Backend::Nfs(b), VolumeId::Nfs(n)) => b.delete(n, raw).await,
+            (_, VolumeId::Local(_)) => Err(ControllerError::WrongBackend { backend: "local" }),
+            (_, VolumeId::Nfs(_)) => Err(ControllerError::WrongBackend { backend: "nfs" }),
+        }
+    }
+
+    async fn exists(&self, raw: &str) -> Result<bool, ControllerError> {
+        let Some(id) = Self::parse_ours(raw)? else {
+            return Ok(false);
+        };
+        match (&*self.backend, &id) {
+            (Backend::Local(b), VolumeId::Local(l)) => b.exists(l).await,
+            (Backend::Nfs(b), VolumeId::Nfs(n)) => b.exists(n, raw).await,
+            _ => Ok(false),
+        }
+    }
+
+    /// `Ok(None)` when every capability is supported, else the reason one is not.
+    pub async fn validate(&self, raw: &str, caps: &[Capability]) -> Result<Option<String>, ControllerError> {
+        if !self.exists(raw).await? {
+            return Err(ControllerError::NotFound { id: raw.to_string() });
+        }
+        Ok(caps.iter().find_map(|c| unsupported_reason(self.backend.kind(), c)))
+    }
+
+    /// Pages are offsets into the sorted listing; the token is the decimal offset.
+    pub async fn list(&self, token: &str, max_entries: usize) -> Result<Page, ControllerError> {
+        let all = match &*self.backend {
+            Backend::Local(b) => b.list().await?,
+            Backend::Nfs(_) => Vec::new(),
+        };
+        let start = if token.is_empty() {
+            0
+        } else {
+            match token.parse::<usize>() {
+                Ok(n) if n <= all.len() => n,
+                _ => return Err(ControllerError::BadPageToken { token: token.to_string() }),
+            }
+        };
+        let end = if max_entries == 0 {
+            all.len()
+        } else {
+            start.saturating_add(max_entries).min(all.len())
+        };
+        let next_token = (end < all.len()).then(|| end.to_string());
+        let volumes = all.into_iter().skip(start).take(end - start).collect();
+        Ok(Page { volumes, next_token })
+    }
+
+    /// Free bytes for new volumes with these capabilities and this topology; 0 when they cannot
+    /// be served here at all.
+    pub async fn capacity(
+        &self,
+        parameters: &HashMap<String, String>,
+        caps: &[Capability],
+        topology: Option<&HashMap<String, String>>,
+    ) -> Result<i64, ControllerError> {
+        if caps.iter().any(|c| unsupported_reason(self.backend.kind(), c).is_some()) {
+            return Ok(0);
+        }
+        match &*self.backend {
+            Backend::Local(b) => {
+                if topology.is_some_and(|t| t.get(TOPOLOGY_KEY).is_some_and(|n| n != b.node_id())) {
+                    return Ok(0);
+                }
+                super::params::from_map::<super::params::LocalParams>(parameters)?;
+                b.available_bytes().await
+            }
+            Backend::Nfs(b) => b.available_bytes(parameters).await,
+        }
+    }
+}

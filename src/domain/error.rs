@@ -1,0 +1,72 @@
+//! Domain errors, one enum per area (controller, node). Variants are named after the step that
+//! failed and carry the volume ID or path; the CSI adapter maps each to exactly one gRPC code.
+
+use std::path::PathBuf;
+
+use super::params::ParamsError;
+use super::volume_id::VolumeIdError;
+use crate::os::OsError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    #[error("invalid parameters: {0}")]
+    Parameters(#[from] ParamsError),
+    #[error("volume ID {id:?} is malformed: {source}")]
+    MalformedId { id: String, source: VolumeIdError },
+    #[error("unsupported capability: {reason}")]
+    UnsupportedCapability { reason: String },
+    #[error("volume name {name:?} cannot be turned into a directory name")]
+    UnusableName { name: String },
+    #[error("volume {name:?} already exists with different properties: {difference}")]
+    NameConflict { name: String, difference: String },
+    #[error("directory {subdir:?} on the share already belongs to volume {owner:?}")]
+    DirectoryClaimed { subdir: String, owner: String },
+    #[error("no requisite topology is served by node {node:?}")]
+    TopologyUnsatisfiable { node: String },
+    #[error("volume {id:?} lives on node {node:?}, not on this one")]
+    WrongNode { id: String, node: String },
+    #[error("volume {id:?} does not exist")]
+    NotFound { id: String },
+    #[error("volume {id:?} is still mounted at {at}")]
+    InUse { id: String, at: PathBuf },
+    #[error("page token {token:?} is not valid for this listing")]
+    BadPageToken { token: String },
+    #[error("an operation on {key:?} is already in progress")]
+    InFlight { key: String },
+    #[error("backend {backend} is not served by this endpoint")]
+    WrongBackend { backend: &'static str },
+    #[error("record {path} is corrupt: {reason}")]
+    CorruptRecord { path: PathBuf, reason: String },
+    #[error("{step} for volume {volume:?}: {source}")]
+    Os {
+        step: &'static str,
+        volume: String,
+        source: OsError,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("volume {id:?} does not exist on this node: {reason}")]
+    NotFound { id: String, reason: String },
+    #[error("volume context: {0}")]
+    Context(#[from] ParamsError),
+    #[error("unsupported capability: {reason}")]
+    UnsupportedCapability { reason: String },
+    #[error("target {target} already has a different or incompatible mount ({existing})")]
+    TargetBusy { target: PathBuf, existing: String },
+    #[error("volume {id:?} is single-writer and already published at {other}")]
+    SingleWriterInUse { id: String, other: PathBuf },
+    #[error("volume {id:?} is not published at {path}")]
+    NotPublishedAt { id: String, path: PathBuf },
+    #[error("target {target} still holds files after unmounting; refusing to delete them")]
+    TargetNotEmpty { target: PathBuf },
+    #[error("an operation on {key:?} is already in progress")]
+    InFlight { key: String },
+    #[error("{step} at {target}: {source}")]
+    Os {
+        step: &'static str,
+        target: PathBuf,
+        source: OsError,
+    },
+}

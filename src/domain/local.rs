@@ -1,0 +1,253 @@
+//! The local backend: one directory per volume under the node's root.
+//!
+//! Layout (all owned by pvdir): `<root>/volumes/<key>/` is the volume, bind-mounted into pods;
+//! `<root>/meta/<key>.json` records the CreateVolume request that made it. Create writes the
+//! record first and then the directory; delete removes the directory first and then the record.
+//! So a crash between the two steps leaves a record that the retried call completes, and
+//! ListVolumes (which reads records) never misses a directory that exists.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use super::access::{unsupported_reason, BackendKind};
+use super::error::ControllerError;
+use super::params::{from_map, parse_mode, LocalParams};
+use super::volume::{CreateSpec, Volume, TOPOLOGY_KEY};
+use super::volume_id::{LocalId, VolumeId, VolumeKey};
+use crate::os::{mountinfo, FsOp, FsReply, Medium, Os};
+
+const VOLUMES: &str = "volumes";
+const META: &str = "meta";
+const RECORD_SUFFIX: &str = ".json";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct LocalRecord {
+    name: String,
+    capacity_bytes: i64,
+    mount_permissions: Option<u32>,
+}
+
+pub struct LocalBackend {
+    root: PathBuf,
+    node_id: String,
+    os: Arc<dyn Os>,
+}
+
+impl LocalBackend {
+    /// `root` must be an absolute, symlink-free path (main canonicalises it).
+    pub fn new(root: PathBuf, node_id: String, os: Arc<dyn Os>) -> Self {
+        Self { root, node_id, os }
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The directories the backend needs before it serves.
+    pub fn layout_dirs(&self) -> [PathBuf; 2] {
+        [self.root.join(VOLUMES), self.root.join(META)]
+    }
+
+    pub fn volume_dir(&self, key: &VolumeKey) -> PathBuf {
+        self.root.join(VOLUMES).join(key.as_str())
+    }
+
+    fn record_name(key: &VolumeKey) -> String {
+        format!("{}{RECORD_SUFFIX}", key.as_str())
+    }
+
+    fn volume(&self, key: VolumeKey, capacity_bytes: i64) -> Volume {
+        Volume {
+            id: VolumeId::Local(LocalId {
+                node: self.node_id.clone(),
+                key,
+            }),
+            capacity_bytes,
+            node: Some(self.node_id.clone()),
+        }
+    }
+
+    async fn fs(&self, op: FsOp, step: &'static str, volume: &str) -> Result<FsReply, ControllerError> {
+        self.os
+            .fs(op, Medium::Local)
+            .await
+            .map_err(|source| ControllerError::Os {
+                step,
+                volume: volume.to_string(),
+                source,
+            })
+    }
+
+    async fn read_record(&self, key: &VolumeKey) -> Result<Option<LocalRecord>, ControllerError> {
+        let dir = self.root.join(META);
+        let name = Self::record_name(key);
+        let op = FsOp::ReadRecord {
+            dir: dir.clone(),
+            name: name.clone(),
+        };
+        match self.fs(op, "read volume record", key.as_str()).await? {
+            FsReply::Record(Some(bytes)) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+                ControllerError::CorruptRecord {
+                    path: dir.join(name),
+                    reason: e.to_string(),
+                }
+            }),
+            _ => Ok(None),
+        }
+    }
+
+    /// Does this node hold the volume? False for other nodes' volumes.
+    pub async fn exists(&self, id: &LocalId) -> Result<bool, ControllerError> {
+        if id.node != self.node_id {
+            return Ok(false);
+        }
+        Ok(self.read_record(&id.key).await?.is_some())
+    }
+
+    pub async fn create(&self, spec: &CreateSpec) -> Result<Volume, ControllerError> {
+        let params: LocalParams = from_map(&spec.parameters)?;
+        let mode = parse_mode(params.mount_permissions.as_deref())?;
+        if let Some(reason) = spec
+            .capabilities
+            .iter()
+            .find_map(|c| unsupported_reason(BackendKind::Local, c))
+        {
+            return Err(ControllerError::UnsupportedCapability { reason });
+        }
+        let reachable = spec.requisite.is_empty()
+            || spec
+                .requisite
+                .iter()
+                .any(|t| t.get(TOPOLOGY_KEY) == Some(&self.node_id));
+        if !reachable {
+            return Err(ControllerError::TopologyUnsatisfiable {
+                node: self.node_id.clone(),
+            });
+        }
+        let key = VolumeKey::from_name(&spec.name).ok_or_else(|| {
+            ControllerError::UnusableName {
+                name: spec.name.clone(),
+            }
+        })?;
+        let wanted = LocalRecord {
+            name: spec.name.clone(),
+            capacity_bytes: spec.capacity_bytes,
+            mount_permissions: mode,
+        };
+        match self.read_record(&key).await? {
+            Some(existing) if existing != wanted => {
+                return Err(ControllerError::NameConflict {
+                    name: spec.name.clone(),
+                    difference: format!(
+                        "existing capacity {} bytes, mode {:?}; requested {} bytes, mode {:?}",
+                        existing.capacity_bytes,
+                        existing.mount_permissions,
+                        wanted.capacity_bytes,
+                        wanted.mount_permissions
+                    ),
+                })
+            }
+            Some(_) => {}
+            None => {
+                let contents = serde_json::to_vec(&wanted).map_err(|e| ControllerError::CorruptRecord {
+                    path: self.root.join(META),
+                    reason: e.to_string(),
+                })?;
+                let op = FsOp::WriteRecord {
+                    dir: self.root.join(META),
+                    name: Self::record_name(&key),
+                    contents,
+                };
+                self.fs(op, "write volume record", &spec.name).await?;
+            }
+        }
+        // Also on an idempotent retry: the first call may have crashed before this step.
+        let op = FsOp::EnsureDir {
+            base: self.root.join(VOLUMES),
+            rel: key.rel().clone(),
+            mode,
+        };
+        self.fs(op, "create volume directory", &spec.name).await?;
+        Ok(self.volume(key, spec.capacity_bytes))
+    }
+
+    pub async fn delete(&self, id: &LocalId, raw: &str) -> Result<(), ControllerError> {
+        if id.node != self.node_id {
+            return Err(ControllerError::WrongNode {
+                id: raw.to_string(),
+                node: id.node.clone(),
+            });
+        }
+        let dir = self.volume_dir(&id.key);
+        // Deleting the source of a live bind mount would delete a running pod's data.
+        let mounts = self.os.mounts().await.map_err(|source| ControllerError::Os {
+            step: "read mount table",
+            volume: raw.to_string(),
+            source,
+        })?;
+        if let Some(identity) = mountinfo::bind_identity(&mounts, &dir) {
+            if let Some(m) = mounts
+                .iter()
+                .find(|m| (m.device.as_str(), m.root.as_path()) == (identity.0.as_str(), identity.1.as_path()))
+            {
+                return Err(ControllerError::InUse {
+                    id: raw.to_string(),
+                    at: m.mount_point.clone(),
+                });
+            }
+        }
+        let op = FsOp::RemoveTree {
+            base: self.root.join(VOLUMES),
+            rel: id.key.rel().clone(),
+            prune_parents: false,
+        };
+        self.fs(op, "remove volume directory", raw).await?;
+        let op = FsOp::RemoveRecord {
+            dir: self.root.join(META),
+            name: Self::record_name(&id.key),
+        };
+        self.fs(op, "remove volume record", raw).await?;
+        Ok(())
+    }
+
+    /// Every volume on this node, sorted by key (a stable order for pagination).
+    pub async fn list(&self) -> Result<Vec<Volume>, ControllerError> {
+        let op = FsOp::ListDir {
+            dir: self.root.join(META),
+        };
+        let FsReply::Names(names) = self.fs(op, "list volume records", "*").await? else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::with_capacity(names.len());
+        for name in names {
+            let Some(key) = name
+                .strip_suffix(RECORD_SUFFIX)
+                .and_then(VolumeKey::parse)
+            else {
+                continue; // temp files of an interrupted write, or foreign files
+            };
+            // A record deleted between listing and reading is simply no longer a volume.
+            if let Some(record) = self.read_record(&key).await? {
+                out.push(self.volume(key, record.capacity_bytes));
+            }
+        }
+        Ok(out)
+    }
+
+    pub async fn available_bytes(&self) -> Result<i64, ControllerError> {
+        let op = FsOp::Statfs {
+            path: self.root.clone(),
+        };
+        match self.fs(op, "statfs local root", "*").await? {
+            FsReply::Stats(s) => Ok(i64::try_from(s.available_bytes).unwrap_or(i64::MAX)),
+            _ => Ok(0),
+        }
+    }
+}
+

@@ -1,0 +1,318 @@
+//! StorageClass parameters and volume context, deserialised with serde from the string maps CSI
+//! carries. Unknown keys are refused (naming the key) so a typo in a StorageClass fails loudly at
+//! provisioning instead of silently doing something else.
+
+use std::collections::HashMap;
+
+use serde::Deserialize;
+
+use super::volume_id::{validate_server, validate_share, OnDelete};
+use crate::os::relpath::RelPath;
+
+/// Keys the external-provisioner adds with `--extra-create-metadata`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct CreateMetadata {
+    #[serde(rename = "csi.storage.k8s.io/pvc/name")]
+    pub pvc_name: Option<String>,
+    #[serde(rename = "csi.storage.k8s.io/pvc/namespace")]
+    pub pvc_namespace: Option<String>,
+    #[serde(rename = "csi.storage.k8s.io/pv/name")]
+    pub pv_name: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalParams {
+    #[serde(rename = "mountPermissions", default)]
+    pub mount_permissions: Option<String>,
+    // Accepted and unused: the local directory is named by the volume name.
+    #[serde(rename = "csi.storage.k8s.io/pvc/name", default)]
+    _pvc_name: Option<String>,
+    #[serde(rename = "csi.storage.k8s.io/pvc/namespace", default)]
+    _pvc_namespace: Option<String>,
+    #[serde(rename = "csi.storage.k8s.io/pv/name", default)]
+    _pv_name: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NfsParams {
+    pub server: String,
+    pub share: String,
+    #[serde(rename = "subDir", default)]
+    pub sub_dir: Option<String>,
+    #[serde(rename = "mountPermissions", default)]
+    pub mount_permissions: Option<String>,
+    #[serde(rename = "onDelete", default)]
+    pub on_delete: OnDelete,
+    #[serde(rename = "csi.storage.k8s.io/pvc/name", default)]
+    pvc_name: Option<String>,
+    #[serde(rename = "csi.storage.k8s.io/pvc/namespace", default)]
+    pvc_namespace: Option<String>,
+    #[serde(rename = "csi.storage.k8s.io/pv/name", default)]
+    pv_name: Option<String>,
+}
+
+/// The volume context of a static NFS PV (`volumeAttributes`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NfsContext {
+    pub server: String,
+    pub share: String,
+    #[serde(rename = "subDir", default)]
+    pub sub_dir: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParamsError {
+    /// Unknown key, missing key or wrong value type, as serde words it (it names the key).
+    #[error("{0}")]
+    Shape(String),
+    #[error("parameter {key}: {reason}")]
+    Value { key: &'static str, reason: String },
+}
+
+fn value(key: &'static str, reason: impl Into<String>) -> ParamsError {
+    ParamsError::Value {
+        key,
+        reason: reason.into(),
+    }
+}
+
+/// Deserialise `T` from a CSI string map.
+pub fn from_map<T: for<'de> Deserialize<'de>>(map: &HashMap<String, String>) -> Result<T, ParamsError> {
+    // Through serde_json's value model: it handles optional fields and string enums, and its
+    // errors name the offending key ("unknown field `sharee`").
+    let object: serde_json::Map<String, serde_json::Value> = map
+        .iter()
+        .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+        .collect();
+    serde_json::from_value(serde_json::Value::Object(object)).map_err(|e| ParamsError::Shape(e.to_string()))
+}
+
+/// Volume context without the keys kubelet adds itself (`csi.storage.k8s.io/pod.name`, …).
+pub fn without_kubelet_keys(map: &HashMap<String, String>) -> HashMap<String, String> {
+    map.iter()
+        .filter(|(k, _)| !k.starts_with("csi.storage.k8s.io/"))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// `mountPermissions`: octal, at most 0o7777.
+pub fn parse_mode(raw: Option<&str>) -> Result<Option<u32>, ParamsError> {
+    let Some(raw) = raw else { return Ok(None) };
+    let digits = raw.strip_prefix("0o").unwrap_or(raw);
+    match u32::from_str_radix(digits, 8) {
+        Ok(mode) if mode <= 0o7777 && !digits.is_empty() => Ok(Some(mode)),
+        _ => Err(value("mountPermissions", format!("{raw:?} is not an octal mode like 0777"))),
+    }
+}
+
+pub struct ResolvedNfs {
+    pub server: String,
+    pub share: String,
+    pub subdir: RelPath,
+    pub mode: Option<u32>,
+    pub on_delete: OnDelete,
+}
+
+impl NfsParams {
+    /// The validated export path (`server` is validated too).
+    pub fn export(&self) -> Result<String, ParamsError> {
+        validate_server(&self.server).map_err(|e| value("server", e.to_string()))?;
+        let share = normalise_share(&self.share);
+        validate_share(&share).map_err(|e| value("share", e.to_string()))?;
+        Ok(share)
+    }
+
+    /// Validate the share and expand `subDir` for the volume `name` (the PV name).
+    pub fn resolve(&self, name: &str) -> Result<ResolvedNfs, ParamsError> {
+        let share = self.export()?;
+        let pv_name = self.pv_name.as_deref().unwrap_or(name);
+        let subdir = match &self.sub_dir {
+            None => pv_name.to_string(),
+            Some(template) => expand(template, |var| match var {
+                "pvc.metadata.name" => self.pvc_name.as_deref(),
+                "pvc.metadata.namespace" => self.pvc_namespace.as_deref(),
+                "pv.metadata.name" => Some(pv_name),
+                _ => None,
+            })?,
+        };
+        let subdir = RelPath::parse(subdir.trim_matches('/'))
+            .map_err(|e| value("subDir", format!("{subdir:?}: {e}")))?;
+        Ok(ResolvedNfs {
+            server: self.server.clone(),
+            share,
+            subdir,
+            mode: parse_mode(self.mount_permissions.as_deref())?,
+            on_delete: self.on_delete,
+        })
+    }
+}
+
+impl NfsContext {
+    /// The export path to mount for a static PV.
+    pub fn resolve(&self) -> Result<(String, String), ParamsError> {
+        validate_server(&self.server).map_err(|e| value("server", e.to_string()))?;
+        let share = normalise_share(&self.share);
+        validate_share(&share).map_err(|e| value("share", e.to_string()))?;
+        let path = match self.sub_dir.as_deref().map(|s| s.trim_matches('/')) {
+            None | Some("") => share,
+            Some(sub) => {
+                let sub = RelPath::parse(sub).map_err(|e| value("subDir", e.to_string()))?;
+                join_export(&share, &sub)
+            }
+        };
+        Ok((self.server.clone(), path))
+    }
+}
+
+/// `share` with a trailing slash dropped (`/export/` and `/export` are the same export).
+fn normalise_share(share: &str) -> String {
+    let trimmed = share.trim_end_matches('/');
+    if trimmed.is_empty() && share.starts_with('/') {
+        "/".into()
+    } else {
+        trimmed.into()
+    }
+}
+
+/// The server-side path of `subdir` on `share`.
+pub fn join_export(share: &str, subdir: &RelPath) -> String {
+    if share == "/" {
+        format!("/{subdir}")
+    } else {
+        format!("{share}/{subdir}")
+    }
+}
+
+/// Replace every `${var}`; an unknown variable or one without a value is an error, because a
+/// literal `${...}` directory name is never what the StorageClass author meant.
+fn expand<'a>(template: &str, lookup: impl Fn(&str) -> Option<&'a str>) -> Result<String, ParamsError> {
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| value("subDir", format!("unclosed ${{ in {template:?}")))?;
+        let var = &after[..end];
+        let v = lookup(var).ok_or_else(|| {
+            value(
+                "subDir",
+                format!("${{{var}}} is unknown or not provided (does the provisioner run with --extra-create-metadata?)"),
+            )
+        })?;
+        out.push_str(v);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    fn seed_params() -> HashMap<String, String> {
+        map(&[
+            ("server", "10.0.0.1"),
+            ("share", "/export/"),
+            ("subDir", "${pvc.metadata.namespace}/${pvc.metadata.name}"),
+            ("csi.storage.k8s.io/pvc/name", "www-web-0"),
+            ("csi.storage.k8s.io/pvc/namespace", "default"),
+            ("csi.storage.k8s.io/pv/name", "pvc-123"),
+        ])
+    }
+
+    #[test]
+    fn template_expands_from_metadata() {
+        let p: NfsParams = from_map(&seed_params()).unwrap();
+        let r = p.resolve("pvc-123").unwrap();
+        assert_eq!(r.subdir.as_str(), "default/www-web-0");
+        assert_eq!(r.share, "/export");
+        assert_eq!(r.on_delete, OnDelete::Delete);
+    }
+
+    #[test]
+    fn default_subdir_is_pv_name() {
+        let p: NfsParams = from_map(&map(&[("server", "s"), ("share", "/e")])).unwrap();
+        assert_eq!(p.resolve("pvc-9").unwrap().subdir.as_str(), "pvc-9");
+    }
+
+    #[test]
+    fn unknown_parameter_is_named() {
+        let mut m = seed_params();
+        m.insert("sharee".into(), "x".into());
+        let ParamsError::Shape(msg) = from_map::<NfsParams>(&m).unwrap_err() else {
+            panic!()
+        };
+        assert!(msg.contains("sharee"));
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        for (k, v) in [
+            ("subDir", "../escape"),
+            ("subDir", "${pvc.metadata.labels}"),
+            ("subDir", "${pvc.metadata.name"),
+            ("mountPermissions", "0999"),
+            ("mountPermissions", "rwx"),
+            ("share", "relative"),
+            ("share", "/a/../b"),
+            ("server", "-oexec"),
+        ] {
+            let mut m = seed_params();
+            m.insert(k.into(), v.into());
+            let r = from_map::<NfsParams>(&m).and_then(|p| p.resolve("pvc-1").map(|_| ()));
+            assert!(matches!(r, Err(ParamsError::Value { .. })), "{k}={v}");
+        }
+        let mut m = seed_params();
+        m.insert("onDelete".into(), "shred".into());
+        assert!(matches!(from_map::<NfsParams>(&m), Err(ParamsError::Shape(_))));
+    }
+
+    #[test]
+    fn template_needs_metadata() {
+        let m = map(&[("server", "s"), ("share", "/e"), ("subDir", "${pvc.metadata.name}")]);
+        let p: NfsParams = from_map(&m).unwrap();
+        assert!(p.resolve("pv").is_err());
+    }
+
+    #[test]
+    fn modes_parse_octal() {
+        assert_eq!(parse_mode(Some("0777")).unwrap(), Some(0o777));
+        assert_eq!(parse_mode(Some("2775")).unwrap(), Some(0o2775));
+        assert_eq!(parse_mode(None).unwrap(), None);
+        assert!(parse_mode(Some("")).is_err());
+        assert!(parse_mode(Some("17777")).is_err());
+    }
+
+    #[test]
+    fn static_context_resolves_export_path() {
+        let c: NfsContext = from_map(&without_kubelet_keys(&map(&[
+            ("server", "s"),
+            ("share", "/"),
+            ("subDir", "a/b/"),
+            ("csi.storage.k8s.io/pod.name", "web-0"),
+        ])))
+        .unwrap();
+        assert_eq!(c.resolve().unwrap(), ("s".into(), "/a/b".into()));
+        let bad: NfsContext = from_map(&map(&[("server", "s"), ("share", "/e"), ("subDir", "..")])).unwrap();
+        assert!(bad.resolve().is_err());
+    }
+
+    #[test]
+    fn local_params_accept_metadata_only() {
+        let mut m = map(&[("csi.storage.k8s.io/pv/name", "p"), ("mountPermissions", "0770")]);
+        let p: LocalParams = from_map(&m).unwrap();
+        assert_eq!(parse_mode(p.mount_permissions.as_deref()).unwrap(), Some(0o770));
+        m.insert("server".into(), "x".into());
+        assert!(from_map::<LocalParams>(&m).is_err());
+    }
+}

@@ -1,0 +1,73 @@
+//! The values the controller and node work with once a request has been validated.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use super::access::Capability;
+use super::volume_id::VolumeId;
+
+/// Topology key of local volumes: the node that holds the directory.
+pub const TOPOLOGY_KEY: &str = "topology.pvdir.io/node";
+
+/// A provisioned volume as reported to the CO.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Volume {
+    pub id: VolumeId,
+    pub capacity_bytes: i64,
+    /// For local volumes: the only node it is reachable from.
+    pub node: Option<String>,
+}
+
+/// A validated CreateVolume request.
+#[derive(Debug, Clone)]
+pub struct CreateSpec {
+    pub name: String,
+    /// Exactly what will be reported back: the required bytes, else the limit, else 0.
+    pub capacity_bytes: i64,
+    pub capabilities: Vec<Capability>,
+    pub parameters: HashMap<String, String>,
+    /// Topology segments the volume must be reachable from (any one of them).
+    pub requisite: Vec<HashMap<String, String>>,
+}
+
+/// A validated NodePublishVolume request.
+#[derive(Debug, Clone)]
+pub struct PublishSpec {
+    pub volume_id: String,
+    pub target: PathBuf,
+    pub capability: Capability,
+    /// The CO's `readonly` flag; a reader-only access mode also makes the mount read-only.
+    pub readonly: bool,
+    pub context: HashMap<String, String>,
+}
+
+impl PublishSpec {
+    pub fn mount_readonly(&self) -> bool {
+        self.readonly || self.capability.mode.is_read_only()
+    }
+}
+
+/// Usage figures for NodeGetVolumeStats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VolumeStats {
+    pub total_bytes: i64,
+    pub available_bytes: i64,
+    pub used_bytes: i64,
+    pub total_inodes: i64,
+    pub free_inodes: i64,
+    pub used_inodes: i64,
+}
+
+impl From<crate::os::FsStats> for VolumeStats {
+    fn from(s: crate::os::FsStats) -> Self {
+        let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        Self {
+            total_bytes: clamp(s.total_bytes),
+            available_bytes: clamp(s.available_bytes),
+            used_bytes: clamp(s.used_bytes),
+            total_inodes: clamp(s.total_inodes),
+            free_inodes: clamp(s.free_inodes),
+            used_inodes: clamp(s.used_inodes),
+        }
+    }
+}

@@ -1,0 +1,15 @@
+//! pvdir: a CSI driver that gives every volume its own directory, on an NFS export or on a
+//! node's local disk.
+//!
+//! Three layers, with imports flowing downward only:
+//! - [`csi`]: the gRPC adapter (the only code that sees tonic);
+//! - [`domain`]: volumes, backends, publish logic, and their errors;
+//! - [`os`]: mounts, the mount table, statfs and safe directory operations.
+//!
+//! [`server`] and [`cli`] wire them into the `pvdir` binary.
+
+pub mod cli;
+pub mod csi;
+pub mod domain;
+pub mod os;
+pub mod server;

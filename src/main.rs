@@ -1,0 +1,75 @@
+//! The `pvdir` binary: parse flags, set up logging, serve until SIGTERM.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use pvdir::cli::{Cli, Command, Internal, LogFormat, ServeArgs};
+use pvdir::os::real::{run_internal_fs, RealOs};
+use tokio::signal::unix::{signal, SignalKind};
+
+fn init_logging(args: &ServeArgs) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&args.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+async fn terminated() {
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        // Without signal handlers we can only run until killed.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+fn serve(args: ServeArgs) -> ExitCode {
+    init_logging(&args);
+    let helper = match std::env::current_exe() {
+        Ok(path) => path,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot locate the pvdir binary for its helpers");
+            return ExitCode::FAILURE;
+        }
+    };
+    let os = Arc::new(RealOs::new(helper, args.nfs_timeout()));
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        let plugins = pvdir::server::assemble(&args, os)?;
+        pvdir::server::serve(plugins, terminated()).await
+    });
+    match result {
+        Ok(()) => {
+            tracing::info!("stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "pvdir failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Internal(Internal::Fs { op }) => ExitCode::from(u8::try_from(run_internal_fs(&op)).unwrap_or(1)),
+    }
+}

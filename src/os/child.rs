@@ -1,0 +1,142 @@
+//! Running helper processes (mount.nfs, umount, pvdir's own `internal` helper) under a time
+//! bound.
+//!
+//! Invariant: a helper that overruns is killed, never abandoned. Each helper gets its own process
+//! group so that grandchildren (mount.nfs forks, `mount` execs helpers) die with it, and the
+//! child is reaped before we return. NFS waits are TASK_KILLABLE, so SIGKILL does end a helper
+//! stuck on a dead server.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use tokio::io::AsyncReadExt;
+use tokio::process::Command;
+
+use super::OsError;
+
+/// After SIGKILL, how long we wait to reap before leaving the zombie to tokio's orphan reaper.
+const REAP_GRACE: Duration = Duration::from_secs(5);
+
+#[derive(Debug)]
+pub struct Finished {
+    pub success: bool,
+    pub code: Option<i32>,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+impl Finished {
+    pub fn stderr_text(&self) -> String {
+        String::from_utf8_lossy(&self.stderr).trim().to_string()
+    }
+}
+
+/// Run `cmd` to completion or until `limit`, whichever is first. `what` names it in errors.
+pub async fn run(mut cmd: Command, what: &str, limit: Duration) -> Result<Finished, OsError> {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    let program = cmd.as_std().get_program().to_string_lossy().into_owned();
+    let mut child = cmd.spawn().map_err(|source| OsError::Spawn {
+        program: program.clone(),
+        source,
+    })?;
+    let pid = child.id();
+    let mut out = child.stdout.take();
+    let mut err = child.stderr.take();
+    let work = async {
+        let mut stdout = Vec::new();
+        let mut stderr = Vec::new();
+        let read_out = async {
+            if let Some(o) = out.as_mut() {
+                let _ = o.read_to_end(&mut stdout).await;
+            }
+        };
+        let read_err = async {
+            if let Some(e) = err.as_mut() {
+                let _ = e.read_to_end(&mut stderr).await;
+            }
+        };
+        let (status, _, _) = tokio::join!(child.wait(), read_out, read_err);
+        (status, stdout, stderr)
+    };
+    match tokio::time::timeout(limit, work).await {
+        Ok((status, stdout, stderr)) => {
+            let status = status.map_err(|source| OsError::Spawn { program, source })?;
+            Ok(Finished {
+                success: status.success(),
+                code: status.code(),
+                stdout,
+                stderr,
+            })
+        }
+        Err(_) => {
+            if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
+                // The group id equals the helper's pid because of process_group(0).
+                let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+            let _ = child.start_kill();
+            let _ = tokio::time::timeout(REAP_GRACE, child.wait()).await;
+            Err(OsError::TimedOut {
+                what: what.to_string(),
+                after: limit,
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn collects_output_and_status() {
+        let mut c = Command::new("sh");
+        c.args(["-c", "echo out; echo err >&2; exit 3"]);
+        let f = run(c, "sh", Duration::from_secs(10)).await.unwrap();
+        assert!(!f.success);
+        assert_eq!(f.code, Some(3));
+        assert_eq!(f.stdout, b"out\n");
+        assert_eq!(f.stderr_text(), "err");
+    }
+
+    #[tokio::test]
+    async fn overrun_kills_the_whole_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("grandchild");
+        let mut c = Command::new("sh");
+        // The grandchild records its pid and would outlive a plain kill of `sh`.
+        c.arg("-c").arg(format!(
+            "sleep 60 & echo $! > {}; wait",
+            pidfile.display()
+        ));
+        let started = std::time::Instant::now();
+        let e = run(c, "sleeper", Duration::from_millis(300)).await.unwrap_err();
+        assert!(matches!(e, OsError::TimedOut { .. }));
+        assert!(started.elapsed() < Duration::from_secs(5));
+        let pid: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+        // Give the kernel a moment to deliver the group kill, then the grandchild must be gone.
+        let mut alive = true;
+        for _ in 0..50 {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // A reaped or zombie process no longer runs `sleep`.
+            if stat.is_empty() || stat.contains(") Z ") {
+                alive = false;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(!alive, "grandchild {pid} survived the timeout");
+    }
+
+    #[tokio::test]
+    async fn missing_program_is_a_spawn_error() {
+        let c = Command::new("/nonexistent/helper");
+        let e = run(c, "x", Duration::from_secs(1)).await.unwrap_err();
+        assert!(matches!(e, OsError::Spawn { .. }));
+    }
+}

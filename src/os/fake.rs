@@ -1,0 +1,190 @@
+//! An in-memory mount table for service tests: mounts are recorded, not performed, and
+//! directory work runs for real on the test's temporary directories. Failures and a dead NFS
+//! server can be injected. Used only by tests; the proof against the kernel is the real tier.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use super::fsop::{self, FsOp, FsReply};
+use super::{Medium, MountEntry, MountSource, MountSpec, Os, OsError};
+
+#[derive(Default)]
+struct State {
+    table: Vec<MountEntry>,
+    next_id: u32,
+    server_dead: bool,
+    fail_next_mount: Option<String>,
+    calls: Vec<String>,
+}
+
+/// Clones share one state, so a test keeps a handle while the service owns another.
+#[derive(Clone)]
+pub struct FakeOs {
+    state: Arc<Mutex<State>>,
+    /// While true, `mount` waits: lets tests hold an operation in flight.
+    paused: Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+impl Default for FakeOs {
+    fn default() -> Self {
+        Self {
+            state: Arc::default(),
+            paused: Arc::new(tokio::sync::watch::channel(false).0),
+        }
+    }
+}
+
+/// Device string of the single filesystem the fake pretends everything local lives on.
+pub const FAKE_ROOT_DEVICE: &str = "0:1";
+
+impl FakeOs {
+    pub fn new() -> Self {
+        let fake = Self::default();
+        fake.with(|s| {
+            s.next_id = 100;
+            s.table.push(MountEntry {
+                id: 1,
+                parent_id: 0,
+                device: FAKE_ROOT_DEVICE.into(),
+                root: "/".into(),
+                mount_point: "/".into(),
+                readonly: false,
+                fs_type: "ext4".into(),
+                source: "/dev/fake".into(),
+            });
+        });
+        fake
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
+        // A poisoned lock only means another test thread panicked; the state is still usable.
+        let mut guard = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut guard)
+    }
+
+    /// Make every remote operation behave like a hung NFS server: it times out.
+    pub fn set_server_dead(&self, dead: bool) {
+        self.with(|s| s.server_dead = dead);
+    }
+
+    /// Hold every `mount` call until [`FakeOs::resume_mounts`].
+    pub fn pause_mounts(&self) {
+        self.paused.send_replace(true);
+    }
+
+    pub fn resume_mounts(&self) {
+        self.paused.send_replace(false);
+    }
+
+    pub fn fail_next_mount(&self, message: &str) {
+        self.with(|s| s.fail_next_mount = Some(message.into()));
+    }
+
+    pub fn table(&self) -> Vec<MountEntry> {
+        self.with(|s| s.table.clone())
+    }
+
+    pub fn is_mounted(&self, target: &Path) -> bool {
+        self.with(|s| s.table.iter().any(|e| e.mount_point == target))
+    }
+
+    /// The calls made so far, e.g. `mount nfs srv:/export/a -> /t ro=false opts=vers=4.2`.
+    pub fn calls(&self) -> Vec<String> {
+        self.with(|s| s.calls.clone())
+    }
+
+    fn timed_out(what: &str) -> OsError {
+        OsError::TimedOut {
+            what: what.into(),
+            after: Duration::from_secs(0),
+        }
+    }
+}
+
+#[async_trait]
+impl Os for FakeOs {
+    async fn mounts(&self) -> Result<Vec<MountEntry>, OsError> {
+        Ok(self.table())
+    }
+
+    async fn mount(&self, spec: &MountSpec) -> Result<(), OsError> {
+        let mut paused = self.paused.subscribe();
+        let _ = paused.wait_for(|p| !*p).await;
+        self.with(|s| {
+            let (fs_type, source, root, device) = match &spec.source {
+                MountSource::Bind(p) => (
+                    "ext4".to_string(),
+                    "/dev/fake".to_string(),
+                    p.clone(),
+                    FAKE_ROOT_DEVICE.to_string(),
+                ),
+                MountSource::Nfs { server, path } => (
+                    "nfs4".to_string(),
+                    MountSource::nfs_device(server, path),
+                    PathBuf::from("/"),
+                    format!("0:{}", s.next_id),
+                ),
+            };
+            s.calls.push(format!(
+                "mount {fs_type} {source} -> {} ro={} opts={}",
+                spec.target.display(),
+                spec.readonly,
+                spec.options.join(",")
+            ));
+            if let Some(message) = s.fail_next_mount.take() {
+                return Err(OsError::Mount {
+                    target: spec.target.clone(),
+                    message,
+                });
+            }
+            if fs_type == "nfs4" && s.server_dead {
+                return Err(Self::timed_out("mount.nfs"));
+            }
+            s.next_id += 1;
+            let id = s.next_id;
+            s.table.push(MountEntry {
+                id,
+                parent_id: 1,
+                device,
+                root,
+                mount_point: spec.target.clone(),
+                readonly: spec.readonly,
+                fs_type,
+                source,
+            });
+            Ok(())
+        })
+    }
+
+    async fn unmount(&self, target: &Path, remote: bool) -> Result<(), OsError> {
+        self.with(|s| {
+            s.calls
+                .push(format!("unmount {} remote={remote}", target.display()));
+            match s.table.iter().rposition(|e| e.mount_point == target) {
+                Some(i) => {
+                    s.table.remove(i);
+                    Ok(())
+                }
+                None => Err(OsError::Unmount {
+                    target: target.to_path_buf(),
+                    message: "not mounted".into(),
+                }),
+            }
+        })
+    }
+
+    async fn fs(&self, op: FsOp, medium: Medium) -> Result<FsReply, OsError> {
+        if medium == Medium::Remote && self.with(|s| s.server_dead) {
+            return Err(Self::timed_out(op.name()));
+        }
+        tokio::task::spawn_blocking(move || fsop::execute(&op).map_err(OsError::Fs))
+            .await
+            .map_err(|e| OsError::Helper {
+                what: "fake fs".into(),
+                message: e.to_string(),
+            })?
+    }
+}

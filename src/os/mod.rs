@@ -1,0 +1,114 @@
+//! OS effects, the bottom layer: mounting, unmounting, reading the mount table, and the
+//! filesystem operations that touch volume directories.
+//!
+//! Everything the driver does to the machine goes through the [`Os`] trait so that the domain can
+//! be tested against [`fake::FakeOs`] and run against [`real::RealOs`]. Nothing here knows about
+//! CSI or gRPC. Invariant: no method may block the async runtime; work that can hang on an NFS
+//! server runs in a child process that is killed (process group included) when its time is up.
+
+pub mod child;
+pub mod fake;
+pub mod fsop;
+pub mod mountinfo;
+pub mod real;
+pub mod relpath;
+pub mod safe_fs;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+pub use fsop::{FsOp, FsReply};
+pub use mountinfo::MountEntry;
+pub use relpath::RelPath;
+
+/// What to mount at a target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MountSource {
+    /// A bind mount of a local directory.
+    Bind(PathBuf),
+    /// The kernel NFS client: `server:/export/path`.
+    Nfs { server: String, path: String },
+}
+
+impl MountSource {
+    /// The source as `/proc/self/mountinfo` spells it for an NFS mount (`server:/path`; IPv6
+    /// servers in brackets, as mount.nfs requires).
+    pub fn nfs_device(server: &str, path: &str) -> String {
+        if server.contains(':') && !server.starts_with('[') {
+            format!("[{server}]:{path}")
+        } else {
+            format!("{server}:{path}")
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountSpec {
+    pub source: MountSource,
+    pub target: PathBuf,
+    pub readonly: bool,
+    /// Options passed through to the filesystem (NFS `mountOptions`); ignored for binds.
+    pub options: Vec<String>,
+}
+
+/// Where a filesystem operation runs. `Remote` paths live on an NFS server that may stop
+/// answering, so the work runs in a killable child process under a time bound; `Local` paths
+/// are on the node's own disk and run on the blocking thread pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Medium {
+    Local,
+    Remote,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct FsStats {
+    pub total_bytes: u64,
+    pub available_bytes: u64,
+    pub used_bytes: u64,
+    pub total_inodes: u64,
+    pub free_inodes: u64,
+    pub used_inodes: u64,
+}
+
+/// Failures of OS effects, named after the step that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OsError {
+    #[error("reading the mount table: {source}")]
+    ReadMountTable { source: std::io::Error },
+    #[error("mounting {target}: {message}")]
+    Mount { target: PathBuf, message: String },
+    #[error("unmounting {target}: {message}")]
+    Unmount { target: PathBuf, message: String },
+    #[error("starting helper {program}: {source}")]
+    Spawn {
+        program: String,
+        source: std::io::Error,
+    },
+    #[error("{what} did not finish within {after:?}; the helper was killed")]
+    TimedOut { what: String, after: Duration },
+    #[error("helper {what} failed: {message}")]
+    Helper { what: String, message: String },
+    #[error(transparent)]
+    Fs(#[from] safe_fs::SafeFsError),
+    #[error("{step} {path}: {source}")]
+    Io {
+        step: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// The narrow interface to the machine. Implementations must be cheap to share across tasks.
+#[async_trait]
+pub trait Os: Send + Sync + 'static {
+    /// The current mount table of this process's mount namespace.
+    async fn mounts(&self) -> Result<Vec<MountEntry>, OsError>;
+    /// Mount `spec`; the target directory must exist.
+    async fn mount(&self, spec: &MountSpec) -> Result<(), OsError>;
+    /// Unmount the topmost mount at `target`; `remote` says it is an NFS mount that may hang.
+    async fn unmount(&self, target: &Path, remote: bool) -> Result<(), OsError>;
+    /// Run one directory operation.
+    async fn fs(&self, op: FsOp, medium: Medium) -> Result<FsReply, OsError>;
+}

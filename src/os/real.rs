@@ -1,0 +1,186 @@
+//! The real machine: mount(2)/umount2(2) for binds, the kernel NFS client through `mount`, and
+//! directory work either on the blocking pool or in `pvdir internal fs` child processes.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use nix::mount::MntFlags;
+use sys_mount::{Mount, MountFlags, UnmountFlags};
+use tokio::process::Command;
+
+use super::fsop::{self, FsOp, FsReply};
+use super::safe_fs::SafeFsError;
+use super::{child, mountinfo, Medium, MountEntry, MountSource, MountSpec, Os, OsError};
+
+/// The argument that makes the pvdir binary run one [`FsOp`] and print its result as JSON.
+pub const INTERNAL_FS_ARGS: [&str; 2] = ["internal", "fs"];
+
+pub struct RealOs {
+    /// The pvdir binary, re-executed as the killable helper for remote directory work.
+    helper: PathBuf,
+    /// Bound on every operation that can block on an NFS server.
+    remote_timeout: Duration,
+}
+
+impl RealOs {
+    pub fn new(helper: PathBuf, remote_timeout: Duration) -> Self {
+        Self {
+            helper,
+            remote_timeout,
+        }
+    }
+
+    async fn blocking<T: Send + 'static>(
+        f: impl FnOnce() -> Result<T, OsError> + Send + 'static,
+    ) -> Result<T, OsError> {
+        // Local work is awaited to the end: callers hold their per-volume guard until it is done.
+        tokio::task::spawn_blocking(f)
+            .await
+            .map_err(|e| OsError::Helper {
+                what: "blocking task".into(),
+                message: e.to_string(),
+            })?
+    }
+
+    async fn umount_helper(&self, target: &Path, flag: &str) -> Result<(), OsError> {
+        let mut cmd = Command::new("umount");
+        // -c (no canonicalize): util-linux would otherwise stat the target, which blocks on a
+        // dead server; -f aborts in-flight NFS requests, -l detaches without talking to it.
+        cmd.arg("-c").arg(flag).arg(target);
+        let done = child::run(cmd, "umount", self.remote_timeout).await?;
+        if done.success {
+            Ok(())
+        } else {
+            Err(OsError::Unmount {
+                target: target.to_path_buf(),
+                message: done.stderr_text(),
+            })
+        }
+    }
+}
+
+fn bind(source: &Path, target: &Path, readonly: bool) -> Result<(), OsError> {
+    let err = |e: std::io::Error| OsError::Mount {
+        target: target.to_path_buf(),
+        message: e.to_string(),
+    };
+    Mount::builder()
+        .flags(MountFlags::BIND)
+        .mount(source, target)
+        .map_err(err)?;
+    if readonly {
+        // MS_RDONLY is ignored on the initial bind (kernel quirk); it takes a remount of the
+        // bind itself. If that fails, undo the bind so no writable half-publish is left.
+        let remount = Mount::builder()
+            .flags(MountFlags::BIND | MountFlags::REMOUNT | MountFlags::RDONLY)
+            .mount(source, target);
+        if let Err(e) = remount {
+            let _ = nix::mount::umount2(target, MntFlags::MNT_DETACH);
+            return Err(err(e));
+        }
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl Os for RealOs {
+    async fn mounts(&self) -> Result<Vec<MountEntry>, OsError> {
+        let text = tokio::fs::read_to_string("/proc/self/mountinfo")
+            .await
+            .map_err(|source| OsError::ReadMountTable { source })?;
+        Ok(mountinfo::parse(&text))
+    }
+
+    async fn mount(&self, spec: &MountSpec) -> Result<(), OsError> {
+        match &spec.source {
+            MountSource::Bind(source) => {
+                let (source, target, ro) = (source.clone(), spec.target.clone(), spec.readonly);
+                Self::blocking(move || bind(&source, &target, ro)).await
+            }
+            MountSource::Nfs { server, path } => {
+                let mut options = spec.options.clone();
+                if spec.readonly {
+                    options.push("ro".into());
+                }
+                let mut cmd = Command::new("mount");
+                cmd.args(["-t", "nfs"]);
+                if !options.is_empty() {
+                    cmd.arg("-o").arg(options.join(","));
+                }
+                cmd.arg(MountSource::nfs_device(server, path))
+                    .arg(&spec.target);
+                let done = child::run(cmd, "mount.nfs", self.remote_timeout).await?;
+                if done.success {
+                    Ok(())
+                } else {
+                    Err(OsError::Mount {
+                        target: spec.target.clone(),
+                        message: done.stderr_text(),
+                    })
+                }
+            }
+        }
+    }
+
+    async fn unmount(&self, target: &Path, remote: bool) -> Result<(), OsError> {
+        if remote {
+            match self.umount_helper(target, "-f").await {
+                Ok(()) => Ok(()),
+                Err(first) => {
+                    tracing::warn!(target.path = %target.display(), error = %first,
+                        "forced unmount failed; detaching lazily");
+                    self.umount_helper(target, "-l").await
+                }
+            }
+        } else {
+            let target = target.to_path_buf();
+            Self::blocking(move || {
+                sys_mount::unmount(&target, UnmountFlags::empty()).map_err(|e| OsError::Unmount {
+                    target: target.clone(),
+                    message: e.to_string(),
+                })
+            })
+            .await
+        }
+    }
+
+    async fn fs(&self, op: FsOp, medium: Medium) -> Result<FsReply, OsError> {
+        match medium {
+            Medium::Local => Self::blocking(move || fsop::execute(&op).map_err(OsError::Fs)).await,
+            Medium::Remote => {
+                let json = serde_json::to_string(&op).map_err(|e| OsError::Helper {
+                    what: op.name().into(),
+                    message: e.to_string(),
+                })?;
+                let mut cmd = Command::new(&self.helper);
+                cmd.args(INTERNAL_FS_ARGS).arg(json);
+                let done = child::run(cmd, op.name(), self.remote_timeout).await?;
+                let reply: Result<FsReply, SafeFsError> = serde_json::from_slice(&done.stdout)
+                    .map_err(|e| OsError::Helper {
+                        what: op.name().into(),
+                        message: format!("{e}; stderr: {}", done.stderr_text()),
+                    })?;
+                reply.map_err(OsError::Fs)
+            }
+        }
+    }
+}
+
+/// Entry point of `pvdir internal fs <json>`: run one operation in this (child) process and
+/// print the result for the parent.
+pub fn run_internal_fs(json: &str) -> i32 {
+    let result: Result<FsReply, SafeFsError> = match serde_json::from_str::<FsOp>(json) {
+        Ok(op) => fsop::execute(&op),
+        Err(e) => Err(SafeFsError::InvalidName {
+            name: format!("undecodable operation: {e}"),
+        }),
+    };
+    match serde_json::to_string(&result) {
+        Ok(text) => {
+            println!("{text}");
+            0
+        }
+        Err(_) => 1,
+    }
+}

@@ -1,0 +1,208 @@
+//! Wiring and serving: builds the services for each configured backend and serves each on its
+//! endpoint until SIGTERM/SIGINT, then lets in-flight calls finish and removes the sockets.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio::net::{TcpListener, UnixListener};
+use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tonic::transport::Server;
+
+use crate::cli::ServeArgs;
+use crate::csi::controller::ControllerService;
+use crate::csi::identity::IdentityService;
+use crate::csi::node::NodeService;
+use crate::csi::proto::{controller_server::ControllerServer, identity_server::IdentityServer, node_server::NodeServer};
+use crate::domain::backend::Backend;
+use crate::domain::controller::Controller;
+use crate::domain::local::LocalBackend;
+use crate::domain::nfs::NfsBackend;
+use crate::domain::node::Node;
+use crate::os::Os;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    Unix(PathBuf),
+    Tcp(SocketAddr),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("endpoint {0:?}: expected unix:///absolute/path or tcp://host:port")]
+    BadEndpoint(String),
+    #[error("preparing {path}: {source}")]
+    Prepare { path: PathBuf, source: std::io::Error },
+    #[error("listening on {endpoint:?}: {source}")]
+    Listen { endpoint: Endpoint, source: std::io::Error },
+    #[error("serving: {0}")]
+    Serve(#[from] tonic::transport::Error),
+    #[error("cannot determine the node id; pass --node-id")]
+    NoNodeId,
+}
+
+impl std::str::FromStr for Endpoint {
+    type Err = ServerError;
+    fn from_str(s: &str) -> Result<Self, ServerError> {
+        if let Some(path) = s.strip_prefix("unix://") {
+            let path = PathBuf::from(path);
+            if path.is_absolute() {
+                return Ok(Endpoint::Unix(path));
+            }
+        } else if let Some(addr) = s.strip_prefix("tcp://") {
+            if let Ok(addr) = addr.parse() {
+                return Ok(Endpoint::Tcp(addr));
+            }
+        }
+        Err(ServerError::BadEndpoint(s.to_string()))
+    }
+}
+
+/// One backend's services on one endpoint.
+pub struct Plugin {
+    pub endpoint: Endpoint,
+    pub identity: IdentityService,
+    pub controller: Option<ControllerService>,
+    pub node: Option<NodeService>,
+}
+
+fn prepare_dir(path: &Path) -> Result<PathBuf, ServerError> {
+    std::fs::create_dir_all(path).map_err(|source| ServerError::Prepare { path: path.to_path_buf(), source })?;
+    // Canonical, so that mount-table comparisons see the same path the kernel reports.
+    std::fs::canonicalize(path).map_err(|source| ServerError::Prepare { path: path.to_path_buf(), source })
+}
+
+fn node_id(args: &ServeArgs) -> Result<String, ServerError> {
+    match &args.node_id {
+        Some(id) if !id.is_empty() => Ok(id.clone()),
+        _ => nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .filter(|h| !h.is_empty())
+            .ok_or(ServerError::NoNodeId),
+    }
+}
+
+/// Build the plugins that `args` asks for. Creates the local root and staging directories.
+pub fn assemble(args: &ServeArgs, os: Arc<dyn Os>) -> Result<Vec<Plugin>, ServerError> {
+    let node_id = node_id(args)?;
+    let (local, nfs) = args.endpoints();
+    let mut plugins = Vec::new();
+    let mut add = |endpoint: &str, name: &str, backend: Backend| -> Result<(), ServerError> {
+        let kind = backend.kind();
+        let backend = Arc::new(backend);
+        let in_flight = crate::domain::guard::InFlight::default();
+        plugins.push(Plugin {
+            endpoint: endpoint.parse()?,
+            identity: IdentityService::new(name.to_string(), kind, args.mode.controller()),
+            controller: args
+                .mode
+                .controller()
+                .then(|| ControllerService::new(Controller::new(Arc::clone(&backend), in_flight.clone()), kind)),
+            node: args.mode.node().then(|| {
+                NodeService::new(
+                    Node::new(Arc::clone(&backend), Arc::clone(&os), in_flight.clone()),
+                    node_id.clone(),
+                    kind == crate::domain::access::BackendKind::Local,
+                )
+            }),
+        });
+        Ok(())
+    };
+    if let Some(endpoint) = local {
+        let root = prepare_dir(&args.local_root)?;
+        let backend = LocalBackend::new(root, node_id.clone(), Arc::clone(&os));
+        for dir in backend.layout_dirs() {
+            prepare_dir(&dir)?;
+        }
+        add(&endpoint, &args.local_driver_name, Backend::Local(backend))?;
+    }
+    if let Some(endpoint) = nfs {
+        let staging = if args.mode.controller() {
+            prepare_dir(&args.nfs_staging_dir)?
+        } else {
+            args.nfs_staging_dir.clone()
+        };
+        add(&endpoint, &args.nfs_driver_name, Backend::Nfs(NfsBackend::new(staging, Arc::clone(&os))))?;
+    }
+    Ok(plugins)
+}
+
+/// Serve every plugin until `shutdown` resolves; then stop accepting, let in-flight calls
+/// finish, and remove the unix sockets.
+pub async fn serve(plugins: Vec<Plugin>, shutdown: impl std::future::Future<Output = ()>) -> Result<(), ServerError> {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut sockets = Vec::new();
+    for plugin in plugins {
+        let mut router = Server::builder().add_service(IdentityServer::new(plugin.identity));
+        if let Some(c) = plugin.controller {
+            router = router.add_service(ControllerServer::new(c));
+        }
+        if let Some(n) = plugin.node {
+            router = router.add_service(NodeServer::new(n));
+        }
+        let mut rx = stop_rx.clone();
+        let stopped = async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        };
+        let endpoint = plugin.endpoint.clone();
+        let listen_err = |source| ServerError::Listen { endpoint: endpoint.clone(), source };
+        match &plugin.endpoint {
+            Endpoint::Unix(path) => {
+                if let Some(parent) = path.parent() {
+                    std::fs::create_dir_all(parent).map_err(listen_err)?;
+                }
+                // A socket left by a killed predecessor would make bind fail with EADDRINUSE.
+                match std::fs::remove_file(path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(listen_err(e)),
+                }
+                let listener = UnixListener::bind(path).map_err(listen_err)?;
+                sockets.push(path.clone());
+                tracing::info!(endpoint = %path.display(), "serving");
+                tasks.spawn(router.serve_with_incoming_shutdown(UnixListenerStream::new(listener), stopped));
+            }
+            Endpoint::Tcp(addr) => {
+                let listener = TcpListener::bind(addr).await.map_err(listen_err)?;
+                tracing::info!(endpoint = %addr, "serving");
+                tasks.spawn(router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopped));
+            }
+        }
+    }
+    let mut result = Ok(());
+    tokio::select! {
+        _ = shutdown => tracing::info!("shutting down: finishing in-flight calls"),
+        Some(done) = tasks.join_next() => {
+            // A server that ends on its own has failed; stop the others too.
+            if let Ok(Err(e)) = done { result = Err(ServerError::Serve(e)); }
+        }
+    }
+    let _ = stop_tx.send(true);
+    while let Some(done) = tasks.join_next().await {
+        if let Ok(Err(e)) = done {
+            if result.is_ok() {
+                result = Err(ServerError::Serve(e));
+            }
+        }
+    }
+    for socket in sockets {
+        let _ = std::fs::remove_file(socket);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_parse() {
+        assert_eq!("unix:///run/x.sock".parse::<Endpoint>().unwrap(), Endpoint::Unix("/run/x.sock".into()));
+        assert_eq!("tcp://127.0.0.1:10000".parse::<Endpoint>().unwrap(), Endpoint::Tcp("127.0.0.1:10000".parse().unwrap()));
+        for bad in ["unix://rel.sock", "/abs", "tcp://nohost", "http://x:1", ""] {
+            assert!(bad.parse::<Endpoint>().is_err(), "{bad}");
+        }
+    }
+}
