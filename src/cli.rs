@@ -6,7 +6,11 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
-#[command(name = "pvdir", version, about = "CSI driver: a directory per volume, on NFS or local disk")]
+#[command(
+    name = "pvdir",
+    version,
+    about = "CSI driver: a directory per volume, on NFS or local disk"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -68,7 +72,11 @@ pub struct ServeArgs {
     pub nfs_endpoint: Option<String>,
 
     /// Driver name of the local backend (the StorageClass provisioner).
-    #[arg(long, default_value = "local.pvdir.io", env = "PVDIR_LOCAL_DRIVER_NAME")]
+    #[arg(
+        long,
+        default_value = "local.pvdir.io",
+        env = "PVDIR_LOCAL_DRIVER_NAME"
+    )]
     pub local_driver_name: String,
 
     /// Driver name of the NFS backend.
@@ -84,7 +92,11 @@ pub struct ServeArgs {
     pub local_root: PathBuf,
 
     /// Where the NFS controller mounts exports to create and delete volume directories.
-    #[arg(long, default_value = "/run/pvdir/exports", env = "PVDIR_NFS_STAGING_DIR")]
+    #[arg(
+        long,
+        default_value = "/run/pvdir/exports",
+        env = "PVDIR_NFS_STAGING_DIR"
+    )]
     pub nfs_staging_dir: PathBuf,
 
     /// Bound, in seconds, on every operation that can block on an NFS server.
@@ -124,16 +136,24 @@ mod tests {
     #[test]
     fn defaults_serve_local_on_default_socket() {
         let cli = Cli::try_parse_from(["pvdir", "serve"]).unwrap();
-        let Command::Serve(args) = cli.command else { panic!() };
-        assert_eq!(args.endpoints(), (Some(DEFAULT_LOCAL_ENDPOINT.into()), None));
+        let Command::Serve(args) = cli.command else {
+            panic!()
+        };
+        assert_eq!(
+            args.endpoints(),
+            (Some(DEFAULT_LOCAL_ENDPOINT.into()), None)
+        );
         assert_eq!(args.mode, Mode::All);
         assert_eq!(args.nfs_timeout(), Duration::from_secs(30));
     }
 
     #[test]
     fn nfs_only_does_not_add_local() {
-        let cli = Cli::try_parse_from(["pvdir", "serve", "--nfs-endpoint", "tcp://127.0.0.1:1"]).unwrap();
-        let Command::Serve(args) = cli.command else { panic!() };
+        let cli =
+            Cli::try_parse_from(["pvdir", "serve", "--nfs-endpoint", "tcp://127.0.0.1:1"]).unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!()
+        };
         assert_eq!(args.endpoints(), (None, Some("tcp://127.0.0.1:1".into())));
     }
 

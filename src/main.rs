@@ -23,7 +23,10 @@ fn init_logging(args: &ServeArgs) {
 }
 
 async fn terminated() {
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         // Without signal handlers we can only run until killed.
         return std::future::pending().await;
     };
@@ -43,7 +46,10 @@ fn serve(args: ServeArgs) -> ExitCode {
         }
     };
     let os = Arc::new(RealOs::new(helper, args.nfs_timeout()));
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!(error = %e, "cannot start the runtime");
@@ -70,6 +76,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve(args),
-        Command::Internal(Internal::Fs { op }) => ExitCode::from(u8::try_from(run_internal_fs(&op)).unwrap_or(1)),
+        Command::Internal(Internal::Fs { op }) => {
+            ExitCode::from(u8::try_from(run_internal_fs(&op)).unwrap_or(1))
+        }
     }
 }

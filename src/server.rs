@@ -13,7 +13,9 @@ use crate::cli::ServeArgs;
 use crate::csi::controller::ControllerService;
 use crate::csi::identity::IdentityService;
 use crate::csi::node::NodeService;
-use crate::csi::proto::{controller_server::ControllerServer, identity_server::IdentityServer, node_server::NodeServer};
+use crate::csi::proto::{
+    controller_server::ControllerServer, identity_server::IdentityServer, node_server::NodeServer,
+};
 use crate::domain::backend::Backend;
 use crate::domain::controller::Controller;
 use crate::domain::local::LocalBackend;
@@ -32,9 +34,15 @@ pub enum ServerError {
     #[error("endpoint {0:?}: expected unix:///absolute/path or tcp://host:port")]
     BadEndpoint(String),
     #[error("preparing {path}: {source}")]
-    Prepare { path: PathBuf, source: std::io::Error },
+    Prepare {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("listening on {endpoint:?}: {source}")]
-    Listen { endpoint: Endpoint, source: std::io::Error },
+    Listen {
+        endpoint: Endpoint,
+        source: std::io::Error,
+    },
     #[error("serving: {0}")]
     Serve(#[from] tonic::transport::Error),
     #[error("cannot determine the node id; pass --node-id")]
@@ -67,9 +75,15 @@ pub struct Plugin {
 }
 
 fn prepare_dir(path: &Path) -> Result<PathBuf, ServerError> {
-    std::fs::create_dir_all(path).map_err(|source| ServerError::Prepare { path: path.to_path_buf(), source })?;
+    std::fs::create_dir_all(path).map_err(|source| ServerError::Prepare {
+        path: path.to_path_buf(),
+        source,
+    })?;
     // Canonical, so that mount-table comparisons see the same path the kernel reports.
-    std::fs::canonicalize(path).map_err(|source| ServerError::Prepare { path: path.to_path_buf(), source })
+    std::fs::canonicalize(path).map_err(|source| ServerError::Prepare {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 fn node_id(args: &ServeArgs) -> Result<String, ServerError> {
@@ -95,10 +109,12 @@ pub fn assemble(args: &ServeArgs, os: Arc<dyn Os>) -> Result<Vec<Plugin>, Server
         plugins.push(Plugin {
             endpoint: endpoint.parse()?,
             identity: IdentityService::new(name.to_string(), kind, args.mode.controller()),
-            controller: args
-                .mode
-                .controller()
-                .then(|| ControllerService::new(Controller::new(Arc::clone(&backend), in_flight.clone()), kind)),
+            controller: args.mode.controller().then(|| {
+                ControllerService::new(
+                    Controller::new(Arc::clone(&backend), in_flight.clone()),
+                    kind,
+                )
+            }),
             node: args.mode.node().then(|| {
                 NodeService::new(
                     Node::new(Arc::clone(&backend), Arc::clone(&os), in_flight.clone()),
@@ -123,14 +139,21 @@ pub fn assemble(args: &ServeArgs, os: Arc<dyn Os>) -> Result<Vec<Plugin>, Server
         } else {
             args.nfs_staging_dir.clone()
         };
-        add(&endpoint, &args.nfs_driver_name, Backend::Nfs(NfsBackend::new(staging, Arc::clone(&os))))?;
+        add(
+            &endpoint,
+            &args.nfs_driver_name,
+            Backend::Nfs(NfsBackend::new(staging, Arc::clone(&os))),
+        )?;
     }
     Ok(plugins)
 }
 
 /// Serve every plugin until `shutdown` resolves; then stop accepting, let in-flight calls
 /// finish, and remove the unix sockets.
-pub async fn serve(plugins: Vec<Plugin>, shutdown: impl std::future::Future<Output = ()>) -> Result<(), ServerError> {
+pub async fn serve(
+    plugins: Vec<Plugin>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), ServerError> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
     let mut sockets = Vec::new();
@@ -147,7 +170,10 @@ pub async fn serve(plugins: Vec<Plugin>, shutdown: impl std::future::Future<Outp
             let _ = rx.wait_for(|stop| *stop).await;
         };
         let endpoint = plugin.endpoint.clone();
-        let listen_err = |source| ServerError::Listen { endpoint: endpoint.clone(), source };
+        let listen_err = |source| ServerError::Listen {
+            endpoint: endpoint.clone(),
+            source,
+        };
         match &plugin.endpoint {
             Endpoint::Unix(path) => {
                 if let Some(parent) = path.parent() {
@@ -162,12 +188,16 @@ pub async fn serve(plugins: Vec<Plugin>, shutdown: impl std::future::Future<Outp
                 let listener = UnixListener::bind(path).map_err(listen_err)?;
                 sockets.push(path.clone());
                 tracing::info!(endpoint = %path.display(), "serving");
-                tasks.spawn(router.serve_with_incoming_shutdown(UnixListenerStream::new(listener), stopped));
+                tasks.spawn(
+                    router.serve_with_incoming_shutdown(UnixListenerStream::new(listener), stopped),
+                );
             }
             Endpoint::Tcp(addr) => {
                 let listener = TcpListener::bind(addr).await.map_err(listen_err)?;
                 tracing::info!(endpoint = %addr, "serving");
-                tasks.spawn(router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopped));
+                tasks.spawn(
+                    router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopped),
+                );
             }
         }
     }
@@ -199,8 +229,14 @@ mod tests {
 
     #[test]
     fn endpoints_parse() {
-        assert_eq!("unix:///run/x.sock".parse::<Endpoint>().unwrap(), Endpoint::Unix("/run/x.sock".into()));
-        assert_eq!("tcp://127.0.0.1:10000".parse::<Endpoint>().unwrap(), Endpoint::Tcp("127.0.0.1:10000".parse().unwrap()));
+        assert_eq!(
+            "unix:///run/x.sock".parse::<Endpoint>().unwrap(),
+            Endpoint::Unix("/run/x.sock".into())
+        );
+        assert_eq!(
+            "tcp://127.0.0.1:10000".parse::<Endpoint>().unwrap(),
+            Endpoint::Tcp("127.0.0.1:10000".parse().unwrap())
+        );
         for bad in ["unix://rel.sock", "/abs", "tcp://nohost", "http://x:1", ""] {
             assert!(bad.parse::<Endpoint>().is_err(), "{bad}");
         }

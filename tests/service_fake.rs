@@ -61,8 +61,15 @@ impl Rig {
         let os: Arc<dyn pvdir::os::Os> = Arc::new(fake.clone());
         let in_flight = InFlight::default();
         Self {
-            controller: ControllerService::new(Controller::new(Arc::clone(&backend), in_flight.clone()), kind),
-            node: Arc::new(NodeService::new(Node::new(backend, os, in_flight), "n1".into(), local)),
+            controller: ControllerService::new(
+                Controller::new(Arc::clone(&backend), in_flight.clone()),
+                kind,
+            ),
+            node: Arc::new(NodeService::new(
+                Node::new(backend, os, in_flight),
+                "n1".into(),
+                local,
+            )),
             fake,
             dir,
         }
@@ -93,7 +100,13 @@ impl Rig {
             .map(|_| ())
     }
 
-    async fn publish(&self, id: &str, target: &Path, mode: Mode, readonly: bool) -> Result<(), tonic::Status> {
+    async fn publish(
+        &self,
+        id: &str,
+        target: &Path,
+        mode: Mode,
+        readonly: bool,
+    ) -> Result<(), tonic::Status> {
         self.node
             .node_publish_volume(Request::new(publish_req(id, target, mode, readonly)))
             .await
@@ -114,24 +127,42 @@ impl Rig {
 fn cap(mode: Mode, flags: &[&str]) -> csi::VolumeCapability {
     csi::VolumeCapability {
         access_mode: Some(csi::volume_capability::AccessMode { mode: mode as i32 }),
-        access_type: Some(csi::volume_capability::AccessType::Mount(csi::volume_capability::MountVolume {
-            mount_flags: flags.iter().map(|f| f.to_string()).collect(),
-            ..Default::default()
-        })),
+        access_type: Some(csi::volume_capability::AccessType::Mount(
+            csi::volume_capability::MountVolume {
+                mount_flags: flags.iter().map(|f| f.to_string()).collect(),
+                ..Default::default()
+            },
+        )),
     }
 }
 
-fn create_req(name: &str, bytes: i64, mode: Mode, params: &[(&str, &str)]) -> csi::CreateVolumeRequest {
+fn create_req(
+    name: &str,
+    bytes: i64,
+    mode: Mode,
+    params: &[(&str, &str)],
+) -> csi::CreateVolumeRequest {
     csi::CreateVolumeRequest {
         name: name.into(),
-        capacity_range: Some(csi::CapacityRange { required_bytes: bytes, limit_bytes: 0 }),
+        capacity_range: Some(csi::CapacityRange {
+            required_bytes: bytes,
+            limit_bytes: 0,
+        }),
         volume_capabilities: vec![cap(mode, &["hard", "nfsvers=4.2"])],
-        parameters: params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        parameters: params
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
         ..Default::default()
     }
 }
 
-fn publish_req(id: &str, target: &Path, mode: Mode, readonly: bool) -> csi::NodePublishVolumeRequest {
+fn publish_req(
+    id: &str,
+    target: &Path,
+    mode: Mode,
+    readonly: bool,
+) -> csi::NodePublishVolumeRequest {
     csi::NodePublishVolumeRequest {
         volume_id: id.into(),
         target_path: target.to_string_lossy().into(),
@@ -155,10 +186,22 @@ const SEED_CLASS: &[(&str, &str)] = &[
 fn seed_claim(ordinal: u32, on_delete: &str) -> csi::CreateVolumeRequest {
     let mut params: Vec<(&str, &str)> = SEED_CLASS.to_vec();
     params.push(("onDelete", on_delete));
-    let mut req = create_req(&format!("pvc-{ordinal}"), 1 << 30, Mode::MultiNodeMultiWriter, &params);
-    req.parameters.insert("csi.storage.k8s.io/pvc/name".into(), format!("www-web-{ordinal}"));
-    req.parameters.insert("csi.storage.k8s.io/pvc/namespace".into(), "default".into());
-    req.parameters.insert("csi.storage.k8s.io/pv/name".into(), format!("pvc-{ordinal}"));
+    let mut req = create_req(
+        &format!("pvc-{ordinal}"),
+        1 << 30,
+        Mode::MultiNodeMultiWriter,
+        &params,
+    );
+    req.parameters.insert(
+        "csi.storage.k8s.io/pvc/name".into(),
+        format!("www-web-{ordinal}"),
+    );
+    req.parameters
+        .insert("csi.storage.k8s.io/pvc/namespace".into(), "default".into());
+    req.parameters.insert(
+        "csi.storage.k8s.io/pv/name".into(),
+        format!("pvc-{ordinal}"),
+    );
     req
 }
 
@@ -167,15 +210,38 @@ fn seed_claim(ordinal: u32, on_delete: &str) -> csi::CreateVolumeRequest {
 #[tokio::test]
 async fn local_create_is_idempotent_and_conflicts_are_already_exists() {
     let rig = Rig::local();
-    let a = rig.create(create_req("pvc-a", 1000, Mode::SingleNodeWriter, &[])).await.unwrap();
-    let again = rig.create(create_req("pvc-a", 1000, Mode::SingleNodeWriter, &[])).await.unwrap();
+    let a = rig
+        .create(create_req("pvc-a", 1000, Mode::SingleNodeWriter, &[]))
+        .await
+        .unwrap();
+    let again = rig
+        .create(create_req("pvc-a", 1000, Mode::SingleNodeWriter, &[]))
+        .await
+        .unwrap();
     assert_eq!(a, again);
     assert_eq!(a.capacity_bytes, 1000);
-    assert_eq!(a.accessible_topology[0].segments["topology.pvdir.io/node"], "n1");
-    assert!(rig.path().join("root/volumes/pvc-a").is_dir());
-    assert_eq!(code(rig.create(create_req("pvc-a", 2000, Mode::SingleNodeWriter, &[])).await), Code::AlreadyExists);
     assert_eq!(
-        code(rig.create(create_req("pvc-a", 1000, Mode::SingleNodeWriter, &[("mountPermissions", "0700")])).await),
+        a.accessible_topology[0].segments["topology.pvdir.io/node"],
+        "n1"
+    );
+    assert!(rig.path().join("root/volumes/pvc-a").is_dir());
+    assert_eq!(
+        code(
+            rig.create(create_req("pvc-a", 2000, Mode::SingleNodeWriter, &[]))
+                .await
+        ),
+        Code::AlreadyExists
+    );
+    assert_eq!(
+        code(
+            rig.create(create_req(
+                "pvc-a",
+                1000,
+                Mode::SingleNodeWriter,
+                &[("mountPermissions", "0700")]
+            ))
+            .await
+        ),
         Code::AlreadyExists
     );
 }
@@ -184,7 +250,10 @@ async fn local_create_is_idempotent_and_conflicts_are_already_exists() {
 async fn local_limit_only_capacity_is_reported_exactly() {
     let rig = Rig::local();
     let mut req = create_req("pvc-l", 0, Mode::SingleNodeWriter, &[]);
-    req.capacity_range = Some(csi::CapacityRange { required_bytes: 0, limit_bytes: 4096 });
+    req.capacity_range = Some(csi::CapacityRange {
+        required_bytes: 0,
+        limit_bytes: 4096,
+    });
     assert_eq!(rig.create(req).await.unwrap().capacity_bytes, 4096);
 }
 
@@ -192,46 +261,88 @@ async fn local_limit_only_capacity_is_reported_exactly() {
 async fn unknown_parameter_is_invalid_argument_and_names_it() {
     let rig = Rig::local();
     let err = rig
-        .create(create_req("pvc-x", 1, Mode::SingleNodeWriter, &[("mountPermission", "0777")]))
+        .create(create_req(
+            "pvc-x",
+            1,
+            Mode::SingleNodeWriter,
+            &[("mountPermission", "0777")],
+        ))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     // The issue asks that the message name the offending parameter.
     assert!(err.message().contains("mountPermission"));
-    assert!(std::fs::read_dir(rig.path().join("root/volumes")).unwrap().next().is_none());
+    assert!(std::fs::read_dir(rig.path().join("root/volumes"))
+        .unwrap()
+        .next()
+        .is_none());
 }
 
 #[tokio::test]
 async fn any_name_up_to_128_characters_gets_its_own_directory() {
     let rig = Rig::local();
-    let names = ["a/b", "a_b", "ünïcode 名前", "..", ".hidden", &"x".repeat(128), &"y".repeat(200)];
+    let names = [
+        "a/b",
+        "a_b",
+        "ünïcode 名前",
+        "..",
+        ".hidden",
+        &"x".repeat(128),
+        &"y".repeat(200),
+    ];
     let mut ids = std::collections::HashSet::new();
     for name in names {
-        let v = rig.create(create_req(name, 1, Mode::SingleNodeWriter, &[])).await.unwrap();
+        let v = rig
+            .create(create_req(name, 1, Mode::SingleNodeWriter, &[]))
+            .await
+            .unwrap();
         assert!(ids.insert(v.volume_id.clone()), "{name}");
         // Idempotent for the odd names too.
-        assert_eq!(rig.create(create_req(name, 1, Mode::SingleNodeWriter, &[])).await.unwrap(), v);
+        assert_eq!(
+            rig.create(create_req(name, 1, Mode::SingleNodeWriter, &[]))
+                .await
+                .unwrap(),
+            v
+        );
     }
-    let dirs = std::fs::read_dir(rig.path().join("root/volumes")).unwrap().count();
+    let dirs = std::fs::read_dir(rig.path().join("root/volumes"))
+        .unwrap()
+        .count();
     assert_eq!(dirs, names.len());
     // No name escaped the volumes directory.
-    assert_eq!(std::fs::read_dir(rig.path().join("root")).unwrap().count(), 2);
+    assert_eq!(
+        std::fs::read_dir(rig.path().join("root")).unwrap().count(),
+        2
+    );
 }
 
 #[tokio::test]
 async fn local_rejects_multi_node_and_block_everywhere() {
     let rig = Rig::local();
-    for mode in [Mode::MultiNodeMultiWriter, Mode::MultiNodeReaderOnly, Mode::MultiNodeSingleWriter] {
-        assert_eq!(code(rig.create(create_req("pvc-m", 1, mode, &[])).await), Code::InvalidArgument);
+    for mode in [
+        Mode::MultiNodeMultiWriter,
+        Mode::MultiNodeReaderOnly,
+        Mode::MultiNodeSingleWriter,
+    ] {
+        assert_eq!(
+            code(rig.create(create_req("pvc-m", 1, mode, &[])).await),
+            Code::InvalidArgument
+        );
     }
     let mut block = create_req("pvc-b", 1, Mode::SingleNodeWriter, &[]);
     block.volume_capabilities[0].access_type =
         Some(csi::volume_capability::AccessType::Block(Default::default()));
     assert_eq!(code(rig.create(block).await), Code::InvalidArgument);
-    let v = rig.create(create_req("pvc-ok", 1, Mode::SingleNodeWriter, &[])).await.unwrap();
+    let v = rig
+        .create(create_req("pvc-ok", 1, Mode::SingleNodeWriter, &[]))
+        .await
+        .unwrap();
     let t = rig.path().join("t");
     assert_eq!(
-        code(rig.publish(&v.volume_id, &t, Mode::MultiNodeMultiWriter, false).await),
+        code(
+            rig.publish(&v.volume_id, &t, Mode::MultiNodeMultiWriter, false)
+                .await
+        ),
         Code::InvalidArgument
     );
     assert!(rig.fake.calls().is_empty());
@@ -244,17 +355,36 @@ async fn topology_must_include_this_node() {
     let other = csi::Topology {
         segments: HashMap::from([("topology.pvdir.io/node".to_string(), "n2".to_string())]),
     };
-    req.accessibility_requirements = Some(csi::TopologyRequirement { requisite: vec![other.clone()], preferred: vec![] });
+    req.accessibility_requirements = Some(csi::TopologyRequirement {
+        requisite: vec![other.clone()],
+        preferred: vec![],
+    });
     assert_eq!(code(rig.create(req.clone()).await), Code::ResourceExhausted);
     let mine = csi::Topology {
         segments: HashMap::from([("topology.pvdir.io/node".to_string(), "n1".to_string())]),
     };
-    req.accessibility_requirements = Some(csi::TopologyRequirement { requisite: vec![other.clone(), mine], preferred: vec![] });
+    req.accessibility_requirements = Some(csi::TopologyRequirement {
+        requisite: vec![other.clone(), mine],
+        preferred: vec![],
+    });
     assert!(rig.create(req).await.is_ok());
-    let cap = |t: Option<csi::Topology>| csi::GetCapacityRequest { accessible_topology: t, ..Default::default() };
-    let here = rig.controller.get_capacity(Request::new(cap(None))).await.unwrap().into_inner();
+    let cap = |t: Option<csi::Topology>| csi::GetCapacityRequest {
+        accessible_topology: t,
+        ..Default::default()
+    };
+    let here = rig
+        .controller
+        .get_capacity(Request::new(cap(None)))
+        .await
+        .unwrap()
+        .into_inner();
     assert!(here.available_capacity > 0);
-    let there = rig.controller.get_capacity(Request::new(cap(Some(other)))).await.unwrap().into_inner();
+    let there = rig
+        .controller
+        .get_capacity(Request::new(cap(Some(other))))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(there.available_capacity, 0);
 }
 
@@ -262,20 +392,32 @@ async fn topology_must_include_this_node() {
 async fn list_volumes_pages_and_rejects_bad_tokens() {
     let rig = Rig::local();
     for i in 0..5 {
-        rig.create(create_req(&format!("pvc-{i}"), i + 1, Mode::SingleNodeWriter, &[])).await.unwrap();
+        rig.create(create_req(
+            &format!("pvc-{i}"),
+            i + 1,
+            Mode::SingleNodeWriter,
+            &[],
+        ))
+        .await
+        .unwrap();
     }
     let list = |token: &str, max: i32| {
-        rig.controller.list_volumes(Request::new(csi::ListVolumesRequest {
-            max_entries: max,
-            starting_token: token.into(),
-        }))
+        rig.controller
+            .list_volumes(Request::new(csi::ListVolumesRequest {
+                max_entries: max,
+                starting_token: token.into(),
+            }))
     };
     let mut seen = Vec::new();
     let mut token = String::new();
     loop {
         let page = list(&token, 2).await.unwrap().into_inner();
         assert!(page.entries.len() <= 2);
-        seen.extend(page.entries.into_iter().map(|e| e.volume.unwrap().capacity_bytes));
+        seen.extend(
+            page.entries
+                .into_iter()
+                .map(|e| e.volume.unwrap().capacity_bytes),
+        );
         if page.next_token.is_empty() {
             break;
         }
@@ -285,7 +427,14 @@ async fn list_volumes_pages_and_rejects_bad_tokens() {
     assert_eq!(code(list("bogus", 2).await), Code::Aborted);
     assert_eq!(code(list("99", 2).await), Code::Aborted);
     assert_eq!(
-        code(rig.controller.list_volumes(Request::new(csi::ListVolumesRequest { max_entries: -1, ..Default::default() })).await),
+        code(
+            rig.controller
+                .list_volumes(Request::new(csi::ListVolumesRequest {
+                    max_entries: -1,
+                    ..Default::default()
+                }))
+                .await
+        ),
         Code::InvalidArgument
     );
 }
@@ -293,57 +442,106 @@ async fn list_volumes_pages_and_rejects_bad_tokens() {
 #[tokio::test]
 async fn publish_is_idempotent_and_incompatible_republish_is_already_exists() {
     let rig = Rig::local();
-    let v = rig.create(create_req("pvc-p", 1, Mode::SingleNodeWriter, &[])).await.unwrap();
+    let v = rig
+        .create(create_req("pvc-p", 1, Mode::SingleNodeWriter, &[]))
+        .await
+        .unwrap();
     let t = rig.path().join("target");
-    rig.publish(&v.volume_id, &t, Mode::SingleNodeWriter, false).await.unwrap();
-    rig.publish(&v.volume_id, &t, Mode::SingleNodeWriter, false).await.unwrap();
-    assert_eq!(rig.fake.calls().iter().filter(|c| c.starts_with("mount")).count(), 1);
-    assert_eq!(code(rig.publish(&v.volume_id, &t, Mode::SingleNodeWriter, true).await), Code::AlreadyExists);
+    rig.publish(&v.volume_id, &t, Mode::SingleNodeWriter, false)
+        .await
+        .unwrap();
+    rig.publish(&v.volume_id, &t, Mode::SingleNodeWriter, false)
+        .await
+        .unwrap();
+    assert_eq!(
+        rig.fake
+            .calls()
+            .iter()
+            .filter(|c| c.starts_with("mount"))
+            .count(),
+        1
+    );
+    assert_eq!(
+        code(
+            rig.publish(&v.volume_id, &t, Mode::SingleNodeWriter, true)
+                .await
+        ),
+        Code::AlreadyExists
+    );
     rig.unpublish(&v.volume_id, &t).await.unwrap();
     assert!(!rig.fake.is_mounted(&t));
     assert!(!t.exists(), "target directory is removed");
     rig.unpublish(&v.volume_id, &t).await.unwrap();
-    rig.unpublish("v1#local#n1#never-existed", &t).await.unwrap();
+    rig.unpublish("v1#local#n1#never-existed", &t)
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
 async fn reader_only_mode_or_readonly_flag_mounts_read_only() {
     let rig = Rig::local();
-    let v = rig.create(create_req("pvc-r", 1, Mode::SingleNodeWriter, &[])).await.unwrap();
+    let v = rig
+        .create(create_req("pvc-r", 1, Mode::SingleNodeWriter, &[]))
+        .await
+        .unwrap();
     let (a, b) = (rig.path().join("a"), rig.path().join("b"));
-    rig.publish(&v.volume_id, &a, Mode::SingleNodeReaderOnly, false).await.unwrap();
-    rig.publish(&v.volume_id, &b, Mode::SingleNodeWriter, true).await.unwrap();
+    rig.publish(&v.volume_id, &a, Mode::SingleNodeReaderOnly, false)
+        .await
+        .unwrap();
+    rig.publish(&v.volume_id, &b, Mode::SingleNodeWriter, true)
+        .await
+        .unwrap();
     let table = rig.fake.table();
     for t in [&a, &b] {
-        assert!(table.iter().any(|m| &m.mount_point == t && m.readonly), "{t:?}");
+        assert!(
+            table.iter().any(|m| &m.mount_point == t && m.readonly),
+            "{t:?}"
+        );
     }
 }
 
 #[tokio::test]
 async fn single_node_single_writer_allows_one_target() {
     let rig = Rig::local();
-    let v = rig.create(create_req("pvc-o", 1, Mode::SingleNodeSingleWriter, &[])).await.unwrap();
+    let v = rig
+        .create(create_req("pvc-o", 1, Mode::SingleNodeSingleWriter, &[]))
+        .await
+        .unwrap();
     let (a, b) = (rig.path().join("a"), rig.path().join("b"));
-    rig.publish(&v.volume_id, &a, Mode::SingleNodeSingleWriter, false).await.unwrap();
+    rig.publish(&v.volume_id, &a, Mode::SingleNodeSingleWriter, false)
+        .await
+        .unwrap();
     assert_eq!(
-        code(rig.publish(&v.volume_id, &b, Mode::SingleNodeSingleWriter, false).await),
+        code(
+            rig.publish(&v.volume_id, &b, Mode::SingleNodeSingleWriter, false)
+                .await
+        ),
         Code::FailedPrecondition
     );
     assert!(!rig.fake.is_mounted(&b));
     rig.unpublish(&v.volume_id, &a).await.unwrap();
-    rig.publish(&v.volume_id, &b, Mode::SingleNodeSingleWriter, false).await.unwrap();
+    rig.publish(&v.volume_id, &b, Mode::SingleNodeSingleWriter, false)
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
 async fn concurrent_calls_on_one_volume_are_aborted_until_the_work_ends() {
     let rig = Rig::local();
-    let v = rig.create(create_req("pvc-c", 1, Mode::SingleNodeWriter, &[])).await.unwrap();
+    let v = rig
+        .create(create_req("pvc-c", 1, Mode::SingleNodeWriter, &[]))
+        .await
+        .unwrap();
     let (a, b) = (rig.path().join("a"), rig.path().join("b"));
     rig.fake.pause_mounts();
     let node = Arc::clone(&rig.node);
     let first = tokio::spawn({
         let req = publish_req(&v.volume_id, &a, Mode::SingleNodeWriter, false);
-        async move { node.node_publish_volume(Request::new(req)).await.map(|_| ()) }
+        async move {
+            node.node_publish_volume(Request::new(req))
+                .await
+                .map(|_| ())
+        }
     });
     // Wait until the first call is inside the (paused) mount.
     for _ in 0..200 {
@@ -352,34 +550,51 @@ async fn concurrent_calls_on_one_volume_are_aborted_until_the_work_ends() {
         }
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
-    assert_eq!(code(rig.publish(&v.volume_id, &b, Mode::SingleNodeWriter, false).await), Code::Aborted);
+    assert_eq!(
+        code(
+            rig.publish(&v.volume_id, &b, Mode::SingleNodeWriter, false)
+                .await
+        ),
+        Code::Aborted
+    );
     assert_eq!(code(rig.unpublish(&v.volume_id, &a).await), Code::Aborted);
     // Another volume is not held up.
-    let w = rig.create(create_req("pvc-other", 1, Mode::SingleNodeWriter, &[])).await.unwrap();
+    let w = rig
+        .create(create_req("pvc-other", 1, Mode::SingleNodeWriter, &[]))
+        .await
+        .unwrap();
     // Nor can the same process delete the volume while publishing it.
     assert_eq!(code(rig.delete(&v.volume_id).await), Code::Aborted);
     rig.fake.resume_mounts();
     first.await.unwrap().unwrap();
-    rig.publish(&v.volume_id, &b, Mode::SingleNodeWriter, false).await.unwrap();
+    rig.publish(&v.volume_id, &b, Mode::SingleNodeWriter, false)
+        .await
+        .unwrap();
     rig.delete(&w.volume_id).await.unwrap();
 }
 
 #[tokio::test]
 async fn stats_need_a_published_path() {
     let rig = Rig::local();
-    let v = rig.create(create_req("pvc-s", 1, Mode::SingleNodeWriter, &[])).await.unwrap();
+    let v = rig
+        .create(create_req("pvc-s", 1, Mode::SingleNodeWriter, &[]))
+        .await
+        .unwrap();
     let t = rig.path().join("t");
     let stats = |id: &str, p: &Path| {
-        rig.node.node_get_volume_stats(Request::new(csi::NodeGetVolumeStatsRequest {
-            volume_id: id.into(),
-            volume_path: p.to_string_lossy().into(),
-            staging_target_path: String::new(),
-        }))
+        rig.node
+            .node_get_volume_stats(Request::new(csi::NodeGetVolumeStatsRequest {
+                volume_id: id.into(),
+                volume_path: p.to_string_lossy().into(),
+                staging_target_path: String::new(),
+            }))
     };
     assert_eq!(code(stats(&v.volume_id, &t).await), Code::NotFound);
     assert_eq!(code(stats("v1#local#n1#nope", &t).await), Code::NotFound);
     assert_eq!(code(stats("garbage", &t).await), Code::NotFound);
-    rig.publish(&v.volume_id, &t, Mode::SingleNodeWriter, false).await.unwrap();
+    rig.publish(&v.volume_id, &t, Mode::SingleNodeWriter, false)
+        .await
+        .unwrap();
     let s = stats(&v.volume_id, &t).await.unwrap().into_inner();
     assert_eq!(s.usage.len(), 2);
     assert!(s.usage.iter().all(|u| u.total > 0));
@@ -396,24 +611,50 @@ async fn nfs_seed_story_creates_one_directory_per_claim_on_one_mount() {
         assert!(v.accessible_topology.is_empty());
         ids.push(v.volume_id);
     }
-    assert_eq!(ids[0], "v1#nfs#10.0.0.1#/export#default/www-web-0#delete#hard,nfsvers=4.2");
-    let mounts: Vec<_> = rig.fake.calls().into_iter().filter(|c| c.starts_with("mount")).collect();
+    assert_eq!(
+        ids[0],
+        "v1#nfs#10.0.0.1#/export#default/www-web-0#delete#hard,nfsvers=4.2"
+    );
+    let mounts: Vec<_> = rig
+        .fake
+        .calls()
+        .into_iter()
+        .filter(|c| c.starts_with("mount"))
+        .collect();
     assert_eq!(mounts.len(), 1, "the export is mounted once: {mounts:?}");
     assert!(mounts[0].starts_with("mount nfs4 10.0.0.1:/export -> "));
     let export = rig.export_dir();
     use std::os::unix::fs::PermissionsExt;
     for i in 0..3 {
         let d = export.join(format!("default/www-web-{i}"));
-        assert_eq!(std::fs::metadata(&d).unwrap().permissions().mode() & 0o7777, 0o770);
+        assert_eq!(
+            std::fs::metadata(&d).unwrap().permissions().mode() & 0o7777,
+            0o770
+        );
     }
     // mountPermissions is for the volume directory only, never its parents.
-    assert_eq!(std::fs::metadata(export.join("default")).unwrap().permissions().mode() & 0o777, 0o755);
+    assert_eq!(
+        std::fs::metadata(export.join("default"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o755
+    );
 
     // The node mounts exactly the claim's directory, with the class's mount options.
     let t = rig.path().join("pod-target");
-    rig.publish(&ids[1], &t, Mode::MultiNodeMultiWriter, false).await.unwrap();
+    rig.publish(&ids[1], &t, Mode::MultiNodeMultiWriter, false)
+        .await
+        .unwrap();
     let last = rig.fake.calls().last().cloned().unwrap();
-    assert_eq!(last, format!("mount nfs4 10.0.0.1:/export/default/www-web-1 -> {} ro=false opts=hard", t.display()));
+    assert_eq!(
+        last,
+        format!(
+            "mount nfs4 10.0.0.1:/export/default/www-web-1 -> {} ro=false opts=hard",
+            t.display()
+        )
+    );
 }
 
 #[tokio::test]
@@ -421,7 +662,10 @@ async fn nfs_conflicts_are_already_exists() {
     let rig = Rig::nfs();
     rig.create(seed_claim(0, "delete")).await.unwrap();
     let mut bigger = seed_claim(0, "delete");
-    bigger.capacity_range = Some(csi::CapacityRange { required_bytes: 5 << 30, limit_bytes: 0 });
+    bigger.capacity_range = Some(csi::CapacityRange {
+        required_bytes: 5 << 30,
+        limit_bytes: 0,
+    });
     assert_eq!(code(rig.create(bigger).await), Code::AlreadyExists);
     // Another volume whose template lands on the same directory cannot take it over.
     let mut thief = seed_claim(0, "delete");
@@ -434,21 +678,38 @@ async fn nfs_reclaim_delete_retain_archive() {
     let rig = Rig::nfs();
     let del = rig.create(seed_claim(0, "delete")).await.unwrap().volume_id;
     let keep = rig.create(seed_claim(1, "retain")).await.unwrap().volume_id;
-    let arch = rig.create(seed_claim(2, "archive")).await.unwrap().volume_id;
+    let arch = rig
+        .create(seed_claim(2, "archive"))
+        .await
+        .unwrap()
+        .volume_id;
     let export = rig.export_dir();
     std::fs::write(export.join("unrelated.txt"), b"keep me").unwrap();
     for i in 0..3 {
-        std::fs::write(export.join(format!("default/www-web-{i}/index.html")), b"hello").unwrap();
+        std::fs::write(
+            export.join(format!("default/www-web-{i}/index.html")),
+            b"hello",
+        )
+        .unwrap();
     }
     for id in [&del, &keep, &arch] {
         rig.delete(id).await.unwrap();
         rig.delete(id).await.unwrap(); // retried delete is idempotent
     }
     assert!(!export.join("default/www-web-0").exists());
-    assert_eq!(std::fs::read(export.join("default/www-web-1/index.html")).unwrap(), b"hello");
+    assert_eq!(
+        std::fs::read(export.join("default/www-web-1/index.html")).unwrap(),
+        b"hello"
+    );
     assert!(!export.join("default/www-web-2").exists());
-    assert_eq!(std::fs::read(export.join("default/archived-www-web-2/index.html")).unwrap(), b"hello");
-    assert_eq!(std::fs::read(export.join("unrelated.txt")).unwrap(), b"keep me");
+    assert_eq!(
+        std::fs::read(export.join("default/archived-www-web-2/index.html")).unwrap(),
+        b"hello"
+    );
+    assert_eq!(
+        std::fs::read(export.join("unrelated.txt")).unwrap(),
+        b"keep me"
+    );
     // The records are gone; the names are free again.
     assert!(rig.create(seed_claim(0, "delete")).await.is_ok());
 }
@@ -462,7 +723,10 @@ async fn nfs_prunes_only_empty_parents_it_created() {
     rig.delete(&a).await.unwrap();
     assert!(export.join("default").is_dir(), "still holds www-web-1");
     rig.delete(&b).await.unwrap();
-    assert!(!export.join("default").exists(), "driver-made empty parent is removed");
+    assert!(
+        !export.join("default").exists(),
+        "driver-made empty parent is removed"
+    );
 
     // A parent the driver did not create is never removed.
     std::fs::create_dir(export.join("default")).unwrap();
@@ -485,7 +749,11 @@ async fn nfs_escaping_ids_change_nothing() {
     ] {
         assert_eq!(code(rig.delete(id).await), Code::InvalidArgument, "{id}");
     }
-    assert_eq!(rig.fake.calls().len(), calls, "nothing was mounted or unmounted");
+    assert_eq!(
+        rig.fake.calls().len(),
+        calls,
+        "nothing was mounted or unmounted"
+    );
     assert!(rig.export_dir().join("default/www-web-0").is_dir());
     // A handle this driver never made: nothing of ours to delete.
     rig.delete("static-handle").await.unwrap();
@@ -500,16 +768,38 @@ async fn nfs_static_pv_mounts_the_attributes_path() {
         ("server".to_string(), "nfs.example".to_string()),
         ("share".to_string(), "/srv/nfs".to_string()),
         ("subDir".to_string(), "web/html".to_string()),
-        ("csi.storage.k8s.io/pod.name".to_string(), "web-0".to_string()),
+        (
+            "csi.storage.k8s.io/pod.name".to_string(),
+            "web-0".to_string(),
+        ),
     ]);
-    rig.node.node_publish_volume(Request::new(req.clone())).await.unwrap();
+    rig.node
+        .node_publish_volume(Request::new(req.clone()))
+        .await
+        .unwrap();
     let last = rig.fake.calls().last().cloned().unwrap();
-    assert_eq!(last, format!("mount nfs4 nfs.example:/srv/nfs/web/html -> {} ro=true opts=hard", t.display()));
+    assert_eq!(
+        last,
+        format!(
+            "mount nfs4 nfs.example:/srv/nfs/web/html -> {} ro=true opts=hard",
+            t.display()
+        )
+    );
     req.volume_context.insert("subDir".into(), "../etc".into());
     req.target_path = rig.path().join("static2").to_string_lossy().into();
-    assert_eq!(code(rig.node.node_publish_volume(Request::new(req.clone())).await), Code::InvalidArgument);
+    assert_eq!(
+        code(
+            rig.node
+                .node_publish_volume(Request::new(req.clone()))
+                .await
+        ),
+        Code::InvalidArgument
+    );
     req.volume_context.insert("colour".into(), "blue".into());
-    assert_eq!(code(rig.node.node_publish_volume(Request::new(req)).await), Code::InvalidArgument);
+    assert_eq!(
+        code(rig.node.node_publish_volume(Request::new(req)).await),
+        Code::InvalidArgument
+    );
 }
 
 #[tokio::test]
@@ -517,9 +807,14 @@ async fn nfs_dead_server_answers_unavailable_and_unpublish_still_completes() {
     let rig = Rig::nfs();
     let v = rig.create(seed_claim(0, "delete")).await.unwrap().volume_id;
     let t = rig.path().join("t");
-    rig.publish(&v, &t, Mode::MultiNodeMultiWriter, false).await.unwrap();
+    rig.publish(&v, &t, Mode::MultiNodeMultiWriter, false)
+        .await
+        .unwrap();
     rig.fake.set_server_dead(true);
-    assert_eq!(code(rig.create(seed_claim(1, "delete")).await), Code::Unavailable);
+    assert_eq!(
+        code(rig.create(seed_claim(1, "delete")).await),
+        Code::Unavailable
+    );
     let stats = rig
         .node
         .node_get_volume_stats(Request::new(csi::NodeGetVolumeStatsRequest {
@@ -531,7 +826,11 @@ async fn nfs_dead_server_answers_unavailable_and_unpublish_still_completes() {
     assert_eq!(code(stats), Code::Unavailable);
     rig.unpublish(&v, &t).await.unwrap();
     assert!(!rig.fake.is_mounted(&t));
-    assert!(rig.fake.calls().iter().any(|c| c == &format!("unmount {} remote=true", t.display())));
+    assert!(rig
+        .fake
+        .calls()
+        .iter()
+        .any(|c| c == &format!("unmount {} remote=true", t.display())));
 }
 
 #[tokio::test]
@@ -539,10 +838,16 @@ async fn failed_mount_leaves_no_mount_and_reports_internal() {
     let rig = Rig::nfs();
     let v = rig.create(seed_claim(0, "delete")).await.unwrap().volume_id;
     let t = rig.path().join("t");
-    rig.fake.fail_next_mount("mount.nfs: access denied by server");
-    assert_eq!(code(rig.publish(&v, &t, Mode::MultiNodeMultiWriter, false).await), Code::Internal);
+    rig.fake
+        .fail_next_mount("mount.nfs: access denied by server");
+    assert_eq!(
+        code(rig.publish(&v, &t, Mode::MultiNodeMultiWriter, false).await),
+        Code::Internal
+    );
     assert!(!rig.fake.is_mounted(&t));
-    rig.publish(&v, &t, Mode::MultiNodeMultiWriter, false).await.unwrap();
+    rig.publish(&v, &t, Mode::MultiNodeMultiWriter, false)
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -552,9 +857,15 @@ async fn nfs_parameters_are_validated_before_anything_happens() {
         vec![("server", "s")],
         vec![("share", "/e")],
         vec![("server", "s"), ("share", "/e"), ("onDelete", "shred")],
-        vec![("server", "s"), ("share", "/e"), ("subDir", "${pvc.metadata.name}")],
+        vec![
+            ("server", "s"),
+            ("share", "/e"),
+            ("subDir", "${pvc.metadata.name}"),
+        ],
     ] {
-        let err = rig.create(create_req("pvc-z", 1, Mode::SingleNodeWriter, &params)).await;
+        let err = rig
+            .create(create_req("pvc-z", 1, Mode::SingleNodeWriter, &params))
+            .await;
         assert_eq!(code(err), Code::InvalidArgument, "{params:?}");
     }
     assert!(rig.fake.calls().is_empty());
@@ -563,19 +874,43 @@ async fn nfs_parameters_are_validated_before_anything_happens() {
 #[tokio::test]
 async fn validate_volume_capabilities() {
     let rig = Rig::local();
-    let v = rig.create(create_req("pvc-v", 1, Mode::SingleNodeWriter, &[])).await.unwrap();
+    let v = rig
+        .create(create_req("pvc-v", 1, Mode::SingleNodeWriter, &[]))
+        .await
+        .unwrap();
     let validate = |id: &str, mode: Mode| {
-        rig.controller.validate_volume_capabilities(Request::new(csi::ValidateVolumeCapabilitiesRequest {
-            volume_id: id.into(),
-            volume_capabilities: vec![cap(mode, &[])],
-            ..Default::default()
-        }))
+        rig.controller.validate_volume_capabilities(Request::new(
+            csi::ValidateVolumeCapabilitiesRequest {
+                volume_id: id.into(),
+                volume_capabilities: vec![cap(mode, &[])],
+                ..Default::default()
+            },
+        ))
     };
-    assert!(validate(&v.volume_id, Mode::SingleNodeWriter).await.unwrap().into_inner().confirmed.is_some());
-    assert!(validate(&v.volume_id, Mode::MultiNodeMultiWriter).await.unwrap().into_inner().confirmed.is_none());
-    assert_eq!(code(validate("v1#local#n1#missing", Mode::SingleNodeWriter).await), Code::NotFound);
-    assert_eq!(code(validate("v1#local#n2#elsewhere", Mode::SingleNodeWriter).await), Code::NotFound);
-    assert_eq!(code(validate("", Mode::SingleNodeWriter).await), Code::InvalidArgument);
+    assert!(validate(&v.volume_id, Mode::SingleNodeWriter)
+        .await
+        .unwrap()
+        .into_inner()
+        .confirmed
+        .is_some());
+    assert!(validate(&v.volume_id, Mode::MultiNodeMultiWriter)
+        .await
+        .unwrap()
+        .into_inner()
+        .confirmed
+        .is_none());
+    assert_eq!(
+        code(validate("v1#local#n1#missing", Mode::SingleNodeWriter).await),
+        Code::NotFound
+    );
+    assert_eq!(
+        code(validate("v1#local#n2#elsewhere", Mode::SingleNodeWriter).await),
+        Code::NotFound
+    );
+    assert_eq!(
+        code(validate("", Mode::SingleNodeWriter).await),
+        Code::InvalidArgument
+    );
 }
 
 #[tokio::test]
@@ -591,7 +926,9 @@ async fn capabilities_advertise_only_what_is_implemented() {
             .capabilities;
         caps.into_iter()
             .filter_map(|c| match c.r#type {
-                Some(csi::controller_service_capability::Type::Rpc(r)) => Type::try_from(r.r#type).ok(),
+                Some(csi::controller_service_capability::Type::Rpc(r)) => {
+                    Type::try_from(r.r#type).ok()
+                }
                 None => None,
             })
             .collect::<Vec<_>>()

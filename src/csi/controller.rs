@@ -39,7 +39,9 @@ fn to_csi(v: Volume) -> csi::Volume {
     }
 }
 
-fn rpc_capability(t: csi::controller_service_capability::rpc::Type) -> csi::ControllerServiceCapability {
+fn rpc_capability(
+    t: csi::controller_service_capability::rpc::Type,
+) -> csi::ControllerServiceCapability {
     csi::ControllerServiceCapability {
         r#type: Some(csi::controller_service_capability::Type::Rpc(
             csi::controller_service_capability::Rpc { r#type: t as i32 },
@@ -56,9 +58,15 @@ impl csi::controller_server::Controller for ControllerService {
         let req = request.into_inner();
         let name = req.name.clone();
         let spec = CreateSpec::try_from(req).map_err(|e| fail("CreateVolume", &name, None, e))?;
-        let volume = self.inner.create(spec).await.map_err(|e| fail("CreateVolume", &name, None, e))?;
+        let volume = self
+            .inner
+            .create(spec)
+            .await
+            .map_err(|e| fail("CreateVolume", &name, None, e))?;
         tracing::info!(volume.name = name, volume.id = %volume.id, "volume created");
-        Ok(Response::new(csi::CreateVolumeResponse { volume: Some(to_csi(volume)) }))
+        Ok(Response::new(csi::CreateVolumeResponse {
+            volume: Some(to_csi(volume)),
+        }))
     }
 
     async fn delete_volume(
@@ -68,7 +76,10 @@ impl csi::controller_server::Controller for ControllerService {
         let req = request.into_inner();
         let id = req.volume_id.clone();
         let spec = DeleteSpec::try_from(req).map_err(|e| fail("DeleteVolume", &id, None, e))?;
-        self.inner.delete(&spec.volume_id).await.map_err(|e| fail("DeleteVolume", &id, None, e))?;
+        self.inner
+            .delete(&spec.volume_id)
+            .await
+            .map_err(|e| fail("DeleteVolume", &id, None, e))?;
         tracing::info!(volume.id = id, "volume deleted");
         Ok(Response::new(csi::DeleteVolumeResponse {}))
     }
@@ -86,7 +97,10 @@ impl csi::controller_server::Controller for ControllerService {
             .await
             .map_err(|e| fail(rpc, &req.volume_id, None, e))?;
         let reply = match unsupported {
-            Some(message) => csi::ValidateVolumeCapabilitiesResponse { confirmed: None, message },
+            Some(message) => csi::ValidateVolumeCapabilitiesResponse {
+                confirmed: None,
+                message,
+            },
             None => csi::ValidateVolumeCapabilitiesResponse {
                 confirmed: Some(csi::validate_volume_capabilities_response::Confirmed {
                     volume_context: req.volume_context,
@@ -104,7 +118,8 @@ impl csi::controller_server::Controller for ControllerService {
         &self,
         request: Request<csi::ListVolumesRequest>,
     ) -> Result<Response<csi::ListVolumesResponse>, Status> {
-        let spec = ListSpec::try_from(request.into_inner()).map_err(|e| fail("ListVolumes", "", None, e))?;
+        let spec = ListSpec::try_from(request.into_inner())
+            .map_err(|e| fail("ListVolumes", "", None, e))?;
         let page = self
             .inner
             .list(&spec.starting_token, spec.max_entries)
@@ -114,7 +129,10 @@ impl csi::controller_server::Controller for ControllerService {
             entries: page
                 .volumes
                 .into_iter()
-                .map(|v| csi::list_volumes_response::Entry { volume: Some(to_csi(v)), status: None })
+                .map(|v| csi::list_volumes_response::Entry {
+                    volume: Some(to_csi(v)),
+                    status: None,
+                })
                 .collect(),
             next_token: page.next_token.unwrap_or_default(),
         }))
@@ -124,7 +142,8 @@ impl csi::controller_server::Controller for ControllerService {
         &self,
         request: Request<csi::GetCapacityRequest>,
     ) -> Result<Response<csi::GetCapacityResponse>, Status> {
-        let spec = CapacitySpec::try_from(request.into_inner()).map_err(|e| fail("GetCapacity", "", None, e))?;
+        let spec = CapacitySpec::try_from(request.into_inner())
+            .map_err(|e| fail("GetCapacity", "", None, e))?;
         let available = self
             .inner
             .capacity(&spec.parameters, &spec.capabilities, spec.topology.as_ref())
@@ -152,6 +171,8 @@ impl csi::controller_server::Controller for ControllerService {
         if self.kind == BackendKind::Local {
             capabilities.push(rpc_capability(Type::ListVolumes));
         }
-        Ok(Response::new(csi::ControllerGetCapabilitiesResponse { capabilities }))
+        Ok(Response::new(csi::ControllerGetCapabilitiesResponse {
+            capabilities,
+        }))
     }
 }

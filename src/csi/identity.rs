@@ -14,15 +14,19 @@ pub struct IdentityService {
 impl IdentityService {
     /// `controller`: whether this endpoint also serves the Controller service.
     pub fn new(name: String, kind: BackendKind, controller: bool) -> Self {
-        Self { name, kind, controller }
+        Self {
+            name,
+            kind,
+            controller,
+        }
     }
 }
 
 fn plugin_capability(t: csi::plugin_capability::service::Type) -> csi::PluginCapability {
     csi::PluginCapability {
-        r#type: Some(csi::plugin_capability::Type::Service(csi::plugin_capability::Service {
-            r#type: t as i32,
-        })),
+        r#type: Some(csi::plugin_capability::Type::Service(
+            csi::plugin_capability::Service { r#type: t as i32 },
+        )),
     }
 }
 
@@ -51,10 +55,15 @@ impl csi::identity_server::Identity for IdentityService {
         if self.kind == BackendKind::Local {
             capabilities.push(plugin_capability(Type::VolumeAccessibilityConstraints));
         }
-        Ok(Response::new(csi::GetPluginCapabilitiesResponse { capabilities }))
+        Ok(Response::new(csi::GetPluginCapabilitiesResponse {
+            capabilities,
+        }))
     }
 
-    async fn probe(&self, _: Request<csi::ProbeRequest>) -> Result<Response<csi::ProbeResponse>, Status> {
+    async fn probe(
+        &self,
+        _: Request<csi::ProbeRequest>,
+    ) -> Result<Response<csi::ProbeResponse>, Status> {
         Ok(Response::new(csi::ProbeResponse { ready: Some(true) }))
     }
 }

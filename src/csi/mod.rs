@@ -14,15 +14,25 @@ use std::fmt::Display;
 use tonic::Status;
 
 /// Log a failed call once, at the boundary, and turn it into its status.
-fn fail<E: Display + Into<Status>>(rpc: &'static str, volume_id: &str, target: Option<&std::path::Path>, e: E) -> Status {
+fn fail<E: Display + Into<Status>>(
+    rpc: &'static str,
+    volume_id: &str,
+    target: Option<&std::path::Path>,
+    e: E,
+) -> Status {
     let message = e.to_string();
     let status: Status = e.into();
     let target = target.map(|t| t.display().to_string()).unwrap_or_default();
     match status.code() {
-        tonic::Code::InvalidArgument | tonic::Code::NotFound | tonic::Code::AlreadyExists | tonic::Code::Aborted => {
+        tonic::Code::InvalidArgument
+        | tonic::Code::NotFound
+        | tonic::Code::AlreadyExists
+        | tonic::Code::Aborted => {
             tracing::info!(rpc, volume.id = volume_id, target.path = target, code = ?status.code(), error = %message, "call refused")
         }
-        _ => tracing::warn!(rpc, volume.id = volume_id, target.path = target, code = ?status.code(), error = %message, "call failed"),
+        _ => {
+            tracing::warn!(rpc, volume.id = volume_id, target.path = target, code = ?status.code(), error = %message, "call failed")
+        }
     }
     status
 }

@@ -19,15 +19,19 @@ pub struct NodeService {
 
 impl NodeService {
     pub fn new(inner: Node, node_id: String, report_topology: bool) -> Self {
-        Self { inner, node_id, report_topology }
+        Self {
+            inner,
+            node_id,
+            report_topology,
+        }
     }
 }
 
 fn rpc_capability(t: csi::node_service_capability::rpc::Type) -> csi::NodeServiceCapability {
     csi::NodeServiceCapability {
-        r#type: Some(csi::node_service_capability::Type::Rpc(csi::node_service_capability::Rpc {
-            r#type: t as i32,
-        })),
+        r#type: Some(csi::node_service_capability::Type::Rpc(
+            csi::node_service_capability::Rpc { r#type: t as i32 },
+        )),
     }
 }
 
@@ -39,7 +43,8 @@ impl csi::node_server::Node for NodeService {
     ) -> Result<Response<csi::NodePublishVolumeResponse>, Status> {
         let req = request.into_inner();
         let id = req.volume_id.clone();
-        let spec = PublishSpec::try_from(req).map_err(|e| fail("NodePublishVolume", &id, None, e))?;
+        let spec =
+            PublishSpec::try_from(req).map_err(|e| fail("NodePublishVolume", &id, None, e))?;
         let target = spec.target.clone();
         self.inner
             .publish(spec)
@@ -55,7 +60,8 @@ impl csi::node_server::Node for NodeService {
     ) -> Result<Response<csi::NodeUnpublishVolumeResponse>, Status> {
         let req = request.into_inner();
         let id = req.volume_id.clone();
-        let spec = VolumeAtPath::try_from(req).map_err(|e| fail("NodeUnpublishVolume", &id, None, e))?;
+        let spec =
+            VolumeAtPath::try_from(req).map_err(|e| fail("NodeUnpublishVolume", &id, None, e))?;
         self.inner
             .unpublish(&spec.volume_id, &spec.path)
             .await
@@ -71,7 +77,8 @@ impl csi::node_server::Node for NodeService {
         use csi::volume_usage::Unit;
         let req = request.into_inner();
         let id = req.volume_id.clone();
-        let spec = VolumeAtPath::try_from(req).map_err(|e| fail("NodeGetVolumeStats", &id, None, e))?;
+        let spec =
+            VolumeAtPath::try_from(req).map_err(|e| fail("NodeGetVolumeStats", &id, None, e))?;
         let s = self
             .inner
             .stats(&spec.volume_id, &spec.path)

@@ -40,7 +40,10 @@ fn access_mode(mode: Option<&csi::volume_capability::AccessMode>) -> Result<Acce
         Ok(Mode::MultiNodeMultiWriter) => Ok(AccessMode::MultiNodeMultiWriter),
         Ok(Mode::SingleNodeSingleWriter) => Ok(AccessMode::SingleNodeSingleWriter),
         Ok(Mode::SingleNodeMultiWriter) => Ok(AccessMode::SingleNodeMultiWriter),
-        Ok(Mode::Unknown) | Err(_) => Err(Invalid(format!("access mode {} is not a known mode", raw.mode))),
+        Ok(Mode::Unknown) | Err(_) => Err(Invalid(format!(
+            "access mode {} is not a known mode",
+            raw.mode
+        ))),
     }
 }
 
@@ -77,7 +80,11 @@ fn capacity(range: Option<&csi::CapacityRange>) -> Result<i64, Invalid> {
             r.required_bytes, r.limit_bytes
         )));
     }
-    Ok(if r.required_bytes > 0 { r.required_bytes } else { r.limit_bytes })
+    Ok(if r.required_bytes > 0 {
+        r.required_bytes
+    } else {
+        r.limit_bytes
+    })
 }
 
 impl TryFrom<csi::CreateVolumeRequest> for CreateSpec {
@@ -85,7 +92,9 @@ impl TryFrom<csi::CreateVolumeRequest> for CreateSpec {
     fn try_from(req: csi::CreateVolumeRequest) -> Result<Self, Invalid> {
         required(&req.name, "name")?;
         if req.volume_content_source.is_some() {
-            return Err(Invalid("volume_content_source is not supported (no snapshots or clones yet)".into()));
+            return Err(Invalid(
+                "volume_content_source is not supported (no snapshots or clones yet)".into(),
+            ));
         }
         let capabilities = capabilities(&req.volume_capabilities)?;
         let requisite = req
@@ -111,7 +120,9 @@ impl TryFrom<csi::DeleteVolumeRequest> for DeleteSpec {
     type Error = Invalid;
     fn try_from(req: csi::DeleteVolumeRequest) -> Result<Self, Invalid> {
         required(&req.volume_id, "volume_id")?;
-        Ok(Self { volume_id: req.volume_id })
+        Ok(Self {
+            volume_id: req.volume_id,
+        })
     }
 }
 
@@ -158,7 +169,11 @@ impl TryFrom<csi::GetCapacityRequest> for CapacitySpec {
     type Error = Invalid;
     fn try_from(req: csi::GetCapacityRequest) -> Result<Self, Invalid> {
         // Capabilities are optional here: none means "any".
-        let capabilities = req.volume_capabilities.iter().map(capability).collect::<Result<_, _>>()?;
+        let capabilities = req
+            .volume_capabilities
+            .iter()
+            .map(capability)
+            .collect::<Result<_, _>>()?;
         Ok(Self {
             capabilities,
             parameters: req.parameters,
@@ -227,11 +242,18 @@ mod tests {
         }
     }
 
-    fn create(name: &str, caps: Vec<csi::VolumeCapability>, range: Option<(i64, i64)>) -> Result<CreateSpec, Invalid> {
+    fn create(
+        name: &str,
+        caps: Vec<csi::VolumeCapability>,
+        range: Option<(i64, i64)>,
+    ) -> Result<CreateSpec, Invalid> {
         CreateSpec::try_from(csi::CreateVolumeRequest {
             name: name.into(),
             volume_capabilities: caps,
-            capacity_range: range.map(|(r, l)| csi::CapacityRange { required_bytes: r, limit_bytes: l }),
+            capacity_range: range.map(|(r, l)| csi::CapacityRange {
+                required_bytes: r,
+                limit_bytes: l,
+            }),
             ..Default::default()
         })
     }
@@ -242,15 +264,33 @@ mod tests {
         assert!(create("a", vec![], None).is_err());
         assert!(create("a", vec![mount_cap(0)], None).is_err());
         assert!(create("a", vec![mount_cap(99)], None).is_err());
-        let no_type = csi::VolumeCapability { access_mode: mount_cap(1).access_mode, access_type: None };
+        let no_type = csi::VolumeCapability {
+            access_mode: mount_cap(1).access_mode,
+            access_type: None,
+        };
         assert!(create("a", vec![no_type], None).is_err());
     }
 
     #[test]
     fn capacity_is_required_else_limit() {
-        assert_eq!(create("a", vec![mount_cap(1)], None).unwrap().capacity_bytes, 0);
-        assert_eq!(create("a", vec![mount_cap(1)], Some((10, 20))).unwrap().capacity_bytes, 10);
-        assert_eq!(create("a", vec![mount_cap(1)], Some((0, 20))).unwrap().capacity_bytes, 20);
+        assert_eq!(
+            create("a", vec![mount_cap(1)], None)
+                .unwrap()
+                .capacity_bytes,
+            0
+        );
+        assert_eq!(
+            create("a", vec![mount_cap(1)], Some((10, 20)))
+                .unwrap()
+                .capacity_bytes,
+            10
+        );
+        assert_eq!(
+            create("a", vec![mount_cap(1)], Some((0, 20)))
+                .unwrap()
+                .capacity_bytes,
+            20
+        );
         assert!(create("a", vec![mount_cap(1)], Some((30, 20))).is_err());
         assert!(create("a", vec![mount_cap(1)], Some((-1, 0))).is_err());
     }
@@ -277,6 +317,10 @@ mod tests {
 
     #[test]
     fn negative_max_entries_is_invalid() {
-        assert!(ListSpec::try_from(csi::ListVolumesRequest { max_entries: -1, ..Default::default() }).is_err());
+        assert!(ListSpec::try_from(csi::ListVolumesRequest {
+            max_entries: -1,
+            ..Default::default()
+        })
+        .is_err());
     }
 }

@@ -51,13 +51,15 @@ pub fn controller_code(e: &ControllerError) -> Code {
         | ControllerError::MalformedId { .. }
         | ControllerError::UnsupportedCapability { .. }
         | ControllerError::UnusableName { .. } => Code::InvalidArgument,
-        ControllerError::NameConflict { .. } | ControllerError::DirectoryClaimed { .. } => Code::AlreadyExists,
+        ControllerError::NameConflict { .. } | ControllerError::DirectoryClaimed { .. } => {
+            Code::AlreadyExists
+        }
         // The spec's answer when no requisite topology can be satisfied.
         ControllerError::TopologyUnsatisfiable { .. } => Code::ResourceExhausted,
         ControllerError::NotFound { .. } => Code::NotFound,
-        ControllerError::WrongNode { .. } | ControllerError::InUse { .. } | ControllerError::WrongBackend { .. } => {
-            Code::FailedPrecondition
-        }
+        ControllerError::WrongNode { .. }
+        | ControllerError::InUse { .. }
+        | ControllerError::WrongBackend { .. } => Code::FailedPrecondition,
         ControllerError::BadPageToken { .. } | ControllerError::InFlight { .. } => Code::Aborted,
         ControllerError::CorruptRecord { .. } => Code::Internal,
         ControllerError::Os { source, .. } => os_code(source),
@@ -69,7 +71,9 @@ pub fn node_code(e: &NodeError) -> Code {
         NodeError::NotFound { .. } | NodeError::NotPublishedAt { .. } => Code::NotFound,
         NodeError::Context(_) | NodeError::UnsupportedCapability { .. } => Code::InvalidArgument,
         NodeError::TargetBusy { .. } => Code::AlreadyExists,
-        NodeError::SingleWriterInUse { .. } | NodeError::TargetNotEmpty { .. } => Code::FailedPrecondition,
+        NodeError::SingleWriterInUse { .. } | NodeError::TargetNotEmpty { .. } => {
+            Code::FailedPrecondition
+        }
         NodeError::InFlight { .. } => Code::Aborted,
         NodeError::Os { source, .. } => os_code(source),
     }
@@ -100,26 +104,57 @@ mod tests {
 
     #[test]
     fn retryable_conditions_map_to_retry_codes() {
-        let timed_out = OsError::TimedOut { what: "mount.nfs".into(), after: Duration::from_secs(1) };
+        let timed_out = OsError::TimedOut {
+            what: "mount.nfs".into(),
+            after: Duration::from_secs(1),
+        };
         assert_eq!(os_code(&timed_out), Code::Unavailable);
-        assert_eq!(controller_code(&ControllerError::InFlight { key: "v".into() }), Code::Aborted);
-        assert_eq!(node_code(&NodeError::InFlight { key: "v".into() }), Code::Aborted);
-        assert_eq!(controller_code(&ControllerError::BadPageToken { token: "x".into() }), Code::Aborted);
+        assert_eq!(
+            controller_code(&ControllerError::InFlight { key: "v".into() }),
+            Code::Aborted
+        );
+        assert_eq!(
+            node_code(&NodeError::InFlight { key: "v".into() }),
+            Code::Aborted
+        );
+        assert_eq!(
+            controller_code(&ControllerError::BadPageToken { token: "x".into() }),
+            Code::Aborted
+        );
     }
 
     #[test]
     fn final_conditions_map_to_final_codes() {
-        let squash = OsError::Fs(SafeFsError::Io { step: "mkdir".into(), path: "/e".into(), errno: libc::EACCES });
+        let squash = OsError::Fs(SafeFsError::Io {
+            step: "mkdir".into(),
+            path: "/e".into(),
+            errno: libc::EACCES,
+        });
         assert_eq!(os_code(&squash), Code::FailedPrecondition);
         assert_eq!(
-            controller_code(&ControllerError::NameConflict { name: "a".into(), difference: String::new() }),
+            controller_code(&ControllerError::NameConflict {
+                name: "a".into(),
+                difference: String::new()
+            }),
             Code::AlreadyExists
         );
         assert_eq!(
-            node_code(&NodeError::SingleWriterInUse { id: "a".into(), other: "/t".into() }),
+            node_code(&NodeError::SingleWriterInUse {
+                id: "a".into(),
+                other: "/t".into()
+            }),
             Code::FailedPrecondition
         );
-        assert_eq!(node_code(&NodeError::NotPublishedAt { id: "a".into(), path: "/p".into() }), Code::NotFound);
-        assert_eq!(Status::from(Invalid("x".into())).code(), Code::InvalidArgument);
+        assert_eq!(
+            node_code(&NodeError::NotPublishedAt {
+                id: "a".into(),
+                path: "/p".into()
+            }),
+            Code::NotFound
+        );
+        assert_eq!(
+            Status::from(Invalid("x".into())).code(),
+            Code::InvalidArgument
+        );
     }
 }

@@ -112,7 +112,11 @@ mod tests {
         ] {
             assert_eq!(unsupported_reason(BackendKind::Local, &cap(m)), None);
         }
-        for m in [MultiNodeReaderOnly, MultiNodeSingleWriter, MultiNodeMultiWriter] {
+        for m in [
+            MultiNodeReaderOnly,
+            MultiNodeSingleWriter,
+            MultiNodeMultiWriter,
+        ] {
             assert!(unsupported_reason(BackendKind::Local, &cap(m)).is_some());
             assert_eq!(unsupported_reason(BackendKind::Nfs, &cap(m)), None);
         }

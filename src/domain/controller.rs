@@ -32,7 +32,9 @@ impl Controller {
     fn claim(&self, key: &str) -> Result<InFlightGuard, ControllerError> {
         self.in_flight
             .try_claim(key)
-            .ok_or_else(|| ControllerError::InFlight { key: key.to_string() })
+            .ok_or_else(|| ControllerError::InFlight {
+                key: key.to_string(),
+            })
     }
 
     /// `None` for an ID this driver never made; an error for one that claims to be ours but is
@@ -83,11 +85,19 @@ impl Controller {
     }
 
     /// `Ok(None)` when every capability is supported, else the reason one is not.
-    pub async fn validate(&self, raw: &str, caps: &[Capability]) -> Result<Option<String>, ControllerError> {
+    pub async fn validate(
+        &self,
+        raw: &str,
+        caps: &[Capability],
+    ) -> Result<Option<String>, ControllerError> {
         if !self.exists(raw).await? {
-            return Err(ControllerError::NotFound { id: raw.to_string() });
+            return Err(ControllerError::NotFound {
+                id: raw.to_string(),
+            });
         }
-        Ok(caps.iter().find_map(|c| unsupported_reason(self.backend.kind(), c)))
+        Ok(caps
+            .iter()
+            .find_map(|c| unsupported_reason(self.backend.kind(), c)))
     }
 
     /// Pages are offsets into the sorted listing; the token is the decimal offset.
@@ -101,7 +111,11 @@ impl Controller {
         } else {
             match token.parse::<usize>() {
                 Ok(n) if n <= all.len() => n,
-                _ => return Err(ControllerError::BadPageToken { token: token.to_string() }),
+                _ => {
+                    return Err(ControllerError::BadPageToken {
+                        token: token.to_string(),
+                    })
+                }
             }
         };
         let end = if max_entries == 0 {
@@ -111,7 +125,10 @@ impl Controller {
         };
         let next_token = (end < all.len()).then(|| end.to_string());
         let volumes = all.into_iter().skip(start).take(end - start).collect();
-        Ok(Page { volumes, next_token })
+        Ok(Page {
+            volumes,
+            next_token,
+        })
     }
 
     /// Free bytes for new volumes with these capabilities and this topology; 0 when they cannot
@@ -122,7 +139,10 @@ impl Controller {
         caps: &[Capability],
         topology: Option<&HashMap<String, String>>,
     ) -> Result<i64, ControllerError> {
-        if caps.iter().any(|c| unsupported_reason(self.backend.kind(), c).is_some()) {
+        if caps
+            .iter()
+            .any(|c| unsupported_reason(self.backend.kind(), c).is_some())
+        {
             return Ok(0);
         }
         match &*self.backend {

@@ -73,7 +73,12 @@ impl LocalBackend {
         }
     }
 
-    async fn fs(&self, op: FsOp, step: &'static str, volume: &str) -> Result<FsReply, ControllerError> {
+    async fn fs(
+        &self,
+        op: FsOp,
+        step: &'static str,
+        volume: &str,
+    ) -> Result<FsReply, ControllerError> {
         self.os
             .fs(op, Medium::Local)
             .await
@@ -130,11 +135,10 @@ impl LocalBackend {
                 node: self.node_id.clone(),
             });
         }
-        let key = VolumeKey::from_name(&spec.name).ok_or_else(|| {
-            ControllerError::UnusableName {
+        let key =
+            VolumeKey::from_name(&spec.name).ok_or_else(|| ControllerError::UnusableName {
                 name: spec.name.clone(),
-            }
-        })?;
+            })?;
         let wanted = LocalRecord {
             name: spec.name.clone(),
             capacity_bytes: spec.capacity_bytes,
@@ -155,10 +159,11 @@ impl LocalBackend {
             }
             Some(_) => {}
             None => {
-                let contents = serde_json::to_vec(&wanted).map_err(|e| ControllerError::CorruptRecord {
-                    path: self.root.join(META),
-                    reason: e.to_string(),
-                })?;
+                let contents =
+                    serde_json::to_vec(&wanted).map_err(|e| ControllerError::CorruptRecord {
+                        path: self.root.join(META),
+                        reason: e.to_string(),
+                    })?;
                 let op = FsOp::WriteRecord {
                     dir: self.root.join(META),
                     name: Self::record_name(&key),
@@ -186,16 +191,19 @@ impl LocalBackend {
         }
         let dir = self.volume_dir(&id.key);
         // Deleting the source of a live bind mount would delete a running pod's data.
-        let mounts = self.os.mounts().await.map_err(|source| ControllerError::Os {
-            step: "read mount table",
-            volume: raw.to_string(),
-            source,
-        })?;
+        let mounts = self
+            .os
+            .mounts()
+            .await
+            .map_err(|source| ControllerError::Os {
+                step: "read mount table",
+                volume: raw.to_string(),
+                source,
+            })?;
         if let Some(identity) = mountinfo::bind_identity(&mounts, &dir) {
-            if let Some(m) = mounts
-                .iter()
-                .find(|m| (m.device.as_str(), m.root.as_path()) == (identity.0.as_str(), identity.1.as_path()))
-            {
+            if let Some(m) = mounts.iter().find(|m| {
+                (m.device.as_str(), m.root.as_path()) == (identity.0.as_str(), identity.1.as_path())
+            }) {
                 return Err(ControllerError::InUse {
                     id: raw.to_string(),
                     at: m.mount_point.clone(),
@@ -226,10 +234,7 @@ impl LocalBackend {
         };
         let mut out = Vec::with_capacity(names.len());
         for name in names {
-            let Some(key) = name
-                .strip_suffix(RECORD_SUFFIX)
-                .and_then(VolumeKey::parse)
-            else {
+            let Some(key) = name.strip_suffix(RECORD_SUFFIX).and_then(VolumeKey::parse) else {
                 continue; // temp files of an interrupted write, or foreign files
             };
             // A record deleted between listing and reading is simply no longer a volume.
@@ -250,4 +255,3 @@ impl LocalBackend {
         }
     }
 }
-

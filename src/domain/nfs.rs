@@ -65,8 +65,16 @@ impl NfsBackend {
     }
 
     /// Mount `server:share` under the staging dir unless it already is; returns the mount point.
-    async fn share_mount(&self, server: &str, share: &str, options: &[String], volume: &str) -> Result<PathBuf, ControllerError> {
-        let key = hex::encode(&Sha256::digest(format!("{server}\0{share}\0{}", options.join(",")).as_bytes())[..12]);
+    async fn share_mount(
+        &self,
+        server: &str,
+        share: &str,
+        options: &[String],
+        volume: &str,
+    ) -> Result<PathBuf, ControllerError> {
+        let key = hex::encode(
+            &Sha256::digest(format!("{server}\0{share}\0{}", options.join(",")).as_bytes())[..12],
+        );
         let lock = {
             let mut locks = self.share_locks.lock().unwrap_or_else(|p| p.into_inner());
             Arc::clone(locks.entry(key.clone()).or_default())
@@ -74,12 +82,22 @@ impl NfsBackend {
         let _held = lock.lock().await;
         let target = self.staging.join(&key);
         let device = MountSource::nfs_device(server, share);
-        let mounts = self.os.mounts().await.map_err(os_err("read mount table", volume))?;
-        if mountinfo::top_at(&mounts, &target).is_some_and(|m| m.is_remote() && m.source == device) {
+        let mounts = self
+            .os
+            .mounts()
+            .await
+            .map_err(os_err("read mount table", volume))?;
+        if mountinfo::top_at(&mounts, &target).is_some_and(|m| m.is_remote() && m.source == device)
+        {
             return Ok(target);
         }
         self.os
-            .fs(FsOp::MakeTarget { path: target.clone() }, Medium::Local)
+            .fs(
+                FsOp::MakeTarget {
+                    path: target.clone(),
+                },
+                Medium::Local,
+            )
             .await
             .map_err(os_err("create staging directory", volume))?;
         let spec = MountSpec {
@@ -91,18 +109,37 @@ impl NfsBackend {
             readonly: false,
             options: options.to_vec(),
         };
-        self.os.mount(&spec).await.map_err(os_err("mount export", volume))?;
+        self.os
+            .mount(&spec)
+            .await
+            .map_err(os_err("mount export", volume))?;
         Ok(target)
     }
 
-    async fn remote(&self, op: FsOp, step: &'static str, volume: &str) -> Result<FsReply, ControllerError> {
-        self.os.fs(op, Medium::Remote).await.map_err(os_err(step, volume))
+    async fn remote(
+        &self,
+        op: FsOp,
+        step: &'static str,
+        volume: &str,
+    ) -> Result<FsReply, ControllerError> {
+        self.os
+            .fs(op, Medium::Remote)
+            .await
+            .map_err(os_err(step, volume))
     }
 
-    async fn read_record(&self, mount: &Path, subdir: &RelPath, volume: &str) -> Result<Option<NfsRecord>, ControllerError> {
+    async fn read_record(
+        &self,
+        mount: &Path,
+        subdir: &RelPath,
+        volume: &str,
+    ) -> Result<Option<NfsRecord>, ControllerError> {
         let dir = mount.join(RECORD_DIR);
         let name = Self::record_name(subdir);
-        let op = FsOp::ReadRecord { dir: dir.clone(), name: name.clone() };
+        let op = FsOp::ReadRecord {
+            dir: dir.clone(),
+            name: name.clone(),
+        };
         match self.remote(op, "read volume record", volume).await? {
             FsReply::Record(Some(bytes)) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
                 ControllerError::CorruptRecord {
@@ -117,17 +154,28 @@ impl NfsBackend {
     pub async fn create(&self, spec: &CreateSpec) -> Result<Volume, ControllerError> {
         let params: NfsParams = from_map(&spec.parameters)?;
         let resolved = params.resolve(&spec.name)?;
-        if let Some(reason) = spec.capabilities.iter().find_map(|c| unsupported_reason(BackendKind::Nfs, c)) {
+        if let Some(reason) = spec
+            .capabilities
+            .iter()
+            .find_map(|c| unsupported_reason(BackendKind::Nfs, c))
+        {
             return Err(ControllerError::UnsupportedCapability { reason });
         }
         let mount_options = merged_mount_flags(&spec.capabilities);
         for option in &mount_options {
-            super::volume_id::validate_mount_option(option).map_err(|e| ControllerError::UnsupportedCapability {
-                reason: e.to_string(),
+            super::volume_id::validate_mount_option(option).map_err(|e| {
+                ControllerError::UnsupportedCapability {
+                    reason: e.to_string(),
+                }
             })?;
         }
         let mount = self
-            .share_mount(&resolved.server, &resolved.share, &mount_options, &spec.name)
+            .share_mount(
+                &resolved.server,
+                &resolved.share,
+                &mount_options,
+                &spec.name,
+            )
             .await?;
         let wanted = NfsRecord {
             name: spec.name.clone(),
@@ -136,7 +184,10 @@ impl NfsBackend {
             on_delete: resolved.on_delete,
             mount_permissions: resolved.mode,
         };
-        match self.read_record(&mount, &resolved.subdir, &spec.name).await? {
+        match self
+            .read_record(&mount, &resolved.subdir, &spec.name)
+            .await?
+        {
             Some(existing) if existing.name != wanted.name => {
                 return Err(ControllerError::DirectoryClaimed {
                     subdir: wanted.subdir,
@@ -151,10 +202,11 @@ impl NfsBackend {
             }
             Some(_) => {}
             None => {
-                let contents = serde_json::to_vec(&wanted).map_err(|e| ControllerError::CorruptRecord {
-                    path: mount.join(RECORD_DIR),
-                    reason: e.to_string(),
-                })?;
+                let contents =
+                    serde_json::to_vec(&wanted).map_err(|e| ControllerError::CorruptRecord {
+                        path: mount.join(RECORD_DIR),
+                        reason: e.to_string(),
+                    })?;
                 let op = FsOp::WriteRecord {
                     dir: mount.join(RECORD_DIR),
                     name: Self::record_name(&resolved.subdir),
@@ -168,7 +220,8 @@ impl NfsBackend {
             rel: resolved.subdir.clone(),
             mode: resolved.mode,
         };
-        self.remote(op, "create volume directory", &spec.name).await?;
+        self.remote(op, "create volume directory", &spec.name)
+            .await?;
         Ok(Volume {
             id: VolumeId::Nfs(NfsId {
                 server: resolved.server,
@@ -183,7 +236,9 @@ impl NfsBackend {
     }
 
     pub async fn delete(&self, id: &NfsId, raw: &str) -> Result<(), ControllerError> {
-        let mount = self.share_mount(&id.server, &id.share, &id.mount_options, raw).await?;
+        let mount = self
+            .share_mount(&id.server, &id.share, &id.mount_options, raw)
+            .await?;
         match id.on_delete {
             OnDelete::Retain => {}
             OnDelete::Delete => {
@@ -212,17 +267,25 @@ impl NfsBackend {
     }
 
     pub async fn exists(&self, id: &NfsId, raw: &str) -> Result<bool, ControllerError> {
-        let mount = self.share_mount(&id.server, &id.share, &id.mount_options, raw).await?;
+        let mount = self
+            .share_mount(&id.server, &id.share, &id.mount_options, raw)
+            .await?;
         Ok(self.read_record(&mount, &id.subdir, raw).await?.is_some())
     }
 
     /// Free bytes on the export named by StorageClass parameters.
-    pub async fn available_bytes(&self, parameters: &HashMap<String, String>) -> Result<i64, ControllerError> {
+    pub async fn available_bytes(
+        &self,
+        parameters: &HashMap<String, String>,
+    ) -> Result<i64, ControllerError> {
         let params: NfsParams = from_map(parameters)?;
         // Capacity is per export; the subdirectory template needs PVC metadata it lacks here.
         let share = params.export()?;
         let mount = self.share_mount(&params.server, &share, &[], "*").await?;
-        match self.remote(FsOp::Statfs { path: mount }, "statfs export", "*").await? {
+        match self
+            .remote(FsOp::Statfs { path: mount }, "statfs export", "*")
+            .await?
+        {
             FsReply::Stats(s) => Ok(i64::try_from(s.available_bytes).unwrap_or(i64::MAX)),
             _ => Ok(0),
         }

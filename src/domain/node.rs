@@ -9,14 +9,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::access::unsupported_reason;
+use super::access::AccessMode;
 use super::backend::Backend;
 use super::error::NodeError;
-use super::guard::InFlightGuard;
 use super::guard::InFlight;
+use super::guard::InFlightGuard;
 use super::params::{from_map, join_export, without_kubelet_keys, NfsContext};
 use super::volume::{PublishSpec, VolumeStats};
 use super::volume_id::VolumeId;
-use super::access::AccessMode;
 use crate::os::{mountinfo, FsOp, FsReply, Medium, MountEntry, MountSource, MountSpec, Os};
 
 /// Bound on stacked mounts removed by one unpublish (a loop guard, not a real-world limit).
@@ -36,8 +36,9 @@ struct Source {
 impl Source {
     fn matches(&self, entry: &MountEntry, bind_identity: Option<&(String, PathBuf)>) -> bool {
         match &self.mount {
-            MountSource::Bind(_) => bind_identity
-                .is_some_and(|(dev, root)| &entry.device == dev && &entry.root == root),
+            MountSource::Bind(_) => {
+                bind_identity.is_some_and(|(dev, root)| &entry.device == dev && &entry.root == root)
+            }
             MountSource::Nfs { server, path } => {
                 entry.is_remote() && entry.source == MountSource::nfs_device(server, path)
             }
@@ -65,22 +66,38 @@ impl Node {
     fn claim(&self, key: &str) -> Result<InFlightGuard, NodeError> {
         self.in_flight
             .try_claim(key)
-            .ok_or_else(|| NodeError::InFlight { key: key.to_string() })
+            .ok_or_else(|| NodeError::InFlight {
+                key: key.to_string(),
+            })
     }
 
     fn os_err(step: &'static str, target: &Path) -> impl FnOnce(crate::os::OsError) -> NodeError {
         let target = target.to_path_buf();
-        move |source| NodeError::Os { step, target, source }
+        move |source| NodeError::Os {
+            step,
+            target,
+            source,
+        }
     }
 
     async fn mounts(&self, target: &Path) -> Result<Vec<MountEntry>, NodeError> {
-        self.os.mounts().await.map_err(Self::os_err("read mount table", target))
+        self.os
+            .mounts()
+            .await
+            .map_err(Self::os_err("read mount table", target))
     }
 
     /// Work out the mount source of a volume from its ID, or for static NFS PVs from the
     /// volume context.
-    async fn resolve(&self, raw: &str, context: &std::collections::HashMap<String, String>) -> Result<Source, NodeError> {
-        let not_found = |reason: String| NodeError::NotFound { id: raw.to_string(), reason };
+    async fn resolve(
+        &self,
+        raw: &str,
+        context: &std::collections::HashMap<String, String>,
+    ) -> Result<Source, NodeError> {
+        let not_found = |reason: String| NodeError::NotFound {
+            id: raw.to_string(),
+            reason,
+        };
         match &*self.backend {
             Backend::Local(local) => {
                 let id = match VolumeId::parse(raw) {
@@ -91,17 +108,24 @@ impl Node {
                 if id.node != local.node_id() {
                     return Err(not_found(format!("it lives on node {:?}", id.node)));
                 }
-                let exists = local.exists(&id).await.map_err(|e| not_found(e.to_string()))?;
+                let exists = local
+                    .exists(&id)
+                    .await
+                    .map_err(|e| not_found(e.to_string()))?;
                 if !exists {
                     return Err(not_found("no such volume".into()));
                 }
-                Ok(Source { mount: MountSource::Bind(local.volume_dir(&id.key)) })
+                Ok(Source {
+                    mount: MountSource::Bind(local.volume_dir(&id.key)),
+                })
             }
             Backend::Nfs(_) => {
                 let context = without_kubelet_keys(context);
                 if !context.is_empty() {
                     let (server, path) = from_map::<NfsContext>(&context)?.resolve()?;
-                    return Ok(Source { mount: MountSource::Nfs { server, path } });
+                    return Ok(Source {
+                        mount: MountSource::Nfs { server, path },
+                    });
                 }
                 match VolumeId::parse(raw) {
                     Ok(VolumeId::Nfs(id)) => Ok(Source {
@@ -151,7 +175,12 @@ impl Node {
             }
         }
         self.os
-            .fs(FsOp::MakeTarget { path: target.clone() }, Medium::Local)
+            .fs(
+                FsOp::MakeTarget {
+                    path: target.clone(),
+                },
+                Medium::Local,
+            )
             .await
             .map_err(Self::os_err("create target directory", target))?;
         let options = match &source.mount {
@@ -165,7 +194,10 @@ impl Node {
             readonly,
             options,
         };
-        self.os.mount(&mount).await.map_err(Self::os_err("mount volume", target))
+        self.os
+            .mount(&mount)
+            .await
+            .map_err(Self::os_err("mount volume", target))
     }
 
     /// Unmount everything at `target` and remove the directory. Succeeds when nothing is there,
@@ -174,16 +206,29 @@ impl Node {
         let _guard = self.claim(volume_id)?;
         for _ in 0..MAX_STACKED_MOUNTS {
             let mounts = self.mounts(target).await?;
-            let Some(top) = mountinfo::top_at(&mounts, target) else { break };
+            let Some(top) = mountinfo::top_at(&mounts, target) else {
+                break;
+            };
             self.os
                 .unmount(target, top.is_remote())
                 .await
                 .map_err(Self::os_err("unmount target", target))?;
         }
-        match self.os.fs(FsOp::RemoveTarget { path: target.to_path_buf() }, Medium::Local).await {
+        match self
+            .os
+            .fs(
+                FsOp::RemoveTarget {
+                    path: target.to_path_buf(),
+                },
+                Medium::Local,
+            )
+            .await
+        {
             Ok(_) => Ok(()),
             Err(crate::os::OsError::Fs(crate::os::safe_fs::SafeFsError::NotEmpty { .. })) => {
-                Err(NodeError::TargetNotEmpty { target: target.to_path_buf() })
+                Err(NodeError::TargetNotEmpty {
+                    target: target.to_path_buf(),
+                })
             }
             Err(e) => Err(Self::os_err("remove target directory", target)(e)),
         }
@@ -198,7 +243,8 @@ impl Node {
             MountSource::Bind(dir) => mountinfo::bind_identity(&mounts, dir),
             MountSource::Nfs { .. } => None,
         };
-        let published = mountinfo::top_at(&mounts, path).is_some_and(|m| source.matches(m, identity.as_ref()));
+        let published =
+            mountinfo::top_at(&mounts, path).is_some_and(|m| source.matches(m, identity.as_ref()));
         if !published {
             return Err(NodeError::NotPublishedAt {
                 id: volume_id.to_string(),
@@ -207,7 +253,12 @@ impl Node {
         }
         match self
             .os
-            .fs(FsOp::Statfs { path: path.to_path_buf() }, source.medium())
+            .fs(
+                FsOp::Statfs {
+                    path: path.to_path_buf(),
+                },
+                source.medium(),
+            )
             .await
             .map_err(Self::os_err("statfs volume", path))?
         {

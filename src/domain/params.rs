@@ -80,14 +80,17 @@ fn value(key: &'static str, reason: impl Into<String>) -> ParamsError {
 }
 
 /// Deserialise `T` from a CSI string map.
-pub fn from_map<T: for<'de> Deserialize<'de>>(map: &HashMap<String, String>) -> Result<T, ParamsError> {
+pub fn from_map<T: for<'de> Deserialize<'de>>(
+    map: &HashMap<String, String>,
+) -> Result<T, ParamsError> {
     // Through serde_json's value model: it handles optional fields and string enums, and its
     // errors name the offending key ("unknown field `sharee`").
     let object: serde_json::Map<String, serde_json::Value> = map
         .iter()
         .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
         .collect();
-    serde_json::from_value(serde_json::Value::Object(object)).map_err(|e| ParamsError::Shape(e.to_string()))
+    serde_json::from_value(serde_json::Value::Object(object))
+        .map_err(|e| ParamsError::Shape(e.to_string()))
 }
 
 /// Volume context without the keys kubelet adds itself (`csi.storage.k8s.io/pod.name`, …).
@@ -104,7 +107,10 @@ pub fn parse_mode(raw: Option<&str>) -> Result<Option<u32>, ParamsError> {
     let digits = raw.strip_prefix("0o").unwrap_or(raw);
     match u32::from_str_radix(digits, 8) {
         Ok(mode) if mode <= 0o7777 && !digits.is_empty() => Ok(Some(mode)),
-        _ => Err(value("mountPermissions", format!("{raw:?} is not an octal mode like 0777"))),
+        _ => Err(value(
+            "mountPermissions",
+            format!("{raw:?} is not an octal mode like 0777"),
+        )),
     }
 }
 
@@ -188,7 +194,10 @@ pub fn join_export(share: &str, subdir: &RelPath) -> String {
 
 /// Replace every `${var}`; an unknown variable or one without a value is an error, because a
 /// literal `${...}` directory name is never what the StorageClass author meant.
-fn expand<'a>(template: &str, lookup: impl Fn(&str) -> Option<&'a str>) -> Result<String, ParamsError> {
+fn expand<'a>(
+    template: &str,
+    lookup: impl Fn(&str) -> Option<&'a str>,
+) -> Result<String, ParamsError> {
     let mut out = String::with_capacity(template.len());
     let mut rest = template;
     while let Some(start) = rest.find("${") {
@@ -216,7 +225,10 @@ mod tests {
     use super::*;
 
     fn map(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     fn seed_params() -> HashMap<String, String> {
@@ -274,12 +286,19 @@ mod tests {
         }
         let mut m = seed_params();
         m.insert("onDelete".into(), "shred".into());
-        assert!(matches!(from_map::<NfsParams>(&m), Err(ParamsError::Shape(_))));
+        assert!(matches!(
+            from_map::<NfsParams>(&m),
+            Err(ParamsError::Shape(_))
+        ));
     }
 
     #[test]
     fn template_needs_metadata() {
-        let m = map(&[("server", "s"), ("share", "/e"), ("subDir", "${pvc.metadata.name}")]);
+        let m = map(&[
+            ("server", "s"),
+            ("share", "/e"),
+            ("subDir", "${pvc.metadata.name}"),
+        ]);
         let p: NfsParams = from_map(&m).unwrap();
         assert!(p.resolve("pv").is_err());
     }
@@ -303,15 +322,22 @@ mod tests {
         ])))
         .unwrap();
         assert_eq!(c.resolve().unwrap(), ("s".into(), "/a/b".into()));
-        let bad: NfsContext = from_map(&map(&[("server", "s"), ("share", "/e"), ("subDir", "..")])).unwrap();
+        let bad: NfsContext =
+            from_map(&map(&[("server", "s"), ("share", "/e"), ("subDir", "..")])).unwrap();
         assert!(bad.resolve().is_err());
     }
 
     #[test]
     fn local_params_accept_metadata_only() {
-        let mut m = map(&[("csi.storage.k8s.io/pv/name", "p"), ("mountPermissions", "0770")]);
+        let mut m = map(&[
+            ("csi.storage.k8s.io/pv/name", "p"),
+            ("mountPermissions", "0770"),
+        ]);
         let p: LocalParams = from_map(&m).unwrap();
-        assert_eq!(parse_mode(p.mount_permissions.as_deref()).unwrap(), Some(0o770));
+        assert_eq!(
+            parse_mode(p.mount_permissions.as_deref()).unwrap(),
+            Some(0o770)
+        );
         m.insert("server".into(), "x".into());
         assert!(from_map::<LocalParams>(&m).is_err());
     }

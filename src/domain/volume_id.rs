@@ -77,14 +77,18 @@ impl VolumeKey {
             Self::parse(name)
         } else {
             let digest = Sha256::digest(name.as_bytes());
-            Self::parse(&format!("{HASH_PREFIX}{}", &hex::encode(digest)[..HASH_HEX_LEN]))
+            Self::parse(&format!(
+                "{HASH_PREFIX}{}",
+                &hex::encode(digest)[..HASH_HEX_LEN]
+            ))
         }
     }
 
     pub fn parse(s: &str) -> Option<Self> {
         let hashed = s.strip_prefix(HASH_PREFIX).is_some_and(|h| {
             h.len() == HASH_HEX_LEN
-                && h.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+                && h.bytes()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
         });
         if is_plain(s) || hashed {
             RelPath::parse(s).ok().map(Self)
@@ -153,13 +157,16 @@ pub fn validate_server(server: &str) -> Result<(), VolumeIdError> {
     let ok = !server.is_empty()
         && server.len() <= 253
         && !server.starts_with('-')
-        && server
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']' | b'_'));
+        && server.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']' | b'_')
+        });
     if ok {
         Ok(())
     } else {
-        Err(bad("server", format!("{server:?} is not a host name or address")))
+        Err(bad(
+            "server",
+            format!("{server:?} is not a host name or address"),
+        ))
     }
 }
 
@@ -178,7 +185,10 @@ pub fn validate_share(share: &str) -> Result<(), VolumeIdError> {
 
 pub fn validate_mount_option(option: &str) -> Result<(), VolumeIdError> {
     if option.is_empty() || option.contains(['\0', ',', '\n']) {
-        return Err(bad("mountOptions", format!("{option:?} is not one mount option")));
+        return Err(bad(
+            "mountOptions",
+            format!("{option:?} is not one mount option"),
+        ));
     }
     Ok(())
 }
@@ -245,7 +255,12 @@ impl VolumeId {
 impl fmt::Display for VolumeId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Local(l) => write!(f, "{PREFIX}#local#{}#{}", encode(&l.node), encode(l.key.as_str())),
+            Self::Local(l) => write!(
+                f,
+                "{PREFIX}#local#{}#{}",
+                encode(&l.node),
+                encode(l.key.as_str())
+            ),
             Self::Nfs(n) => {
                 let opts: Vec<String> = n.mount_options.iter().map(|o| encode(o)).collect();
                 write!(
@@ -293,8 +308,19 @@ mod tests {
 
     #[test]
     fn keys_are_plain_or_hashed_never_ambiguous() {
-        assert_eq!(VolumeKey::from_name("pvc-abc.1").unwrap().as_str(), "pvc-abc.1");
-        for odd in ["a/b", "..", ".hidden", "h-looks-hashed", "ünï", &"x".repeat(129), ""] {
+        assert_eq!(
+            VolumeKey::from_name("pvc-abc.1").unwrap().as_str(),
+            "pvc-abc.1"
+        );
+        for odd in [
+            "a/b",
+            "..",
+            ".hidden",
+            "h-looks-hashed",
+            "ünï",
+            &"x".repeat(129),
+            "",
+        ] {
             let k = VolumeKey::from_name(odd).unwrap();
             assert!(k.as_str().starts_with("h-"), "{odd}");
             assert_eq!(VolumeKey::parse(k.as_str()), Some(k.clone()));
@@ -328,13 +354,25 @@ mod tests {
     #[test]
     fn malformed_ids_error_without_panicking() {
         for id in [
-            "", "#", "v1", "v1#", "v1#nfs", "v1#local#a", "v1#zfs#a#b", "v2#local#n#k",
-            "v1#nfs#s#/e#a#sometimes#", "v1#nfs#%ff#/e#a#delete#", "v1#local#n#k#extra",
+            "",
+            "#",
+            "v1",
+            "v1#",
+            "v1#nfs",
+            "v1#local#a",
+            "v1#zfs#a#b",
+            "v2#local#n#k",
+            "v1#nfs#s#/e#a#sometimes#",
+            "v1#nfs#%ff#/e#a#delete#",
+            "v1#local#n#k#extra",
             "reallyfakevolumeid",
         ] {
             let _ = VolumeId::parse(id).unwrap_err();
         }
-        assert_eq!(VolumeId::parse("some-static-handle"), Err(VolumeIdError::Foreign));
+        assert_eq!(
+            VolumeId::parse("some-static-handle"),
+            Err(VolumeIdError::Foreign)
+        );
     }
 
     #[test]

@@ -110,15 +110,19 @@ mod tests {
         let pidfile = dir.path().join("grandchild");
         let mut c = Command::new("sh");
         // The grandchild records its pid and would outlive a plain kill of `sh`.
-        c.arg("-c").arg(format!(
-            "sleep 60 & echo $! > {}; wait",
-            pidfile.display()
-        ));
+        c.arg("-c")
+            .arg(format!("sleep 60 & echo $! > {}; wait", pidfile.display()));
         let started = std::time::Instant::now();
-        let e = run(c, "sleeper", Duration::from_millis(300)).await.unwrap_err();
+        let e = run(c, "sleeper", Duration::from_millis(300))
+            .await
+            .unwrap_err();
         assert!(matches!(e, OsError::TimedOut { .. }));
         assert!(started.elapsed() < Duration::from_secs(5));
-        let pid: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+        let pid: i32 = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
         // Give the kernel a moment to deliver the group kill, then the grandchild must be gone.
         let mut alive = true;
         for _ in 0..50 {

@@ -96,8 +96,7 @@ fn io(step: &'static str, path: &Path, e: std::io::Error) -> SafeFsError {
 /// Record names are single path segments chosen by the driver; refuse anything else so a record
 /// operation can never address a file outside its directory.
 fn record_path(dir: &Path, name: &str) -> Result<PathBuf, SafeFsError> {
-    if name.is_empty() || name.contains('/') || name == "." || name == ".." || name.contains('\0')
-    {
+    if name.is_empty() || name.contains('/') || name == "." || name == ".." || name.contains('\0') {
         return Err(SafeFsError::InvalidName {
             name: name.to_string(),
         });
@@ -213,11 +212,9 @@ pub fn execute(op: &FsOp) -> Result<FsReply, SafeFsError> {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 Ok(FsReply::Removed(RemoveOutcome::AlreadyGone))
             }
-            Err(e) if e.raw_os_error() == Some(libc::ENOTEMPTY) => {
-                Err(SafeFsError::NotEmpty {
-                    path: path.to_path_buf(),
-                })
-            }
+            Err(e) if e.raw_os_error() == Some(libc::ENOTEMPTY) => Err(SafeFsError::NotEmpty {
+                path: path.to_path_buf(),
+            }),
             Err(e) => Err(io("remove target", path, e)),
         },
     }
@@ -253,7 +250,12 @@ mod tests {
     fn records_round_trip_and_reject_escaping_names() {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().join("meta");
-        let read = |name: &str| execute(&FsOp::ReadRecord { dir: d.clone(), name: name.into() });
+        let read = |name: &str| {
+            execute(&FsOp::ReadRecord {
+                dir: d.clone(),
+                name: name.into(),
+            })
+        };
         assert_eq!(read("a").unwrap(), FsReply::Record(None));
         execute(&FsOp::WriteRecord {
             dir: d.clone(),
@@ -265,8 +267,16 @@ mod tests {
         for bad in ["", "..", "../x", "a/b"] {
             assert!(matches!(read(bad), Err(SafeFsError::InvalidName { .. })));
         }
-        execute(&FsOp::RemoveRecord { dir: d.clone(), name: "a".into() }).unwrap();
-        execute(&FsOp::RemoveRecord { dir: d.clone(), name: "a".into() }).unwrap();
+        execute(&FsOp::RemoveRecord {
+            dir: d.clone(),
+            name: "a".into(),
+        })
+        .unwrap();
+        execute(&FsOp::RemoveRecord {
+            dir: d.clone(),
+            name: "a".into(),
+        })
+        .unwrap();
         assert_eq!(
             execute(&FsOp::ListDir { dir: d }).unwrap(),
             FsReply::Names(vec![])

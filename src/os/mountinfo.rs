@@ -46,8 +46,8 @@ fn parse_line(line: &str) -> Option<MountEntry> {
     let options = l.next()?;
     let mut r = right.split(' ');
     let fs_type = r.next()?.to_string();
-    let source = String::from_utf8_lossy(unescape(r.next()?).as_os_str().as_encoded_bytes())
-        .into_owned();
+    let source =
+        String::from_utf8_lossy(unescape(r.next()?).as_os_str().as_encoded_bytes()).into_owned();
     Some(MountEntry {
         id,
         parent_id,
@@ -69,7 +69,9 @@ fn unescape(field: &str) -> PathBuf {
         if bytes[i] == b'\\' && i + 4 <= bytes.len() {
             let oct = &bytes[i + 1..i + 4];
             if oct.iter().all(|b| (b'0'..=b'7').contains(b)) {
-                let v = oct.iter().fold(0u32, |acc, b| acc * 8 + u32::from(b - b'0'));
+                let v = oct
+                    .iter()
+                    .fold(0u32, |acc, b| acc * 8 + u32::from(b - b'0'));
                 if let Ok(v) = u8::try_from(v) {
                     out.push(v);
                     i += 4;
@@ -161,7 +163,9 @@ bad line
     fn containing_prefers_longest_and_respects_components() {
         let e = parse(TABLE);
         assert_eq!(
-            containing(&e, Path::new("/var/lib/pvdirx")).unwrap().mount_point,
+            containing(&e, Path::new("/var/lib/pvdirx"))
+                .unwrap()
+                .mount_point,
             PathBuf::from("/")
         );
         assert_eq!(
