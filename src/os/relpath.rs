@@ -172,7 +172,15 @@ mod tests {
 
     #[test]
     fn accepts_plain_paths() {
-        for s in ["a", "a/b", "pvc-1234", "ns/pvc/with.dots", "...", "a/.b/c..", "ü/日本"] {
+        for s in [
+            "a",
+            "a/b",
+            "pvc-1234",
+            "ns/pvc/with.dots",
+            "...",
+            "a/.b/c..",
+            "ü/日本",
+        ] {
             assert_eq!(rel(s).as_str(), s);
         }
     }
@@ -184,27 +192,41 @@ mod tests {
 
     #[test]
     fn rejects_absolute() {
-        assert_eq!(RelPath::parse("/a"), Err(RelPathError::Absolute("/a".into())));
+        assert_eq!(
+            RelPath::parse("/a"),
+            Err(RelPathError::Absolute("/a".into()))
+        );
         assert_eq!(RelPath::parse("/"), Err(RelPathError::Absolute("/".into())));
     }
 
     #[test]
     fn rejects_empty_segments() {
         for s in ["a//b", "a/", "a/b/"] {
-            assert_eq!(RelPath::parse(s), Err(RelPathError::EmptySegment(s.into())), "{s}");
+            assert_eq!(
+                RelPath::parse(s),
+                Err(RelPathError::EmptySegment(s.into())),
+                "{s}"
+            );
         }
     }
 
     #[test]
     fn rejects_dot_segments() {
         for s in [".", "..", "a/..", "../a", "a/./b", "a/../../etc"] {
-            assert_eq!(RelPath::parse(s), Err(RelPathError::DotSegment(s.into())), "{s}");
+            assert_eq!(
+                RelPath::parse(s),
+                Err(RelPathError::DotSegment(s.into())),
+                "{s}"
+            );
         }
     }
 
     #[test]
     fn rejects_nul() {
-        assert_eq!(RelPath::parse("a\0b"), Err(RelPathError::Nul("a\0b".into())));
+        assert_eq!(
+            RelPath::parse("a\0b"),
+            Err(RelPathError::Nul("a\0b".into()))
+        );
     }
 
     #[test]
@@ -255,9 +277,18 @@ mod tests {
     fn join_validates() {
         assert_eq!(rel("a").join("b"), Ok(rel("a/b")));
         assert_eq!(rel("a").join("b/c"), Ok(rel("a/b/c")));
-        assert!(matches!(rel("a").join(".."), Err(RelPathError::DotSegment(_))));
-        assert!(matches!(rel("a").join(""), Err(RelPathError::EmptySegment(_))));
-        assert!(matches!(rel("a").join("/b"), Err(RelPathError::EmptySegment(_))));
+        assert!(matches!(
+            rel("a").join(".."),
+            Err(RelPathError::DotSegment(_))
+        ));
+        assert!(matches!(
+            rel("a").join(""),
+            Err(RelPathError::EmptySegment(_))
+        ));
+        assert!(matches!(
+            rel("a").join("/b"),
+            Err(RelPathError::EmptySegment(_))
+        ));
         assert!(matches!(rel("a").join("b\0"), Err(RelPathError::Nul(_))));
     }
 
@@ -266,7 +297,10 @@ mod tests {
         let p = rel("ns/pvc-1");
         let json = serde_json::to_string(&p).expect("serialize");
         assert_eq!(json, "\"ns/pvc-1\"");
-        assert_eq!(serde_json::from_str::<RelPath>(&json).expect("deserialize"), p);
+        assert_eq!(
+            serde_json::from_str::<RelPath>(&json).expect("deserialize"),
+            p
+        );
         for bad in ["\"\"", "\"/etc\"", "\"a/../b\"", "\"a//b\""] {
             assert!(serde_json::from_str::<RelPath>(bad).is_err(), "{bad}");
         }
