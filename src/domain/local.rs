@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::access::{unsupported_reason, BackendKind};
 use super::error::ControllerError;
 use super::params::{from_map, parse_mode, LocalParams};
+use super::record;
 use super::volume::{CreateSpec, Volume, TOPOLOGY_KEY};
 use super::volume_id::{LocalId, VolumeId, VolumeKey};
 use crate::os::{mountinfo, FsOp, FsReply, Medium, Os};
@@ -91,20 +92,14 @@ impl LocalBackend {
 
     async fn read_record(&self, key: &VolumeKey) -> Result<Option<LocalRecord>, ControllerError> {
         let dir = self.root.join(META);
-        let name = Self::record_name(key);
-        let op = FsOp::ReadRecord {
-            dir: dir.clone(),
-            name: name.clone(),
-        };
-        match self.fs(op, "read volume record", key.as_str()).await? {
-            FsReply::Record(Some(bytes)) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
-                ControllerError::CorruptRecord {
-                    path: dir.join(name),
-                    reason: e.to_string(),
-                }
-            }),
-            _ => Ok(None),
-        }
+        record::load(
+            &*self.os,
+            Medium::Local,
+            &dir,
+            &Self::record_name(key),
+            key.as_str(),
+        )
+        .await
     }
 
     /// Does this node hold the volume? False for other nodes' volumes.
@@ -159,17 +154,16 @@ impl LocalBackend {
             }
             Some(_) => {}
             None => {
-                let contents =
-                    serde_json::to_vec(&wanted).map_err(|e| ControllerError::CorruptRecord {
-                        path: self.root.join(META),
-                        reason: e.to_string(),
-                    })?;
-                let op = FsOp::WriteRecord {
-                    dir: self.root.join(META),
-                    name: Self::record_name(&key),
-                    contents,
-                };
-                self.fs(op, "write volume record", &spec.name).await?;
+                let dir = self.root.join(META);
+                record::store(
+                    &*self.os,
+                    Medium::Local,
+                    &dir,
+                    &Self::record_name(&key),
+                    &wanted,
+                    &spec.name,
+                )
+                .await?;
             }
         }
         // Also on an idempotent retry: the first call may have crashed before this step.
@@ -216,11 +210,14 @@ impl LocalBackend {
             prune_parents: false,
         };
         self.fs(op, "remove volume directory", raw).await?;
-        let op = FsOp::RemoveRecord {
-            dir: self.root.join(META),
-            name: Self::record_name(&id.key),
-        };
-        self.fs(op, "remove volume record", raw).await?;
+        record::remove(
+            &*self.os,
+            Medium::Local,
+            &self.root.join(META),
+            &Self::record_name(&id.key),
+            raw,
+        )
+        .await?;
         Ok(())
     }
 

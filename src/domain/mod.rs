@@ -11,5 +11,6 @@ pub mod local;
 pub mod nfs;
 pub mod node;
 pub mod params;
+pub mod record;
 pub mod volume;
 pub mod volume_id;

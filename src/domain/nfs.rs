@@ -17,6 +17,7 @@ use sha2::{Digest, Sha256};
 use super::access::{merged_mount_flags, unsupported_reason, BackendKind};
 use super::error::ControllerError;
 use super::params::{from_map, NfsParams};
+use super::record;
 use super::volume::{CreateSpec, Volume};
 use super::volume_id::{NfsId, OnDelete, VolumeId};
 use crate::os::{mountinfo, FsOp, FsReply, Medium, MountSource, MountSpec, Os, RelPath};
@@ -135,20 +136,14 @@ impl NfsBackend {
         volume: &str,
     ) -> Result<Option<NfsRecord>, ControllerError> {
         let dir = mount.join(RECORD_DIR);
-        let name = Self::record_name(subdir);
-        let op = FsOp::ReadRecord {
-            dir: dir.clone(),
-            name: name.clone(),
-        };
-        match self.remote(op, "read volume record", volume).await? {
-            FsReply::Record(Some(bytes)) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
-                ControllerError::CorruptRecord {
-                    path: dir.join(name),
-                    reason: e.to_string(),
-                }
-            }),
-            _ => Ok(None),
-        }
+        record::load(
+            &*self.os,
+            Medium::Remote,
+            &dir,
+            &Self::record_name(subdir),
+            volume,
+        )
+        .await
     }
 
     pub async fn create(&self, spec: &CreateSpec) -> Result<Volume, ControllerError> {
@@ -202,17 +197,9 @@ impl NfsBackend {
             }
             Some(_) => {}
             None => {
-                let contents =
-                    serde_json::to_vec(&wanted).map_err(|e| ControllerError::CorruptRecord {
-                        path: mount.join(RECORD_DIR),
-                        reason: e.to_string(),
-                    })?;
-                let op = FsOp::WriteRecord {
-                    dir: mount.join(RECORD_DIR),
-                    name: Self::record_name(&resolved.subdir),
-                    contents,
-                };
-                self.remote(op, "write volume record", &spec.name).await?;
+                let dir = mount.join(RECORD_DIR);
+                let name = Self::record_name(&resolved.subdir);
+                record::store(&*self.os, Medium::Remote, &dir, &name, &wanted, &spec.name).await?;
             }
         }
         let op = FsOp::EnsureDir {
@@ -258,11 +245,15 @@ impl NfsBackend {
                 self.remote(op, "archive volume directory", raw).await?;
             }
         }
-        let op = FsOp::RemoveRecord {
-            dir: mount.join(RECORD_DIR),
-            name: Self::record_name(&id.subdir),
-        };
-        self.remote(op, "remove volume record", raw).await?;
+        let name = Self::record_name(&id.subdir);
+        record::remove(
+            &*self.os,
+            Medium::Remote,
+            &mount.join(RECORD_DIR),
+            &name,
+            raw,
+        )
+        .await?;
         Ok(())
     }
 

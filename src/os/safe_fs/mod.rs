@@ -1,0 +1,189 @@
+//! Blocking directory operations confined to a trusted base directory (an NFS export or a
+//! node-local root), addressed by untrusted `RelPath`s.
+//!
+//! Invariants, each attacked by a test in the submodule that upholds it:
+//! - Symlinks are never followed: `base` is opened once by path (it is trusted configuration);
+//!   every component below it is opened with `openat(.., O_NOFOLLOW | O_DIRECTORY)` relative to
+//!   its parent's descriptor, never by string path. A symlink in `rel` is `SymlinkInPath`; a
+//!   symlink inside a tree being removed is unlinked as a link, its target untouched.
+//! - Removal never crosses into another mount: every directory is checked against the tree's
+//!   `st_dev` and against statx's `STATX_ATTR_MOUNT_ROOT` (the only way to see a bind mount
+//!   from the same filesystem); a mount is left alone and reported as `CrossesMount`.
+//! - Removal is iterative with bounded depth (`MAX_DEPTH`) and a bounded number of open
+//!   descriptors (`FD_WINDOW`), so a crafted tree cannot overflow the stack or exhaust fds.
+//! - Pruning only removes directories holding nothing but `OWNED_MARKER`, which `ensure_dir`
+//!   writes solely into parents it created itself; `base` is never removed or chmodded.
+//!
+//! Layout: `walk` opens components safely and checks mounts (shared by all operations);
+//! `ensure`, `remove`, `prune` and `archive` each own one operation. This file holds the
+//! error and outcome types that cross the process boundary to `fsop`'s helper.
+
+mod archive;
+mod ensure;
+mod prune;
+mod remove;
+mod walk;
+
+#[cfg(test)]
+mod test_support;
+
+use std::borrow::Cow;
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use serde::{Deserialize, Serialize, Serializer};
+
+use super::relpath::RelPath;
+
+pub use archive::{archive, MAX_ARCHIVE_SUFFIX};
+pub use ensure::{ensure_dir, OWNED_MARKER};
+pub use prune::prune_owned_parents;
+pub use remove::{remove_empty_dir, remove_tree, MAX_DEPTH};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum SafeFsError {
+    #[error("cannot open base directory {path:?}: {}", Errno::from_raw(*errno))]
+    OpenBase {
+        #[serde(serialize_with = "serialize_path_lossy")]
+        path: PathBuf,
+        errno: i32,
+    },
+    #[error("refusing to follow symlink at {path:?}")]
+    SymlinkInPath {
+        #[serde(serialize_with = "serialize_path_lossy")]
+        path: PathBuf,
+    },
+    #[error("{path:?} exists and is not a directory")]
+    NotADirectory {
+        #[serde(serialize_with = "serialize_path_lossy")]
+        path: PathBuf,
+    },
+    #[error("{path:?} is on another mount; refusing to cross into it")]
+    CrossesMount {
+        #[serde(serialize_with = "serialize_path_lossy")]
+        path: PathBuf,
+    },
+    #[error("directory tree at {path:?} is nested deeper than {MAX_DEPTH} levels")]
+    TooDeep {
+        #[serde(serialize_with = "serialize_path_lossy")]
+        path: PathBuf,
+    },
+    #[error("directory {path:?} is not empty")]
+    NotEmpty {
+        #[serde(serialize_with = "serialize_path_lossy")]
+        path: PathBuf,
+    },
+    #[error("invalid name {name:?}")]
+    InvalidName { name: String },
+    /// `step` is a static description on construction; it is a `Cow` only so that the error
+    /// can be deserialised on the far side of a process boundary.
+    #[error("{step} {path:?}: {}", Errno::from_raw(*errno))]
+    Io {
+        step: Cow<'static, str>,
+        #[serde(serialize_with = "serialize_path_lossy")]
+        path: PathBuf,
+        errno: i32,
+    },
+}
+
+impl SafeFsError {
+    pub fn errno(&self) -> Option<Errno> {
+        match self {
+            SafeFsError::OpenBase { errno, .. } | SafeFsError::Io { errno, .. } => {
+                Some(Errno::from_raw(*errno))
+            }
+            _ => None,
+        }
+    }
+
+    pub fn is_not_found(&self) -> bool {
+        self.errno() == Some(Errno::ENOENT)
+    }
+}
+
+/// Names found inside a tree are arbitrary bytes; JSON needs UTF-8, and losing a byte in a
+/// diagnostic beats failing to report the error at all.
+fn serialize_path_lossy<S: Serializer>(path: &Path, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&path.to_string_lossy())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnsureOutcome {
+    /// Whether this call created the leaf directory.
+    pub created: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RemoveOutcome {
+    Removed,
+    AlreadyGone,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ArchiveOutcome {
+    Archived { to: RelPath },
+    AlreadyGone,
+}
+
+/// The `Io` error for `step` on `path`.
+fn io(step: &'static str, path: &Path, errno: Errno) -> SafeFsError {
+    SafeFsError::Io {
+        step: Cow::Borrowed(step),
+        path: path.to_path_buf(),
+        errno: errno as i32,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_support::{rel, tmp, write};
+    use super::*;
+    use std::ffi::OsStr;
+    use std::fs;
+    use std::os::unix::ffi::OsStrExt;
+
+    #[test]
+    fn concurrent_ensure_remove_prune_do_not_fail() {
+        let base = tmp();
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let b = base.path().to_path_buf();
+                std::thread::spawn(move || {
+                    for i in 0..100 {
+                        let r = rel(&format!("shared/p/vol-{t}-{i}"));
+                        ensure_dir(&b, &r, Some(0o770)).expect("ensure");
+                        write(&b.join(r.as_str()).join("f"));
+                        assert_eq!(remove_tree(&b, &r), Ok(RemoveOutcome::Removed));
+                        prune_owned_parents(&b, &r).expect("prune");
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().expect("thread");
+        }
+        assert_eq!(fs::read_dir(base.path()).expect("ls").count(), 0);
+    }
+
+    #[test]
+    fn errors_serialize_with_lossy_paths_and_expose_errno() {
+        let err = io(
+            "unlink",
+            Path::new(OsStr::from_bytes(b"/b/\xff")),
+            Errno::EACCES,
+        );
+        assert_eq!(err.errno(), Some(Errno::EACCES));
+        assert!(!err.is_not_found());
+        let json = serde_json::to_string(&err).expect("serialize");
+        let back: SafeFsError = serde_json::from_str(&json).expect("deserialize");
+        assert_eq!(back.errno(), Some(Errno::EACCES));
+        assert!(back.to_string().contains("unlink"), "{back}");
+        let err = SafeFsError::CrossesMount {
+            path: PathBuf::from("/b/x"),
+        };
+        let json = serde_json::to_string(&err).expect("serialize");
+        assert_eq!(serde_json::from_str::<SafeFsError>(&json).expect("de"), err);
+        assert_eq!(err.errno(), None);
+    }
+}
