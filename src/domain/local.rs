@@ -184,7 +184,8 @@ impl LocalBackend {
             });
         }
         let dir = self.volume_dir(&id.key);
-        // Deleting the source of a live bind mount would delete a running pod's data.
+        // Deleting the source of a live bind mount would delete a running pod's data. That
+        // includes binds of a subdirectory (kubelet's subPath mounts), hence the prefix match.
         let mounts = self
             .os
             .mounts()
@@ -194,15 +195,11 @@ impl LocalBackend {
                 volume: raw.to_string(),
                 source,
             })?;
-        if let Some(identity) = mountinfo::bind_identity(&mounts, &dir) {
-            if let Some(m) = mounts.iter().find(|m| {
-                (m.device.as_str(), m.root.as_path()) == (identity.0.as_str(), identity.1.as_path())
-            }) {
-                return Err(ControllerError::InUse {
-                    id: raw.to_string(),
-                    at: m.mount_point.clone(),
-                });
-            }
+        if let Some(m) = mountinfo::mounts_of_tree(&mounts, &dir).next() {
+            return Err(ControllerError::InUse {
+                id: raw.to_string(),
+                at: m.mount_point.clone(),
+            });
         }
         let op = FsOp::RemoveTree {
             base: self.root.join(VOLUMES),

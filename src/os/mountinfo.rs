@@ -118,6 +118,20 @@ pub fn bind_identity(entries: &[MountEntry], path: &Path) -> Option<(String, Pat
     Some((holder.device.clone(), root))
 }
 
+/// Mounts elsewhere that show `dir` or anything below it (binds of the directory or of a
+/// subdirectory), found by the filesystem's device and the path inside it.
+pub fn mounts_of_tree<'a>(
+    entries: &'a [MountEntry],
+    dir: &Path,
+) -> impl Iterator<Item = &'a MountEntry> {
+    let identity = bind_identity(entries, dir);
+    entries.iter().filter(move |e| {
+        identity
+            .as_ref()
+            .is_some_and(|(dev, root)| &e.device == dev && e.root.starts_with(root))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -157,6 +171,20 @@ bad line
         assert_eq!(id, ("0:40".to_string(), PathBuf::from("/volumes/a")));
         let target = top_at(&e, Path::new("/var/lib/kubelet/pods/x/mount")).unwrap();
         assert_eq!((target.device.clone(), target.root.clone()), id);
+    }
+
+    #[test]
+    fn tree_mounts_include_subdirectory_binds_only() {
+        let mut e = parse(TABLE);
+        e.extend(parse(
+            "50 22 0:40 /volumes/a/sub /pods/y/subpath rw - tmpfs tmpfs rw\n\
+             51 22 0:40 /volumes/ab /pods/z rw - tmpfs tmpfs rw\n",
+        ));
+        let found: Vec<u32> = mounts_of_tree(&e, Path::new("/var/lib/pvdir/volumes/a"))
+            .map(|m| m.id)
+            .collect();
+        // Not 51: /volumes/ab only shares a string prefix, not a path prefix.
+        assert_eq!(found, vec![41, 50]);
     }
 
     #[test]
