@@ -33,17 +33,40 @@ async fn remote_operations_round_trip_through_the_helper() {
     let base = dir.path().to_path_buf();
     let os = os(Duration::from_secs(20));
     let rel = RelPath::parse("ns/claim").unwrap();
-    let ensure = FsOp::EnsureDir { base: base.clone(), rel: rel.clone(), mode: Some(0o750) };
-    assert!(matches!(os.fs(ensure, Medium::Remote).await.unwrap(), FsReply::Ensured(e) if e.created));
+    let ensure = FsOp::EnsureDir {
+        base: base.clone(),
+        rel: rel.clone(),
+        mode: Some(0o750),
+    };
+    assert!(
+        matches!(os.fs(ensure, Medium::Remote).await.unwrap(), FsReply::Ensured(e) if e.created)
+    );
     std::fs::write(base.join("ns/claim/data"), b"x").unwrap();
-    let FsReply::Stats(s) = os.fs(FsOp::Statfs { path: base.clone() }, Medium::Remote).await.unwrap() else {
+    let FsReply::Stats(s) = os
+        .fs(FsOp::Statfs { path: base.clone() }, Medium::Remote)
+        .await
+        .unwrap()
+    else {
         panic!("statfs reply")
     };
     assert!(s.total_bytes > 0);
-    let remove = FsOp::RemoveTree { base: base.clone(), rel: rel.clone(), prune_parents: true };
-    assert_eq!(os.fs(remove.clone(), Medium::Remote).await.unwrap(), FsReply::Removed(RemoveOutcome::Removed));
-    assert!(!base.join("ns").exists(), "the parent the helper created is pruned");
-    assert_eq!(os.fs(remove, Medium::Remote).await.unwrap(), FsReply::Removed(RemoveOutcome::AlreadyGone));
+    let remove = FsOp::RemoveTree {
+        base: base.clone(),
+        rel: rel.clone(),
+        prune_parents: true,
+    };
+    assert_eq!(
+        os.fs(remove.clone(), Medium::Remote).await.unwrap(),
+        FsReply::Removed(RemoveOutcome::Removed)
+    );
+    assert!(
+        !base.join("ns").exists(),
+        "the parent the helper created is pruned"
+    );
+    assert_eq!(
+        os.fs(remove, Medium::Remote).await.unwrap(),
+        FsReply::Removed(RemoveOutcome::AlreadyGone)
+    );
 }
 
 #[tokio::test]
@@ -58,23 +81,41 @@ async fn typed_errors_cross_the_process_boundary() {
         prune_parents: false,
     };
     let err = os.fs(op, Medium::Remote).await.unwrap_err();
-    assert!(matches!(err, OsError::Fs(SafeFsError::SymlinkInPath { .. })), "{err:?}");
+    assert!(
+        matches!(err, OsError::Fs(SafeFsError::SymlinkInPath { .. })),
+        "{err:?}"
+    );
 }
 
 #[tokio::test]
 async fn a_blocked_helper_is_killed_within_the_bound() {
-    let dir = tempfile::Builder::new().prefix("pvdir-fifo-test").tempdir().unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("pvdir-fifo-test")
+        .tempdir()
+        .unwrap();
     let fifo = dir.path().join("record.json");
     nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
     let bound = Duration::from_millis(800);
     let os = os(bound);
-    let marker = dir.path().file_name().unwrap().to_string_lossy().into_owned();
+    let marker = dir
+        .path()
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
     let started = Instant::now();
-    let op = FsOp::ReadRecord { dir: dir.path().into(), name: "record.json".into() };
+    let op = FsOp::ReadRecord {
+        dir: dir.path().into(),
+        name: "record.json".into(),
+    };
     let err = os.fs(op, Medium::Remote).await.unwrap_err();
     let took = started.elapsed();
     assert!(matches!(err, OsError::TimedOut { .. }), "{err:?}");
     // Bound plus the reap grace, never an open-ended wait.
     assert!(took < bound + Duration::from_secs(3), "took {took:?}");
-    assert_eq!(helpers_running_for(&marker), 0, "the stuck helper was left running");
+    assert_eq!(
+        helpers_running_for(&marker),
+        0,
+        "the stuck helper was left running"
+    );
 }

@@ -563,8 +563,17 @@ async fn concurrent_calls_on_one_volume_are_aborted_until_the_work_ends() {
         .create(create_req("pvc-other", 1, Mode::SingleNodeWriter, &[]))
         .await
         .unwrap();
-    // Nor can the same process delete the volume while publishing it.
+    // Nor can the same process delete or re-create the volume while publishing it, however
+    // the ID is spelled.
     assert_eq!(code(rig.delete(&v.volume_id).await), Code::Aborted);
+    assert_eq!(code(rig.delete("v1#local#n1#pvc%2Dc").await), Code::Aborted);
+    assert_eq!(
+        code(
+            rig.create(create_req("pvc-c", 1, Mode::SingleNodeWriter, &[]))
+                .await
+        ),
+        Code::Aborted
+    );
     rig.fake.resume_mounts();
     first.await.unwrap().unwrap();
     rig.publish(&v.volume_id, &b, Mode::SingleNodeWriter, false)

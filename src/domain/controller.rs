@@ -50,11 +50,20 @@ impl Controller {
         }
     }
 
+    /// Validation comes first and touches nothing; the guard is then keyed by the volume ID the
+    /// request names, the same key delete and publish use.
     pub async fn create(&self, spec: CreateSpec) -> Result<Volume, ControllerError> {
-        let _guard = self.claim(&spec.name)?;
         match &*self.backend {
-            Backend::Local(b) => b.create(&spec).await,
-            Backend::Nfs(b) => b.create(&spec).await,
+            Backend::Local(b) => {
+                let plan = b.plan(&spec)?;
+                let _guard = self.claim(&VolumeId::Local(plan.id.clone()).to_string())?;
+                b.create(&spec, plan).await
+            }
+            Backend::Nfs(b) => {
+                let plan = b.plan(&spec)?;
+                let _guard = self.claim(&VolumeId::Nfs(plan.id.clone()).to_string())?;
+                b.create(&spec, plan).await
+            }
         }
     }
 
@@ -64,7 +73,7 @@ impl Controller {
         let Some(id) = Self::parse_ours(raw)? else {
             return Ok(());
         };
-        let _guard = self.claim(raw)?;
+        let _guard = self.claim(&id.to_string())?;
         match (&*self.backend, &id) {
             (Backend::Local(b), VolumeId::Local(l)) => b.delete(l, raw).await,
             (Backend::Nfs(b), VolumeId::Nfs(n)) => b.delete(n, raw).await,

@@ -30,6 +30,12 @@ struct LocalRecord {
     mount_permissions: Option<u32>,
 }
 
+/// A validated local CreateVolume: the volume it names and the directory mode.
+pub struct LocalPlan {
+    pub id: LocalId,
+    mode: Option<u32>,
+}
+
 pub struct LocalBackend {
     root: PathBuf,
     node_id: String,
@@ -110,7 +116,8 @@ impl LocalBackend {
         Ok(self.read_record(&id.key).await?.is_some())
     }
 
-    pub async fn create(&self, spec: &CreateSpec) -> Result<Volume, ControllerError> {
+    /// Validate a CreateVolume request and work out the volume it names, touching nothing.
+    pub fn plan(&self, spec: &CreateSpec) -> Result<LocalPlan, ControllerError> {
         let params: LocalParams = from_map(&spec.parameters)?;
         let mode = parse_mode(params.mount_permissions.as_deref())?;
         if let Some(reason) = spec
@@ -134,6 +141,21 @@ impl LocalBackend {
             VolumeKey::from_name(&spec.name).ok_or_else(|| ControllerError::UnusableName {
                 name: spec.name.clone(),
             })?;
+        Ok(LocalPlan {
+            id: LocalId {
+                node: self.node_id.clone(),
+                key,
+            },
+            mode,
+        })
+    }
+
+    pub async fn create(
+        &self,
+        spec: &CreateSpec,
+        plan: LocalPlan,
+    ) -> Result<Volume, ControllerError> {
+        let (key, mode) = (plan.id.key, plan.mode);
         let wanted = LocalRecord {
             name: spec.name.clone(),
             capacity_bytes: spec.capacity_bytes,

@@ -34,6 +34,12 @@ struct NfsRecord {
     mount_permissions: Option<u32>,
 }
 
+/// A validated NFS CreateVolume: the volume it names and the directory mode.
+pub struct NfsPlan {
+    pub id: NfsId,
+    mode: Option<u32>,
+}
+
 pub struct NfsBackend {
     staging: PathBuf,
     os: Arc<dyn Os>,
@@ -146,7 +152,8 @@ impl NfsBackend {
         .await
     }
 
-    pub async fn create(&self, spec: &CreateSpec) -> Result<Volume, ControllerError> {
+    /// Validate a CreateVolume request and work out the volume it names, touching nothing.
+    pub fn plan(&self, spec: &CreateSpec) -> Result<NfsPlan, ControllerError> {
         let params: NfsParams = from_map(&spec.parameters)?;
         let resolved = params.resolve(&spec.name)?;
         if let Some(reason) = spec
@@ -164,25 +171,35 @@ impl NfsBackend {
                 }
             })?;
         }
+        Ok(NfsPlan {
+            mode: resolved.mode,
+            id: NfsId {
+                server: resolved.server,
+                share: resolved.share,
+                subdir: resolved.subdir,
+                on_delete: resolved.on_delete,
+                mount_options,
+            },
+        })
+    }
+
+    pub async fn create(
+        &self,
+        spec: &CreateSpec,
+        plan: NfsPlan,
+    ) -> Result<Volume, ControllerError> {
+        let (id, mode) = (plan.id, plan.mode);
         let mount = self
-            .share_mount(
-                &resolved.server,
-                &resolved.share,
-                &mount_options,
-                &spec.name,
-            )
+            .share_mount(&id.server, &id.share, &id.mount_options, &spec.name)
             .await?;
         let wanted = NfsRecord {
             name: spec.name.clone(),
             capacity_bytes: spec.capacity_bytes,
-            subdir: resolved.subdir.to_string(),
-            on_delete: resolved.on_delete,
-            mount_permissions: resolved.mode,
+            subdir: id.subdir.to_string(),
+            on_delete: id.on_delete,
+            mount_permissions: mode,
         };
-        match self
-            .read_record(&mount, &resolved.subdir, &spec.name)
-            .await?
-        {
+        match self.read_record(&mount, &id.subdir, &spec.name).await? {
             Some(existing) if existing.name != wanted.name => {
                 return Err(ControllerError::DirectoryClaimed {
                     subdir: wanted.subdir,
@@ -198,25 +215,19 @@ impl NfsBackend {
             Some(_) => {}
             None => {
                 let dir = mount.join(RECORD_DIR);
-                let name = Self::record_name(&resolved.subdir);
+                let name = Self::record_name(&id.subdir);
                 record::store(&*self.os, Medium::Remote, &dir, &name, &wanted, &spec.name).await?;
             }
         }
         let op = FsOp::EnsureDir {
             base: mount.clone(),
-            rel: resolved.subdir.clone(),
-            mode: resolved.mode,
+            rel: id.subdir.clone(),
+            mode,
         };
         self.remote(op, "create volume directory", &spec.name)
             .await?;
         Ok(Volume {
-            id: VolumeId::Nfs(NfsId {
-                server: resolved.server,
-                share: resolved.share,
-                subdir: resolved.subdir,
-                on_delete: resolved.on_delete,
-                mount_options,
-            }),
+            id: VolumeId::Nfs(id),
             capacity_bytes: spec.capacity_bytes,
             node: None,
         })

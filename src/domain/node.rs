@@ -16,7 +16,7 @@ use super::guard::InFlight;
 use super::guard::InFlightGuard;
 use super::params::{from_map, join_export, without_kubelet_keys, NfsContext};
 use super::volume::{PublishSpec, VolumeStats};
-use super::volume_id::VolumeId;
+use super::volume_id::{guard_key, VolumeId};
 use crate::os::{mountinfo, FsOp, FsReply, Medium, MountEntry, MountSource, MountSpec, Os};
 
 /// Bound on stacked mounts removed by one unpublish (a loop guard, not a real-world limit).
@@ -142,7 +142,7 @@ impl Node {
     }
 
     pub async fn publish(&self, spec: PublishSpec) -> Result<(), NodeError> {
-        let _guard = self.claim(&spec.volume_id)?;
+        let _guard = self.claim(&guard_key(&spec.volume_id))?;
         if let Some(reason) = unsupported_reason(self.backend.kind(), &spec.capability) {
             return Err(NodeError::UnsupportedCapability { reason });
         }
@@ -203,7 +203,7 @@ impl Node {
     /// Unmount everything at `target` and remove the directory. Succeeds when nothing is there,
     /// including for volumes this node never heard of (kubelet retries until it gets OK).
     pub async fn unpublish(&self, volume_id: &str, target: &Path) -> Result<(), NodeError> {
-        let _guard = self.claim(volume_id)?;
+        let _guard = self.claim(&guard_key(volume_id))?;
         for _ in 0..MAX_STACKED_MOUNTS {
             let mounts = self.mounts(target).await?;
             let Some(top) = mountinfo::top_at(&mounts, target) else {

@@ -252,6 +252,12 @@ impl VolumeId {
     }
 }
 
+/// The key that serialises calls on one volume: the canonical spelling of a pvdir ID (so
+/// `pvc%2D1` and `pvc-1` are one volume), or the handle itself for IDs that are not ours.
+pub fn guard_key(raw: &str) -> String {
+    VolumeId::parse(raw).map_or_else(|_| raw.to_string(), |id| id.to_string())
+}
+
 impl fmt::Display for VolumeId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
