@@ -950,3 +950,82 @@ async fn capabilities_advertise_only_what_is_implemented() {
     assert!(!nfs.contains(&Type::CreateDeleteSnapshot));
     let _ = BackendKind::Nfs;
 }
+
+// ---------------------------------------------------------------- crash recovery
+
+#[tokio::test]
+async fn crash_between_record_and_directory_is_completed_by_the_retry() {
+    let rig = Rig::local();
+    let v = rig
+        .create(create_req("pvc-crash", 7, Mode::SingleNodeWriter, &[]))
+        .await
+        .unwrap();
+    // The state a crash after writing the record but before mkdir leaves behind.
+    std::fs::remove_dir(rig.path().join("root/volumes/pvc-crash")).unwrap();
+    assert_eq!(
+        rig.create(create_req("pvc-crash", 7, Mode::SingleNodeWriter, &[]))
+            .await
+            .unwrap(),
+        v
+    );
+    assert!(rig.path().join("root/volumes/pvc-crash").is_dir());
+}
+
+#[tokio::test]
+async fn crash_in_the_middle_of_delete_is_completed_by_the_retry() {
+    let rig = Rig::local();
+    let v = rig
+        .create(create_req("pvc-half", 7, Mode::SingleNodeWriter, &[]))
+        .await
+        .unwrap();
+    let dir = rig.path().join("root/volumes/pvc-half");
+    std::fs::create_dir_all(dir.join("a/b")).unwrap();
+    std::fs::write(dir.join("a/b/f"), b"x").unwrap();
+    // A crash after the directory was removed but before the record: the volume still lists.
+    std::fs::remove_dir_all(&dir).unwrap();
+    let listed = rig
+        .controller
+        .list_volumes(Request::new(csi::ListVolumesRequest::default()))
+        .await
+        .unwrap()
+        .into_inner()
+        .entries;
+    assert_eq!(listed.len(), 1);
+    rig.delete(&v.volume_id).await.unwrap();
+    assert!(!rig.path().join("root/meta/pvc-half.json").exists());
+    let listed = rig
+        .controller
+        .list_volumes(Request::new(csi::ListVolumesRequest::default()))
+        .await
+        .unwrap()
+        .into_inner()
+        .entries;
+    assert!(listed.is_empty());
+}
+
+#[tokio::test]
+async fn nfs_crash_after_archive_is_completed_by_the_retry() {
+    let rig = Rig::nfs();
+    let v = rig
+        .create(seed_claim(0, "archive"))
+        .await
+        .unwrap()
+        .volume_id;
+    let export = rig.export_dir();
+    std::fs::write(export.join("default/www-web-0/data"), b"d").unwrap();
+    // The rename happened, the record removal did not.
+    std::fs::rename(
+        export.join("default/www-web-0"),
+        export.join("default/archived-www-web-0"),
+    )
+    .unwrap();
+    rig.delete(&v).await.unwrap();
+    assert_eq!(
+        std::fs::read(export.join("default/archived-www-web-0/data")).unwrap(),
+        b"d"
+    );
+    assert!(
+        rig.create(seed_claim(0, "archive")).await.is_ok(),
+        "the record was removed"
+    );
+}
