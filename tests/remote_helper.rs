@@ -93,7 +93,8 @@ async fn a_blocked_helper_is_killed_within_the_bound() {
         .prefix("pvdir-fifo-test")
         .tempdir()
         .unwrap();
-    let fifo = dir.path().join("record.json");
+    std::fs::create_dir(dir.path().join("meta")).unwrap();
+    let fifo = dir.path().join("meta/record.json");
     nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
     let bound = Duration::from_millis(800);
     let os = os(bound);
@@ -104,9 +105,10 @@ async fn a_blocked_helper_is_killed_within_the_bound() {
         .to_string_lossy()
         .into_owned();
     let started = Instant::now();
-    let op = FsOp::ReadRecord {
-        dir: dir.path().into(),
-        name: "record.json".into(),
+    let op = FsOp::ReadRecords {
+        base: dir.path().into(),
+        dir: RelPath::parse("meta").unwrap(),
+        names: vec!["record.json".into()],
     };
     let err = os.fs(op, Medium::Remote).await.unwrap_err();
     let took = started.elapsed();

@@ -24,6 +24,8 @@ use tonic::{Code, Request};
 use csi::volume_capability::access_mode::Mode;
 
 struct Rig {
+    /// Mount flags the rig's StorageClass would carry: NFS options, or none for local.
+    flags: &'static [&'static str],
     fake: FakeOs,
     dir: tempfile::TempDir,
     controller: ControllerService,
@@ -43,7 +45,7 @@ impl Rig {
         for d in backend.layout_dirs() {
             std::fs::create_dir_all(d).unwrap();
         }
-        Self::wire(fake, dir, Backend::Local(backend), true)
+        Self::wire(fake, dir, Backend::Local(backend), true, &[])
     }
 
     fn nfs() -> Self {
@@ -52,15 +54,22 @@ impl Rig {
         let staging = dir.path().canonicalize().unwrap().join("staging");
         std::fs::create_dir_all(&staging).unwrap();
         let backend = NfsBackend::new(staging, Arc::new(fake.clone()));
-        Self::wire(fake, dir, Backend::Nfs(backend), false)
+        Self::wire(fake, dir, Backend::Nfs(backend), false, &["hard"])
     }
 
-    fn wire(fake: FakeOs, dir: tempfile::TempDir, backend: Backend, local: bool) -> Self {
+    fn wire(
+        fake: FakeOs,
+        dir: tempfile::TempDir,
+        backend: Backend,
+        local: bool,
+        flags: &'static [&'static str],
+    ) -> Self {
         let kind = backend.kind();
         let backend = Arc::new(backend);
         let os: Arc<dyn pvdir::os::Os> = Arc::new(fake.clone());
         let in_flight = InFlight::default();
         Self {
+            flags,
             controller: ControllerService::new(
                 Controller::new(Arc::clone(&backend), in_flight.clone()),
                 kind,
@@ -108,7 +117,9 @@ impl Rig {
         readonly: bool,
     ) -> Result<(), tonic::Status> {
         self.node
-            .node_publish_volume(Request::new(publish_req(id, target, mode, readonly)))
+            .node_publish_volume(Request::new(publish_req(
+                id, target, mode, readonly, self.flags,
+            )))
             .await
             .map(|_| ())
     }
@@ -148,7 +159,7 @@ fn create_req(
             required_bytes: bytes,
             limit_bytes: 0,
         }),
-        volume_capabilities: vec![cap(mode, &["hard", "nfsvers=4.2"])],
+        volume_capabilities: vec![cap(mode, &[])],
         parameters: params
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -162,11 +173,12 @@ fn publish_req(
     target: &Path,
     mode: Mode,
     readonly: bool,
+    flags: &[&str],
 ) -> csi::NodePublishVolumeRequest {
     csi::NodePublishVolumeRequest {
         volume_id: id.into(),
         target_path: target.to_string_lossy().into(),
-        volume_capability: Some(cap(mode, &["hard"])),
+        volume_capability: Some(cap(mode, flags)),
         readonly,
         ..Default::default()
     }
@@ -192,6 +204,7 @@ fn seed_claim(ordinal: u32, on_delete: &str) -> csi::CreateVolumeRequest {
         Mode::MultiNodeMultiWriter,
         &params,
     );
+    req.volume_capabilities = vec![cap(Mode::MultiNodeMultiWriter, &["hard", "nfsvers=4.2"])];
     req.parameters.insert(
         "csi.storage.k8s.io/pvc/name".into(),
         format!("www-web-{ordinal}"),
@@ -536,7 +549,7 @@ async fn concurrent_calls_on_one_volume_are_aborted_until_the_work_ends() {
     rig.fake.pause_mounts();
     let node = Arc::clone(&rig.node);
     let first = tokio::spawn({
-        let req = publish_req(&v.volume_id, &a, Mode::SingleNodeWriter, false);
+        let req = publish_req(&v.volume_id, &a, Mode::SingleNodeWriter, false, &[]);
         async move {
             node.node_publish_volume(Request::new(req))
                 .await
@@ -622,7 +635,10 @@ async fn nfs_seed_story_creates_one_directory_per_claim_on_one_mount() {
     }
     assert_eq!(
         ids[0],
-        "v1#nfs#10.0.0.1#/export#default/www-web-0#delete#hard,nfsvers=4.2"
+        format!(
+            "v1#nfs#10.0.0.1#/export#default/www-web-0#delete#hard,nfsvers=4.2#{}",
+            pvdir::domain::volume_id::owner_tag("pvc-0")
+        )
     );
     let mounts: Vec<_> = rig
         .fake
@@ -750,11 +766,11 @@ async fn nfs_escaping_ids_change_nothing() {
     rig.create(seed_claim(0, "delete")).await.unwrap();
     let calls = rig.fake.calls().len();
     for id in [
-        "v1#nfs#10.0.0.1#/export#..#delete#",
-        "v1#nfs#10.0.0.1#/export#default/..#delete#",
-        "v1#nfs#10.0.0.1#/export#%2Fetc#delete#",
-        "v1#nfs#10.0.0.1#/export/..#x#delete#",
-        "v1#nfs#-o#/export#x#delete#",
+        "v1#nfs#10.0.0.1#/export#..#delete##0123456789abcdef",
+        "v1#nfs#10.0.0.1#/export#default/..#delete##0123456789abcdef",
+        "v1#nfs#10.0.0.1#/export#%2Fetc#delete##0123456789abcdef",
+        "v1#nfs#10.0.0.1#/export/..#x#delete##0123456789abcdef",
+        "v1#nfs#-o#/export#x#delete##0123456789abcdef",
     ] {
         assert_eq!(code(rig.delete(id).await), Code::InvalidArgument, "{id}");
     }
@@ -764,6 +780,13 @@ async fn nfs_escaping_ids_change_nothing() {
         "nothing was mounted or unmounted"
     );
     assert!(rig.export_dir().join("default/www-web-0").is_dir());
+    // A well-formed ID whose owner never made this directory: nothing of its own to delete.
+    rig.delete(
+        "v1#nfs#10.0.0.1#/export#default/www-web-0#delete#hard,nfsvers=4.2#0123456789abcdef",
+    )
+    .await
+    .unwrap();
+    assert!(rig.export_dir().join("default/www-web-0").is_dir());
     // A handle this driver never made: nothing of ours to delete.
     rig.delete("static-handle").await.unwrap();
 }
@@ -772,7 +795,13 @@ async fn nfs_escaping_ids_change_nothing() {
 async fn nfs_static_pv_mounts_the_attributes_path() {
     let rig = Rig::nfs();
     let t = rig.path().join("static");
-    let mut req = publish_req("my-static-pv", &t, Mode::MultiNodeReaderOnly, false);
+    let mut req = publish_req(
+        "my-static-pv",
+        &t,
+        Mode::MultiNodeReaderOnly,
+        false,
+        &["hard"],
+    );
     req.volume_context = HashMap::from([
         ("server".to_string(), "nfs.example".to_string()),
         ("share".to_string(), "/srv/nfs".to_string()),
@@ -1027,5 +1056,226 @@ async fn nfs_crash_after_archive_is_completed_by_the_retry() {
     assert!(
         rig.create(seed_claim(0, "archive")).await.is_ok(),
         "the record was removed"
+    );
+}
+
+// ---------------------------------------------------------------- ownership and contexts
+
+fn list_code(
+    rig: &Rig,
+) -> impl std::future::Future<
+    Output = Result<tonic::Response<csi::ListVolumesResponse>, tonic::Status>,
+> + '_ {
+    rig.controller
+        .list_volumes(Request::new(csi::ListVolumesRequest::default()))
+}
+
+#[tokio::test]
+async fn nfs_dynamic_publish_ignores_the_keys_kubernetes_adds_to_the_context() {
+    let rig = Rig::nfs();
+    let v = rig.create(seed_claim(0, "delete")).await.unwrap().volume_id;
+    let t = rig.path().join("t");
+    let mut req = publish_req(&v, &t, Mode::MultiNodeMultiWriter, false, &["hard"]);
+    req.volume_context = HashMap::from([
+        (
+            "storage.kubernetes.io/csiProvisionerIdentity".to_string(),
+            "1732-nfs.pvdir.io".to_string(),
+        ),
+        (
+            "csi.storage.k8s.io/pod.name".to_string(),
+            "web-0".to_string(),
+        ),
+        (
+            "csi.storage.k8s.io/pod.namespace".to_string(),
+            "default".to_string(),
+        ),
+        (
+            "csi.storage.k8s.io/ephemeral".to_string(),
+            "false".to_string(),
+        ),
+    ]);
+    rig.node
+        .node_publish_volume(Request::new(req))
+        .await
+        .unwrap();
+    assert!(rig.fake.is_mounted(&t));
+}
+
+#[tokio::test]
+async fn a_late_delete_retry_never_touches_the_directory_of_a_newer_volume() {
+    let rig = Rig::nfs();
+    // The StatefulSet's claim www-web-0 is provisioned as pvc-0, deleted, then re-created
+    // (new PV name, same namespace/name, so the same directory).
+    let old = rig.create(seed_claim(0, "delete")).await.unwrap().volume_id;
+    rig.delete(&old).await.unwrap();
+    let mut again = seed_claim(0, "delete");
+    again.name = "pvc-0-recreated".into();
+    again.parameters.insert(
+        "csi.storage.k8s.io/pv/name".into(),
+        "pvc-0-recreated".into(),
+    );
+    let new = rig.create(again).await.unwrap().volume_id;
+    assert_ne!(old, new, "a new volume gets a new ID");
+    let export = rig.export_dir();
+    std::fs::write(export.join("default/www-web-0/new-data"), b"fresh").unwrap();
+    // The sidecar's backed-off retry of the old delete arrives now.
+    rig.delete(&old).await.unwrap();
+    assert_eq!(
+        std::fs::read(export.join("default/www-web-0/new-data")).unwrap(),
+        b"fresh"
+    );
+    rig.delete(&new).await.unwrap();
+    assert!(!export.join("default/www-web-0").exists());
+}
+
+#[tokio::test]
+async fn volumes_cannot_nest_or_take_the_state_directory() {
+    let rig = Rig::nfs();
+    rig.create(seed_claim(0, "delete")).await.unwrap();
+    // A class whose template lands on the namespace directory holding www-web-0.
+    let mut outer = create_req(
+        "pvc-outer",
+        1,
+        Mode::MultiNodeMultiWriter,
+        &[
+            ("server", "10.0.0.1"),
+            ("share", "/export"),
+            ("subDir", "default"),
+        ],
+    );
+    outer.volume_capabilities = vec![cap(Mode::MultiNodeMultiWriter, &["hard", "nfsvers=4.2"])];
+    assert_eq!(code(rig.create(outer).await), Code::AlreadyExists);
+    // And one inside a volume.
+    let mut inner = create_req(
+        "pvc-inner",
+        1,
+        Mode::MultiNodeMultiWriter,
+        &[
+            ("server", "10.0.0.1"),
+            ("share", "/export"),
+            ("subDir", "default/www-web-0/inner"),
+        ],
+    );
+    inner.volume_capabilities = vec![cap(Mode::MultiNodeMultiWriter, &["hard", "nfsvers=4.2"])];
+    assert_eq!(code(rig.create(inner).await), Code::AlreadyExists);
+    assert!(!rig.export_dir().join("default/www-web-0/inner").exists());
+    let state = create_req(
+        "pvc-state",
+        1,
+        Mode::MultiNodeMultiWriter,
+        &[
+            ("server", "10.0.0.1"),
+            ("share", "/export"),
+            ("subDir", ".pvdir/x"),
+        ],
+    );
+    assert_eq!(code(rig.create(state).await), Code::InvalidArgument);
+}
+
+#[tokio::test]
+async fn two_classes_cannot_share_one_directory() {
+    let rig = Rig::nfs();
+    rig.create(seed_claim(0, "delete")).await.unwrap();
+    // Same subDir from a class with another reclaim policy: a different ID, the same directory.
+    let mut other = seed_claim(0, "retain");
+    other.name = "pvc-other-class".into();
+    assert_eq!(code(rig.create(other).await), Code::AlreadyExists);
+}
+
+#[tokio::test]
+async fn static_nfs_volumes_report_stats_without_their_context() {
+    let rig = Rig::nfs();
+    let t = rig.path().join("static");
+    let mut req = publish_req(
+        "my-static-pv",
+        &t,
+        Mode::MultiNodeMultiWriter,
+        false,
+        &["hard"],
+    );
+    req.volume_context = HashMap::from([
+        ("server".to_string(), "nfs.example".to_string()),
+        ("share".to_string(), "/srv/nfs".to_string()),
+    ]);
+    rig.node
+        .node_publish_volume(Request::new(req))
+        .await
+        .unwrap();
+    let stats = |p: &Path| {
+        rig.node
+            .node_get_volume_stats(Request::new(csi::NodeGetVolumeStatsRequest {
+                volume_id: "my-static-pv".into(),
+                volume_path: p.to_string_lossy().into(),
+                staging_target_path: String::new(),
+            }))
+    };
+    assert_eq!(stats(&t).await.unwrap().into_inner().usage.len(), 2);
+    assert_eq!(
+        code(stats(&rig.path().join("elsewhere")).await),
+        Code::NotFound
+    );
+}
+
+#[tokio::test]
+async fn malformed_ids_are_invalid_and_foreign_ones_not_found_on_the_node() {
+    let rig = Rig::local();
+    let t = rig.path().join("t");
+    assert_eq!(
+        code(
+            rig.publish("v1#local#n1#..", &t, Mode::SingleNodeWriter, false)
+                .await
+        ),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        code(
+            rig.publish("not-ours", &t, Mode::SingleNodeWriter, false)
+                .await
+        ),
+        Code::NotFound
+    );
+    assert!(rig.fake.calls().is_empty());
+}
+
+#[tokio::test]
+async fn nfs_list_volumes_is_unimplemented_as_not_advertised() {
+    let rig = Rig::nfs();
+    assert_eq!(code(list_code(&rig).await), Code::Unimplemented);
+}
+
+#[tokio::test]
+async fn local_bind_mounts_carry_the_class_mount_flags() {
+    let rig = Rig::local();
+    let mut req = create_req("pvc-flags", 1, Mode::SingleNodeWriter, &[]);
+    req.volume_capabilities = vec![cap(Mode::SingleNodeWriter, &["nosuid", "noexec"])];
+    let v = rig.create(req).await.unwrap();
+    let t = rig.path().join("t");
+    let req = publish_req(
+        &v.volume_id,
+        &t,
+        Mode::SingleNodeWriter,
+        false,
+        &["nosuid", "noexec"],
+    );
+    rig.node
+        .node_publish_volume(Request::new(req))
+        .await
+        .unwrap();
+    assert!(rig
+        .fake
+        .calls()
+        .last()
+        .unwrap()
+        .ends_with("opts=nosuid,noexec"));
+    let bad = publish_req(
+        &v.volume_id,
+        &rig.path().join("u"),
+        Mode::SingleNodeWriter,
+        false,
+        &["vers=4"],
+    );
+    assert_eq!(
+        code(rig.node.node_publish_volume(Request::new(bad)).await),
+        Code::InvalidArgument
     );
 }

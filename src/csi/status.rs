@@ -20,7 +20,9 @@ pub fn fs_code(e: &SafeFsError) -> Code {
         | SafeFsError::CrossesMount { .. }
         | SafeFsError::NotADirectory { .. }
         | SafeFsError::NotEmpty { .. } => Code::FailedPrecondition,
-        SafeFsError::TooDeep { .. } | SafeFsError::InvalidName { .. } => Code::Internal,
+        // A tree deeper than the removal bound needs an operator, not endless retries.
+        SafeFsError::TooDeep { .. } => Code::FailedPrecondition,
+        SafeFsError::InvalidName { .. } => Code::Internal,
         SafeFsError::OpenBase { errno, .. } | SafeFsError::Io { errno, .. } => match *errno {
             // root_squash exports and read-only exports: final until the export is fixed.
             libc::EACCES | libc::EPERM | libc::EROFS => Code::FailedPrecondition,
@@ -62,6 +64,7 @@ pub fn controller_code(e: &ControllerError) -> Code {
         | ControllerError::WrongBackend { .. } => Code::FailedPrecondition,
         ControllerError::BadPageToken { .. } | ControllerError::InFlight { .. } => Code::Aborted,
         ControllerError::CorruptRecord { .. } => Code::Internal,
+        ControllerError::Unsupported { .. } => Code::Unimplemented,
         ControllerError::Os { source, .. } => os_code(source),
     }
 }
@@ -69,7 +72,10 @@ pub fn controller_code(e: &ControllerError) -> Code {
 pub fn node_code(e: &NodeError) -> Code {
     match e {
         NodeError::NotFound { .. } | NodeError::NotPublishedAt { .. } => Code::NotFound,
-        NodeError::Context(_) | NodeError::UnsupportedCapability { .. } => Code::InvalidArgument,
+        NodeError::Context(_)
+        | NodeError::UnsupportedCapability { .. }
+        | NodeError::MalformedId { .. } => Code::InvalidArgument,
+        NodeError::VolumeLookup { source, .. } => controller_code(source),
         NodeError::TargetBusy { .. } => Code::AlreadyExists,
         NodeError::SingleWriterInUse { .. } | NodeError::TargetNotEmpty { .. } => {
             Code::FailedPrecondition

@@ -62,6 +62,19 @@ pub enum BackendKind {
     Nfs,
 }
 
+/// Mount options a local volume's bind mount can honour: they become per-mount flags of the
+/// bind. Anything else (filesystem options) has no meaning for a bind and is refused rather than
+/// silently dropped.
+pub const BIND_MOUNT_FLAGS: &[&str] = &[
+    "ro",
+    "nosuid",
+    "nodev",
+    "noexec",
+    "noatime",
+    "nodiratime",
+    "relatime",
+];
+
 /// Why a capability cannot be served, or `None` when it can.
 pub fn unsupported_reason(kind: BackendKind, cap: &Capability) -> Option<String> {
     if cap.access == AccessType::Block {
@@ -72,6 +85,18 @@ pub fn unsupported_reason(kind: BackendKind, cap: &Capability) -> Option<String>
             "access mode {:?} needs several nodes, but a local volume lives on one node",
             cap.mode
         ));
+    }
+    if kind == BackendKind::Local {
+        if let Some(flag) = cap
+            .mount_flags()
+            .iter()
+            .find(|f| !BIND_MOUNT_FLAGS.contains(&f.as_str()))
+        {
+            return Some(format!(
+                "mount option {flag:?} cannot apply to a local volume's bind mount (allowed: {})",
+                BIND_MOUNT_FLAGS.join(", ")
+            ));
+        }
     }
     None
 }
@@ -110,7 +135,12 @@ mod tests {
             SingleNodeSingleWriter,
             SingleNodeMultiWriter,
         ] {
-            assert_eq!(unsupported_reason(BackendKind::Local, &cap(m)), None);
+            let mut c = cap(m);
+            c.access = AccessType::Mount {
+                fs_type: String::new(),
+                mount_flags: vec![],
+            };
+            assert_eq!(unsupported_reason(BackendKind::Local, &c), None);
         }
         for m in [
             MultiNodeReaderOnly,
@@ -120,6 +150,24 @@ mod tests {
             assert!(unsupported_reason(BackendKind::Local, &cap(m)).is_some());
             assert_eq!(unsupported_reason(BackendKind::Nfs, &cap(m)), None);
         }
+    }
+
+    #[test]
+    fn local_takes_only_bind_flags() {
+        let mut c = cap(AccessMode::SingleNodeWriter);
+        c.access = AccessType::Mount {
+            fs_type: String::new(),
+            mount_flags: vec!["nosuid".into(), "noexec".into()],
+        };
+        assert_eq!(unsupported_reason(BackendKind::Local, &c), None);
+        // "hard" is an NFS option: meaningless for a bind.
+        assert!(
+            unsupported_reason(BackendKind::Local, &cap(AccessMode::SingleNodeWriter)).is_some()
+        );
+        assert_eq!(
+            unsupported_reason(BackendKind::Nfs, &cap(AccessMode::SingleNodeWriter)),
+            None
+        );
     }
 
     #[test]

@@ -113,7 +113,12 @@ impl Controller {
     pub async fn list(&self, token: &str, max_entries: usize) -> Result<Page, ControllerError> {
         let all = match &*self.backend {
             Backend::Local(b) => b.list().await?,
-            Backend::Nfs(_) => Vec::new(),
+            // NFS volumes are spread over every export of every StorageClass: not listable.
+            Backend::Nfs(_) => {
+                return Err(ControllerError::Unsupported {
+                    what: "ListVolumes",
+                })
+            }
         };
         let start = if token.is_empty() {
             0
@@ -162,7 +167,7 @@ impl Controller {
                 super::params::from_map::<super::params::LocalParams>(parameters)?;
                 b.available_bytes().await
             }
-            Backend::Nfs(b) => b.available_bytes(parameters).await,
+            Backend::Nfs(b) => b.available_bytes(parameters, caps).await,
         }
     }
 }

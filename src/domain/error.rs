@@ -33,6 +33,8 @@ pub enum ControllerError {
     BadPageToken { token: String },
     #[error("an operation on {key:?} is already in progress")]
     InFlight { key: String },
+    #[error("{what} is not supported by this backend")]
+    Unsupported { what: &'static str },
     #[error("backend {backend} is not served by this endpoint")]
     WrongBackend { backend: &'static str },
     #[error("record {path} is corrupt: {reason}")]
@@ -49,6 +51,13 @@ pub enum ControllerError {
 pub enum NodeError {
     #[error("volume {id:?} does not exist on this node: {reason}")]
     NotFound { id: String, reason: String },
+    #[error("volume ID {id:?} is malformed: {source}")]
+    MalformedId { id: String, source: VolumeIdError },
+    #[error("looking up volume {id:?}: {source}")]
+    VolumeLookup {
+        id: String,
+        source: Box<ControllerError>,
+    },
     #[error("volume context: {0}")]
     Context(#[from] ParamsError),
     #[error("unsupported capability: {reason}")]

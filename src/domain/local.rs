@@ -14,13 +14,18 @@ use serde::{Deserialize, Serialize};
 use super::access::{unsupported_reason, BackendKind};
 use super::error::ControllerError;
 use super::params::{from_map, parse_mode, LocalParams};
-use super::record;
+use super::record::{Claim, RecordDir};
 use super::volume::{CreateSpec, Volume, TOPOLOGY_KEY};
 use super::volume_id::{LocalId, VolumeId, VolumeKey};
-use crate::os::{mountinfo, FsOp, FsReply, Medium, Os};
+use crate::os::{mountinfo, FsOp, FsReply, Medium, Os, OsError, RelPath};
 
 const VOLUMES: &str = "volumes";
 const META: &str = "meta";
+
+fn meta_dir() -> RelPath {
+    // A constant plain segment always parses; the fallback only keeps this panic-free.
+    RelPath::parse(META).unwrap_or_else(|_| unreachable!("\"meta\" is a valid RelPath"))
+}
 const RECORD_SUFFIX: &str = ".json";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,16 +101,20 @@ impl LocalBackend {
             })
     }
 
-    async fn read_record(&self, key: &VolumeKey) -> Result<Option<LocalRecord>, ControllerError> {
-        let dir = self.root.join(META);
-        record::load(
-            &*self.os,
+    fn records(&self) -> RecordDir {
+        // META is a constant single segment; RecordDir reaches it without following links.
+        RecordDir::new(
+            Arc::clone(&self.os),
             Medium::Local,
-            &dir,
-            &Self::record_name(key),
-            key.as_str(),
+            self.root.clone(),
+            meta_dir(),
         )
-        .await
+    }
+
+    async fn read_record(&self, key: &VolumeKey) -> Result<Option<LocalRecord>, ControllerError> {
+        self.records()
+            .load(&Self::record_name(key), key.as_str())
+            .await
     }
 
     /// Does this node hold the volume? False for other nodes' volumes.
@@ -161,32 +170,18 @@ impl LocalBackend {
             capacity_bytes: spec.capacity_bytes,
             mount_permissions: mode,
         };
-        match self.read_record(&key).await? {
-            Some(existing) if existing != wanted => {
-                return Err(ControllerError::NameConflict {
-                    name: spec.name.clone(),
-                    difference: format!(
-                        "existing capacity {} bytes, mode {:?}; requested {} bytes, mode {:?}",
-                        existing.capacity_bytes,
-                        existing.mount_permissions,
-                        wanted.capacity_bytes,
-                        wanted.mount_permissions
-                    ),
-                })
-            }
-            Some(_) => {}
-            None => {
-                let dir = self.root.join(META);
-                record::store(
-                    &*self.os,
-                    Medium::Local,
-                    &dir,
-                    &Self::record_name(&key),
-                    &wanted,
-                    &spec.name,
-                )
-                .await?;
-            }
+        let name = Self::record_name(&key);
+        if let Claim::Conflict(existing) = self.records().claim(&name, &wanted, &spec.name).await? {
+            return Err(ControllerError::NameConflict {
+                name: spec.name.clone(),
+                difference: format!(
+                    "existing capacity {} bytes, mode {:?}; requested {} bytes, mode {:?}",
+                    existing.capacity_bytes,
+                    existing.mount_permissions,
+                    wanted.capacity_bytes,
+                    wanted.mount_permissions
+                ),
+            });
         }
         // Also on an idempotent retry: the first call may have crashed before this step.
         let op = FsOp::EnsureDir {
@@ -229,36 +224,30 @@ impl LocalBackend {
             prune_parents: false,
         };
         self.fs(op, "remove volume directory", raw).await?;
-        record::remove(
-            &*self.os,
-            Medium::Local,
-            &self.root.join(META),
-            &Self::record_name(&id.key),
-            raw,
-        )
-        .await?;
+        self.records()
+            .remove(&Self::record_name(&id.key), raw)
+            .await?;
         Ok(())
     }
 
-    /// Every volume on this node, sorted by key (a stable order for pagination).
+    /// Every volume on this node, sorted by key (a stable order for pagination). One read of
+    /// the record directory and one batched read of the records.
     pub async fn list(&self) -> Result<Vec<Volume>, ControllerError> {
-        let op = FsOp::ListDir {
-            dir: self.root.join(META),
-        };
-        let FsReply::Names(names) = self.fs(op, "list volume records", "*").await? else {
-            return Ok(Vec::new());
-        };
-        let mut out = Vec::with_capacity(names.len());
-        for name in names {
-            let Some(key) = name.strip_suffix(RECORD_SUFFIX).and_then(VolumeKey::parse) else {
-                continue; // temp files of an interrupted write, or foreign files
-            };
-            // A record deleted between listing and reading is simply no longer a volume.
-            if let Some(record) = self.read_record(&key).await? {
-                out.push(self.volume(key, record.capacity_bytes));
-            }
-        }
-        Ok(out)
+        let records = self.records();
+        // Temp files of an interrupted write and foreign files are not volumes.
+        let (keys, names): (Vec<VolumeKey>, Vec<String>) = records
+            .names()
+            .await?
+            .into_iter()
+            .filter_map(|n| Some((n.strip_suffix(RECORD_SUFFIX).and_then(VolumeKey::parse)?, n)))
+            .unzip();
+        let found: Vec<Option<LocalRecord>> = records.load_many(&names, "*").await?;
+        // A record deleted between listing and reading is simply no longer a volume.
+        Ok(keys
+            .into_iter()
+            .zip(found)
+            .filter_map(|(key, record)| record.map(|r| self.volume(key, r.capacity_bytes)))
+            .collect())
     }
 
     pub async fn available_bytes(&self) -> Result<i64, ControllerError> {
@@ -267,7 +256,14 @@ impl LocalBackend {
         };
         match self.fs(op, "statfs local root", "*").await? {
             FsReply::Stats(s) => Ok(i64::try_from(s.available_bytes).unwrap_or(i64::MAX)),
-            _ => Ok(0),
+            other => Err(ControllerError::Os {
+                step: "statfs local root",
+                volume: "*".into(),
+                source: OsError::Helper {
+                    what: "statfs".into(),
+                    message: format!("unexpected reply {other:?}"),
+                },
+            }),
         }
     }
 }

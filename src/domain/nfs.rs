@@ -3,27 +3,37 @@
 //! The controller mounts each export it is asked about once, under its staging directory, and
 //! works below that mount. Everything that touches the export runs as [`Medium::Remote`]: in a
 //! killable child under a time bound, so a dead server costs one bounded call and never a hung
-//! thread. Per-volume state lives on the export itself, in `<share>/.pvdir/<hash of subdir>.json`,
-//! so it survives controller restarts and rescheduling, and two volumes can never own one
-//! directory (the record names its owner).
+//! thread.
+//!
+//! Ownership invariants, kept on the export itself so they survive controller restarts:
+//! - `<share>/.pvdir/<hash of subdir>.json` records which volume name owns a subdirectory; it
+//!   is published exclusively, so two volumes can never own one directory;
+//! - a volume cannot be created inside another volume, nor over a directory the driver made as
+//!   a parent of other volumes, nor inside `.pvdir`;
+//! - DeleteVolume acts only while the record still names the ID's owner: a late retry for a
+//!   volume whose directory has since been taken by a new volume touches nothing.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::access::{merged_mount_flags, unsupported_reason, BackendKind};
+use super::access::{merged_mount_flags, unsupported_reason, BackendKind, Capability};
 use super::error::ControllerError;
 use super::params::{from_map, NfsParams};
-use super::record;
+use super::record::{Claim, RecordDir};
 use super::volume::{CreateSpec, Volume};
-use super::volume_id::{NfsId, OnDelete, VolumeId};
-use crate::os::{mountinfo, FsOp, FsReply, Medium, MountSource, MountSpec, Os, RelPath};
+use super::volume_id::{owner_tag, validate_mount_option, NfsId, OnDelete, VolumeId};
+use crate::os::safe_fs::OWNED_MARKER;
+use crate::os::{mountinfo, FsOp, FsReply, Medium, MountSource, MountSpec, Os, OsError, RelPath};
 
 /// pvdir's own state directory on each export.
 pub const RECORD_DIR: &str = ".pvdir";
+
+/// Longest archived name kept readable; longer leaves are archived under a hash.
+const MAX_ARCHIVE_NAME: usize = 200;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct NfsRecord {
@@ -43,17 +53,36 @@ pub struct NfsPlan {
 pub struct NfsBackend {
     staging: PathBuf,
     os: Arc<dyn Os>,
-    /// One lock per export, so concurrent calls do not stack two mounts on one staging dir,
-    /// while a dead server only holds up calls for its own export.
+    /// One lock per export mount, so concurrent calls do not stack two mounts on one staging
+    /// dir. Taken only when the export is not mounted yet, and never waited for: a second
+    /// caller gets ABORTED instead of queueing behind a mount of a dead server.
     share_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
-fn os_err(step: &'static str, volume: &str) -> impl FnOnce(crate::os::OsError) -> ControllerError {
+fn os_err(step: &'static str, volume: &str) -> impl FnOnce(OsError) -> ControllerError {
     let volume = volume.to_string();
     move |source| ControllerError::Os {
         step,
         volume,
         source,
+    }
+}
+
+fn record_name(subdir: &RelPath) -> String {
+    let digest = Sha256::digest(subdir.as_str().as_bytes());
+    format!("{}.json", &hex::encode(digest)[..32])
+}
+
+/// `archived-<leaf>`, or `archived-<hash>` when the leaf is too long to prefix.
+fn archived_name(subdir: &RelPath) -> String {
+    let leaf = subdir.file_name();
+    if leaf.len() <= MAX_ARCHIVE_NAME {
+        format!("archived-{leaf}")
+    } else {
+        format!(
+            "archived-{}",
+            &hex::encode(Sha256::digest(leaf.as_bytes()))[..32]
+        )
     }
 }
 
@@ -66,9 +95,15 @@ impl NfsBackend {
         }
     }
 
-    fn record_name(subdir: &RelPath) -> String {
-        let digest = Sha256::digest(subdir.as_str().as_bytes());
-        format!("{}.json", &hex::encode(digest)[..32])
+    fn records(&self, mount: &std::path::Path) -> RecordDir {
+        // RECORD_DIR is a constant single segment; see meta_dir in local.rs.
+        let dir = RelPath::parse(RECORD_DIR).unwrap_or_else(|_| unreachable!("valid segment"));
+        RecordDir::new(
+            Arc::clone(&self.os),
+            Medium::Remote,
+            mount.to_path_buf(),
+            dir,
+        )
     }
 
     /// Mount `server:share` under the staging dir unless it already is; returns the mount point.
@@ -82,20 +117,35 @@ impl NfsBackend {
         let key = hex::encode(
             &Sha256::digest(format!("{server}\0{share}\0{}", options.join(",")).as_bytes())[..12],
         );
-        let lock = {
-            let mut locks = self.share_locks.lock().unwrap_or_else(|p| p.into_inner());
-            Arc::clone(locks.entry(key.clone()).or_default())
-        };
-        let _held = lock.lock().await;
         let target = self.staging.join(&key);
         let device = MountSource::nfs_device(server, share);
+        let mounted = |mounts: &[crate::os::MountEntry]| {
+            mountinfo::top_at(mounts, &target).is_some_and(|m| m.is_remote() && m.source == device)
+        };
         let mounts = self
             .os
             .mounts()
             .await
             .map_err(os_err("read mount table", volume))?;
-        if mountinfo::top_at(&mounts, &target).is_some_and(|m| m.is_remote() && m.source == device)
-        {
+        if mounted(&mounts) {
+            return Ok(target);
+        }
+        let lock = {
+            let mut locks = self.share_locks.lock().unwrap_or_else(|p| p.into_inner());
+            Arc::clone(locks.entry(key.clone()).or_default())
+        };
+        let Ok(_held) = lock.try_lock() else {
+            return Err(ControllerError::InFlight {
+                key: format!("mount of {device}"),
+            });
+        };
+        // Someone may have finished mounting between our look and our lock.
+        let mounts = self
+            .os
+            .mounts()
+            .await
+            .map_err(os_err("read mount table", volume))?;
+        if mounted(&mounts) {
             return Ok(target);
         }
         self.os
@@ -135,27 +185,18 @@ impl NfsBackend {
             .map_err(os_err(step, volume))
     }
 
-    async fn read_record(
-        &self,
-        mount: &Path,
-        subdir: &RelPath,
-        volume: &str,
-    ) -> Result<Option<NfsRecord>, ControllerError> {
-        let dir = mount.join(RECORD_DIR);
-        record::load(
-            &*self.os,
-            Medium::Remote,
-            &dir,
-            &Self::record_name(subdir),
-            volume,
-        )
-        .await
-    }
-
     /// Validate a CreateVolume request and work out the volume it names, touching nothing.
     pub fn plan(&self, spec: &CreateSpec) -> Result<NfsPlan, ControllerError> {
         let params: NfsParams = from_map(&spec.parameters)?;
         let resolved = params.resolve(&spec.name)?;
+        if resolved.subdir.segments().next() == Some(RECORD_DIR) {
+            return Err(ControllerError::Parameters(
+                super::params::ParamsError::Value {
+                    key: "subDir",
+                    reason: format!("{RECORD_DIR} is pvdir's own state directory"),
+                },
+            ));
+        }
         if let Some(reason) = spec
             .capabilities
             .iter()
@@ -163,14 +204,7 @@ impl NfsBackend {
         {
             return Err(ControllerError::UnsupportedCapability { reason });
         }
-        let mount_options = merged_mount_flags(&spec.capabilities);
-        for option in &mount_options {
-            super::volume_id::validate_mount_option(option).map_err(|e| {
-                ControllerError::UnsupportedCapability {
-                    reason: e.to_string(),
-                }
-            })?;
-        }
+        let mount_options = mount_options(&spec.capabilities)?;
         Ok(NfsPlan {
             mode: resolved.mode,
             id: NfsId {
@@ -179,6 +213,7 @@ impl NfsBackend {
                 subdir: resolved.subdir,
                 on_delete: resolved.on_delete,
                 mount_options,
+                owner: owner_tag(&spec.name),
             },
         })
     }
@@ -192,6 +227,35 @@ impl NfsBackend {
         let mount = self
             .share_mount(&id.server, &id.share, &id.mount_options, &spec.name)
             .await?;
+        let records = self.records(&mount);
+        // No volume inside another volume: deleting the outer one would take the inner with it.
+        let ancestors: Vec<RelPath> =
+            std::iter::successors(id.subdir.parent(), RelPath::parent).collect();
+        let names: Vec<String> = ancestors.iter().map(record_name).collect();
+        let found: Vec<Option<NfsRecord>> = records.load_many(&names, &spec.name).await?;
+        if let Some(outer) = found.into_iter().flatten().next() {
+            return Err(ControllerError::DirectoryClaimed {
+                subdir: id.subdir.to_string(),
+                owner: format!("{} (inside its directory {})", outer.name, outer.subdir),
+            });
+        }
+        // Nor over a directory the driver made to hold other volumes.
+        let op = FsOp::ReadRecords {
+            base: mount.clone(),
+            dir: id.subdir.clone(),
+            names: vec![OWNED_MARKER.to_string()],
+        };
+        if let FsReply::Records(m) = self
+            .remote(op, "inspect volume directory", &spec.name)
+            .await?
+        {
+            if m.into_iter().any(|r| r.is_some()) {
+                return Err(ControllerError::DirectoryClaimed {
+                    subdir: id.subdir.to_string(),
+                    owner: "other volumes nested below it".into(),
+                });
+            }
+        }
         let wanted = NfsRecord {
             name: spec.name.clone(),
             capacity_bytes: spec.capacity_bytes,
@@ -199,26 +263,25 @@ impl NfsBackend {
             on_delete: id.on_delete,
             mount_permissions: mode,
         };
-        match self.read_record(&mount, &id.subdir, &spec.name).await? {
-            Some(existing) if existing.name != wanted.name => {
+        match records
+            .claim(&record_name(&id.subdir), &wanted, &spec.name)
+            .await?
+        {
+            Claim::Conflict(existing) if existing.name != wanted.name => {
                 return Err(ControllerError::DirectoryClaimed {
                     subdir: wanted.subdir,
                     owner: existing.name,
                 })
             }
-            Some(existing) if existing != wanted => {
+            Claim::Conflict(existing) => {
                 return Err(ControllerError::NameConflict {
                     name: spec.name.clone(),
                     difference: format!("existing {existing:?}, requested {wanted:?}"),
                 })
             }
-            Some(_) => {}
-            None => {
-                let dir = mount.join(RECORD_DIR);
-                let name = Self::record_name(&id.subdir);
-                record::store(&*self.os, Medium::Remote, &dir, &name, &wanted, &spec.name).await?;
-            }
+            Claim::Fresh | Claim::Matching => {}
         }
+        // Also on an idempotent retry: the first call may have crashed before this step.
         let op = FsOp::EnsureDir {
             base: mount.clone(),
             rel: id.subdir.clone(),
@@ -233,10 +296,22 @@ impl NfsBackend {
         })
     }
 
+    /// Acts only while the record names this ID's owner. The record goes last, so a retry
+    /// after a crash finds it and finishes; once it is gone the volume is gone, whatever now
+    /// lives in the directory.
     pub async fn delete(&self, id: &NfsId, raw: &str) -> Result<(), ControllerError> {
         let mount = self
             .share_mount(&id.server, &id.share, &id.mount_options, raw)
             .await?;
+        let records = self.records(&mount);
+        let name = record_name(&id.subdir);
+        let owned = records
+            .load::<NfsRecord>(&name, raw)
+            .await?
+            .is_some_and(|r| owner_tag(&r.name) == id.owner);
+        if !owned {
+            return Ok(());
+        }
         match id.on_delete {
             OnDelete::Retain => {}
             OnDelete::Delete => {
@@ -251,45 +326,72 @@ impl NfsBackend {
                 let op = FsOp::Archive {
                     base: mount.clone(),
                     rel: id.subdir.clone(),
-                    archived_name: format!("archived-{}", id.subdir.file_name()),
+                    archived_name: archived_name(&id.subdir),
                 };
                 self.remote(op, "archive volume directory", raw).await?;
             }
         }
-        let name = Self::record_name(&id.subdir);
-        record::remove(
-            &*self.os,
-            Medium::Remote,
-            &mount.join(RECORD_DIR),
-            &name,
-            raw,
-        )
-        .await?;
-        Ok(())
+        records.remove(&name, raw).await
     }
 
     pub async fn exists(&self, id: &NfsId, raw: &str) -> Result<bool, ControllerError> {
         let mount = self
             .share_mount(&id.server, &id.share, &id.mount_options, raw)
             .await?;
-        Ok(self.read_record(&mount, &id.subdir, raw).await?.is_some())
+        let record: Option<NfsRecord> = self
+            .records(&mount)
+            .load(&record_name(&id.subdir), raw)
+            .await?;
+        Ok(record.is_some_and(|r| owner_tag(&r.name) == id.owner))
     }
 
-    /// Free bytes on the export named by StorageClass parameters.
+    /// Free bytes on the export named by StorageClass parameters, mounted with the mount
+    /// options of the capabilities asked about (the class's mountOptions).
     pub async fn available_bytes(
         &self,
         parameters: &HashMap<String, String>,
+        caps: &[Capability],
     ) -> Result<i64, ControllerError> {
         let params: NfsParams = from_map(parameters)?;
         // Capacity is per export; the subdirectory template needs PVC metadata it lacks here.
         let share = params.export()?;
-        let mount = self.share_mount(&params.server, &share, &[], "*").await?;
+        let options = mount_options(caps)?;
+        let mount = self
+            .share_mount(&params.server, &share, &options, "*")
+            .await?;
         match self
             .remote(FsOp::Statfs { path: mount }, "statfs export", "*")
             .await?
         {
             FsReply::Stats(s) => Ok(i64::try_from(s.available_bytes).unwrap_or(i64::MAX)),
-            _ => Ok(0),
+            other => Err(os_err("statfs export", "*")(OsError::Helper {
+                what: "statfs".into(),
+                message: format!("unexpected reply {other:?}"),
+            })),
         }
+    }
+}
+
+fn mount_options(caps: &[Capability]) -> Result<Vec<String>, ControllerError> {
+    let options = merged_mount_flags(caps);
+    for option in &options {
+        validate_mount_option(option).map_err(|e| ControllerError::UnsupportedCapability {
+            reason: e.to_string(),
+        })?;
+    }
+    Ok(options)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn archived_names_stay_valid_for_long_leaves() {
+        let short = RelPath::parse("ns/www-web-0").unwrap();
+        assert_eq!(archived_name(&short), "archived-www-web-0");
+        let long = RelPath::parse(&format!("ns/{}", "x".repeat(250))).unwrap();
+        let name = archived_name(&long);
+        assert!(name.len() < 255 && name.starts_with("archived-"));
     }
 }

@@ -3,21 +3,24 @@
 //! Every decision is made by observing the mount table, never by remembering: a publish that
 //! finds its target already mounted with the same source and flags is done; an unpublish
 //! unmounts whatever is at the target, however it got there. Volume-level guards serialise calls
-//! for one volume, which is what makes the ReadWriteOncePod check race-free.
+//! for one volume, which is what makes the ReadWriteOncePod check race-free. Target paths are
+//! compared in canonical form, because that is how the kernel writes them into mountinfo.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::access::unsupported_reason;
-use super::access::AccessMode;
+use super::access::{unsupported_reason, AccessMode};
 use super::backend::Backend;
 use super::error::NodeError;
-use super::guard::InFlight;
-use super::guard::InFlightGuard;
+use super::guard::{InFlight, InFlightGuard};
 use super::params::{from_map, join_export, without_kubelet_keys, NfsContext};
 use super::volume::{PublishSpec, VolumeStats};
-use super::volume_id::{guard_key, VolumeId};
-use crate::os::{mountinfo, FsOp, FsReply, Medium, MountEntry, MountSource, MountSpec, Os};
+use super::volume_id::{guard_key, VolumeId, VolumeIdError};
+use crate::os::safe_fs::SafeFsError;
+use crate::os::{
+    mountinfo, FsOp, FsReply, Medium, MountEntry, MountSource, MountSpec, Os, OsError,
+};
 
 /// Bound on stacked mounts removed by one unpublish (a loop guard, not a real-world limit).
 const MAX_STACKED_MOUNTS: usize = 16;
@@ -28,27 +31,33 @@ pub struct Node {
     in_flight: InFlight,
 }
 
-/// What a volume is mounted from, and how to recognise its mounts in the table.
-struct Source {
-    mount: MountSource,
+/// How to recognise a volume's mounts in the table.
+enum Identity {
+    /// A bind of this (device, path inside the device) directory.
+    Bind(Option<(String, PathBuf)>),
+    /// An NFS mount of exactly this `server:/path`.
+    Nfs(String),
+    /// Any NFS mount: a static PV asked about without its volume context (stats).
+    AnyNfs,
 }
 
-impl Source {
-    fn matches(&self, entry: &MountEntry, bind_identity: Option<&(String, PathBuf)>) -> bool {
-        match &self.mount {
-            MountSource::Bind(_) => {
-                bind_identity.is_some_and(|(dev, root)| &entry.device == dev && &entry.root == root)
-            }
+impl Identity {
+    fn of(source: &MountSource, mounts: &[MountEntry]) -> Self {
+        match source {
+            MountSource::Bind(dir) => Identity::Bind(mountinfo::bind_identity(mounts, dir)),
             MountSource::Nfs { server, path } => {
-                entry.is_remote() && entry.source == MountSource::nfs_device(server, path)
+                Identity::Nfs(MountSource::nfs_device(server, path))
             }
         }
     }
 
-    fn medium(&self) -> Medium {
-        match self.mount {
-            MountSource::Bind(_) => Medium::Local,
-            MountSource::Nfs { .. } => Medium::Remote,
+    fn matches(&self, entry: &MountEntry) -> bool {
+        match self {
+            Identity::Bind(id) => id
+                .as_ref()
+                .is_some_and(|(dev, root)| &entry.device == dev && &entry.root == root),
+            Identity::Nfs(device) => entry.is_remote() && &entry.source == device,
+            Identity::AnyNfs => entry.is_remote(),
         }
     }
 }
@@ -71,7 +80,7 @@ impl Node {
             })
     }
 
-    fn os_err(step: &'static str, target: &Path) -> impl FnOnce(crate::os::OsError) -> NodeError {
+    fn os_err(step: &'static str, target: &Path) -> impl FnOnce(OsError) -> NodeError {
         let target = target.to_path_buf();
         move |source| NodeError::Os {
             step,
@@ -87,55 +96,82 @@ impl Node {
             .map_err(Self::os_err("read mount table", target))
     }
 
-    /// Work out the mount source of a volume from its ID, or for static NFS PVs from the
-    /// volume context.
+    /// `path` with its parent resolved (symlinks, `..`), as mountinfo spells mount points. The
+    /// path itself is not touched: it may be a mount of a server that no longer answers.
+    async fn canonical(path: &Path) -> PathBuf {
+        let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+            return path.to_path_buf();
+        };
+        match tokio::fs::canonicalize(parent).await {
+            Ok(parent) => parent.join(name),
+            // A missing parent: nothing can be mounted below it; keep the path as given.
+            Err(_) => path.to_path_buf(),
+        }
+    }
+
+    fn parse(raw: &str) -> Result<Option<VolumeId>, NodeError> {
+        match VolumeId::parse(raw) {
+            Ok(id) => Ok(Some(id)),
+            Err(VolumeIdError::Foreign) => Ok(None),
+            Err(source) => Err(NodeError::MalformedId {
+                id: raw.to_string(),
+                source,
+            }),
+        }
+    }
+
+    /// The mount source of a volume: from its ID, or for static NFS PVs (whose context names a
+    /// `server`) from the volume context. `None` for a static NFS handle without context.
     async fn resolve(
         &self,
         raw: &str,
-        context: &std::collections::HashMap<String, String>,
-    ) -> Result<Source, NodeError> {
-        let not_found = |reason: String| NodeError::NotFound {
+        context: &HashMap<String, String>,
+    ) -> Result<Option<MountSource>, NodeError> {
+        let not_found = |reason: &str| NodeError::NotFound {
             id: raw.to_string(),
-            reason,
+            reason: reason.to_string(),
         };
         match &*self.backend {
             Backend::Local(local) => {
-                let id = match VolumeId::parse(raw) {
-                    Ok(VolumeId::Local(id)) => id,
-                    Ok(_) => return Err(not_found("not a local volume".into())),
-                    Err(e) => return Err(not_found(e.to_string())),
+                let id = match Self::parse(raw)? {
+                    Some(VolumeId::Local(id)) => id,
+                    Some(VolumeId::Nfs(_)) => {
+                        return Err(not_found("an NFS volume on the local endpoint"))
+                    }
+                    None => return Err(not_found("not a pvdir volume")),
                 };
                 if id.node != local.node_id() {
-                    return Err(not_found(format!("it lives on node {:?}", id.node)));
+                    return Err(not_found("it lives on another node"));
                 }
                 let exists = local
                     .exists(&id)
                     .await
-                    .map_err(|e| not_found(e.to_string()))?;
+                    .map_err(|source| NodeError::VolumeLookup {
+                        id: raw.to_string(),
+                        source: Box::new(source),
+                    })?;
                 if !exists {
-                    return Err(not_found("no such volume".into()));
+                    return Err(not_found("no such volume"));
                 }
-                Ok(Source {
-                    mount: MountSource::Bind(local.volume_dir(&id.key)),
-                })
+                Ok(Some(MountSource::Bind(local.volume_dir(&id.key))))
             }
             Backend::Nfs(_) => {
-                let context = without_kubelet_keys(context);
-                if !context.is_empty() {
-                    let (server, path) = from_map::<NfsContext>(&context)?.resolve()?;
-                    return Ok(Source {
-                        mount: MountSource::Nfs { server, path },
-                    });
+                // kubelet and the provisioner add their own keys (pod info, provisioner
+                // identity) to every context; only a `server` makes it a static PV.
+                if context.contains_key("server") {
+                    let (server, path) =
+                        from_map::<NfsContext>(&without_kubelet_keys(context))?.resolve()?;
+                    return Ok(Some(MountSource::Nfs { server, path }));
                 }
-                match VolumeId::parse(raw) {
-                    Ok(VolumeId::Nfs(id)) => Ok(Source {
-                        mount: MountSource::Nfs {
-                            server: id.server.clone(),
-                            path: join_export(&id.share, &id.subdir),
-                        },
-                    }),
-                    Ok(_) => Err(not_found("not an NFS volume".into())),
-                    Err(e) => Err(not_found(e.to_string())),
+                match Self::parse(raw)? {
+                    Some(VolumeId::Nfs(id)) => Ok(Some(MountSource::Nfs {
+                        server: id.server.clone(),
+                        path: join_export(&id.share, &id.subdir),
+                    })),
+                    Some(VolumeId::Local(_)) => {
+                        Err(not_found("a local volume on the NFS endpoint"))
+                    }
+                    None => Ok(None),
                 }
             }
         }
@@ -146,27 +182,29 @@ impl Node {
         if let Some(reason) = unsupported_reason(self.backend.kind(), &spec.capability) {
             return Err(NodeError::UnsupportedCapability { reason });
         }
-        let source = self.resolve(&spec.volume_id, &spec.context).await?;
-        let readonly = spec.mount_readonly();
-        let target = &spec.target;
-        let mounts = self.mounts(target).await?;
-        let identity = match &source.mount {
-            MountSource::Bind(dir) => mountinfo::bind_identity(&mounts, dir),
-            MountSource::Nfs { .. } => None,
+        let Some(source) = self.resolve(&spec.volume_id, &spec.context).await? else {
+            return Err(NodeError::NotFound {
+                id: spec.volume_id.clone(),
+                reason: "not a pvdir volume and no server in the volume context".into(),
+            });
         };
-        if let Some(top) = mountinfo::top_at(&mounts, target) {
-            if source.matches(top, identity.as_ref()) && top.readonly == readonly {
+        let readonly = spec.mount_readonly();
+        let target = Self::canonical(&spec.target).await;
+        let mounts = self.mounts(&target).await?;
+        let identity = Identity::of(&source, &mounts);
+        if let Some(top) = mountinfo::top_at(&mounts, &target) {
+            if identity.matches(top) && top.readonly == readonly {
                 return Ok(()); // already published exactly like this
             }
             return Err(NodeError::TargetBusy {
-                target: target.clone(),
+                target,
                 existing: format!("{} {} ro={}", top.fs_type, top.source, top.readonly),
             });
         }
         if spec.capability.mode == AccessMode::SingleNodeSingleWriter {
             if let Some(other) = mounts
                 .iter()
-                .find(|m| m.mount_point != *target && source.matches(m, identity.as_ref()))
+                .find(|m| m.mount_point != target && identity.matches(m))
             {
                 return Err(NodeError::SingleWriterInUse {
                     id: spec.volume_id.clone(),
@@ -182,91 +220,80 @@ impl Node {
                 Medium::Local,
             )
             .await
-            .map_err(Self::os_err("create target directory", target))?;
-        let options = match &source.mount {
-            MountSource::Nfs { .. } => spec.capability.mount_flags().to_vec(),
-            // A bind mount has no filesystem options of its own; read-only is handled below.
-            MountSource::Bind(_) => Vec::new(),
-        };
+            .map_err(Self::os_err("create target directory", &target))?;
         let mount = MountSpec {
-            source: source.mount,
+            source,
             target: target.clone(),
             readonly,
-            options,
+            options: spec.capability.mount_flags().to_vec(),
         };
         self.os
             .mount(&mount)
             .await
-            .map_err(Self::os_err("mount volume", target))
+            .map_err(Self::os_err("mount volume", &target))
     }
 
     /// Unmount everything at `target` and remove the directory. Succeeds when nothing is there,
     /// including for volumes this node never heard of (kubelet retries until it gets OK).
     pub async fn unpublish(&self, volume_id: &str, target: &Path) -> Result<(), NodeError> {
         let _guard = self.claim(&guard_key(volume_id))?;
+        let target = Self::canonical(target).await;
         for _ in 0..MAX_STACKED_MOUNTS {
-            let mounts = self.mounts(target).await?;
-            let Some(top) = mountinfo::top_at(&mounts, target) else {
+            let mounts = self.mounts(&target).await?;
+            let Some(top) = mountinfo::top_at(&mounts, &target) else {
                 break;
             };
             self.os
-                .unmount(target, top.is_remote())
+                .unmount(&target, top.is_remote())
                 .await
-                .map_err(Self::os_err("unmount target", target))?;
+                .map_err(Self::os_err("unmount target", &target))?;
         }
         match self
             .os
             .fs(
                 FsOp::RemoveTarget {
-                    path: target.to_path_buf(),
+                    path: target.clone(),
                 },
                 Medium::Local,
             )
             .await
         {
             Ok(_) => Ok(()),
-            Err(crate::os::OsError::Fs(crate::os::safe_fs::SafeFsError::NotEmpty { .. })) => {
-                Err(NodeError::TargetNotEmpty {
-                    target: target.to_path_buf(),
-                })
+            Err(OsError::Fs(SafeFsError::NotEmpty { .. })) => {
+                Err(NodeError::TargetNotEmpty { target })
             }
-            Err(e) => Err(Self::os_err("remove target directory", target)(e)),
+            Err(e) => Err(Self::os_err("remove target directory", &target)(e)),
         }
     }
 
     /// Usage of the volume published at `path`; NOT_FOUND unless that path really is a mount of
     /// this volume.
     pub async fn stats(&self, volume_id: &str, path: &Path) -> Result<VolumeStats, NodeError> {
-        let source = self.resolve(volume_id, &Default::default()).await?;
-        let mounts = self.mounts(path).await?;
-        let identity = match &source.mount {
-            MountSource::Bind(dir) => mountinfo::bind_identity(&mounts, dir),
-            MountSource::Nfs { .. } => None,
+        let source = self.resolve(volume_id, &HashMap::new()).await?;
+        let path = Self::canonical(path).await;
+        let mounts = self.mounts(&path).await?;
+        let (identity, medium) = match &source {
+            Some(s @ MountSource::Bind(_)) => (Identity::of(s, &mounts), Medium::Local),
+            Some(s @ MountSource::Nfs { .. }) => (Identity::of(s, &mounts), Medium::Remote),
+            None => (Identity::AnyNfs, Medium::Remote),
         };
-        let published =
-            mountinfo::top_at(&mounts, path).is_some_and(|m| source.matches(m, identity.as_ref()));
-        if !published {
+        if !mountinfo::top_at(&mounts, &path).is_some_and(|m| identity.matches(m)) {
             return Err(NodeError::NotPublishedAt {
                 id: volume_id.to_string(),
-                path: path.to_path_buf(),
+                path,
             });
         }
         match self
             .os
-            .fs(
-                FsOp::Statfs {
-                    path: path.to_path_buf(),
-                },
-                source.medium(),
-            )
+            .fs(FsOp::Statfs { path: path.clone() }, medium)
             .await
-            .map_err(Self::os_err("statfs volume", path))?
+            .map_err(Self::os_err("statfs volume", &path))?
         {
             FsReply::Stats(s) => Ok(s.into()),
             other => Err(NodeError::Os {
                 step: "statfs volume",
-                target: path.to_path_buf(),
-                source: crate::os::OsError::Helper {
+                target: path,
+                source: OsError::Helper {
                     what: "statfs".into(),
                     message: format!("unexpected reply {other:?}"),
                 },

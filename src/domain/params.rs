@@ -93,10 +93,14 @@ pub fn from_map<T: for<'de> Deserialize<'de>>(
         .map_err(|e| ParamsError::Shape(e.to_string()))
 }
 
-/// Volume context without the keys kubelet adds itself (`csi.storage.k8s.io/pod.name`, …).
+/// Volume context without the keys Kubernetes adds itself: kubelet's pod info
+/// (`csi.storage.k8s.io/pod.name`, …) and the provisioner's
+/// `storage.kubernetes.io/csiProvisionerIdentity`.
 pub fn without_kubelet_keys(map: &HashMap<String, String>) -> HashMap<String, String> {
     map.iter()
-        .filter(|(k, _)| !k.starts_with("csi.storage.k8s.io/"))
+        .filter(|(k, _)| {
+            !k.starts_with("csi.storage.k8s.io/") && !k.starts_with("storage.kubernetes.io/")
+        })
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect()
 }

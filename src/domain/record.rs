@@ -1,16 +1,35 @@
-//! Per-volume state records: small JSON files written atomically (temp file, fsync, rename,
-//! fsync of the directory) through the OS layer, on the local root or on the export. They are
-//! the only state pvdir keeps, so a restarted driver knows everything it knew before.
+//! Per-volume state records: small JSON files in pvdir's own state directory (`meta/` on the
+//! local root, `.pvdir/` on an export), written atomically through the OS layer. They are the
+//! only state pvdir keeps, so a restarted driver knows everything it knew before.
 
-use std::path::Path;
+use std::path::PathBuf;
+use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::error::ControllerError;
-use crate::os::{FsOp, FsReply, Medium, Os};
+use crate::os::{FsOp, FsReply, Medium, Os, OsError, RelPath};
 
-fn os_step(step: &'static str, volume: &str) -> impl FnOnce(crate::os::OsError) -> ControllerError {
+/// What [`RecordDir::claim`] found.
+pub enum Claim<T> {
+    /// There was no record; ours is now stored.
+    Fresh,
+    /// An identical record exists (an idempotent retry).
+    Matching,
+    /// A different record exists; it is returned.
+    Conflict(T),
+}
+
+/// One state directory: `base/dir`, reached without following symlinks.
+pub struct RecordDir {
+    os: Arc<dyn Os>,
+    medium: Medium,
+    base: PathBuf,
+    dir: RelPath,
+}
+
+fn os_step(step: &'static str, volume: &str) -> impl FnOnce(OsError) -> ControllerError {
     let volume = volume.to_string();
     move |source| ControllerError::Os {
         step,
@@ -19,73 +38,154 @@ fn os_step(step: &'static str, volume: &str) -> impl FnOnce(crate::os::OsError) 
     }
 }
 
-/// Read `dir/name`; `None` when there is no record.
-pub async fn load<T: DeserializeOwned>(
-    os: &dyn Os,
-    medium: Medium,
-    dir: &Path,
-    name: &str,
-    volume: &str,
-) -> Result<Option<T>, ControllerError> {
-    let op = FsOp::ReadRecord {
-        dir: dir.to_path_buf(),
-        name: name.to_string(),
-    };
-    match os
-        .fs(op, medium)
-        .await
-        .map_err(os_step("read volume record", volume))?
-    {
-        FsReply::Record(Some(bytes)) => {
-            serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| ControllerError::CorruptRecord {
-                    path: dir.join(name),
-                    reason: e.to_string(),
-                })
-        }
-        _ => Ok(None),
+/// An operation answered with the wrong kind of reply: a bug, never "absent".
+fn unexpected(op: &'static str, reply: &FsReply) -> OsError {
+    OsError::Helper {
+        what: op.into(),
+        message: format!("unexpected reply {reply:?}"),
     }
 }
 
-/// Replace `dir/name` atomically with `value`.
-pub async fn store<T: Serialize>(
-    os: &dyn Os,
-    medium: Medium,
-    dir: &Path,
-    name: &str,
-    value: &T,
-    volume: &str,
-) -> Result<(), ControllerError> {
-    let contents = serde_json::to_vec(value).map_err(|e| ControllerError::CorruptRecord {
-        path: dir.join(name),
-        reason: e.to_string(),
-    })?;
-    let op = FsOp::WriteRecord {
-        dir: dir.to_path_buf(),
-        name: name.to_string(),
-        contents,
-    };
-    os.fs(op, medium)
-        .await
-        .map_err(os_step("write volume record", volume))?;
-    Ok(())
-}
+impl RecordDir {
+    pub fn new(os: Arc<dyn Os>, medium: Medium, base: PathBuf, dir: RelPath) -> Self {
+        Self {
+            os,
+            medium,
+            base,
+            dir,
+        }
+    }
 
-/// Remove `dir/name`; absent is fine.
-pub async fn remove(
-    os: &dyn Os,
-    medium: Medium,
-    dir: &Path,
-    name: &str,
-    volume: &str,
-) -> Result<(), ControllerError> {
-    let op = FsOp::RemoveRecord {
-        dir: dir.to_path_buf(),
-        name: name.to_string(),
-    };
-    os.fs(op, medium)
-        .await
-        .map_err(os_step("remove volume record", volume))?;
-    Ok(())
+    pub fn path(&self) -> PathBuf {
+        self.base.join(self.dir.as_str())
+    }
+
+    fn decode<T: DeserializeOwned>(&self, name: &str, bytes: &[u8]) -> Result<T, ControllerError> {
+        serde_json::from_slice(bytes).map_err(|e| ControllerError::CorruptRecord {
+            path: self.path().join(name),
+            reason: e.to_string(),
+        })
+    }
+
+    /// The records `names`, `None` for each that does not exist.
+    pub async fn load_many<T: DeserializeOwned>(
+        &self,
+        names: &[String],
+        volume: &str,
+    ) -> Result<Vec<Option<T>>, ControllerError> {
+        let op = FsOp::ReadRecords {
+            base: self.base.clone(),
+            dir: self.dir.clone(),
+            names: names.to_vec(),
+        };
+        let step = "read volume record";
+        match self
+            .os
+            .fs(op, self.medium)
+            .await
+            .map_err(os_step(step, volume))?
+        {
+            FsReply::Records(found) if found.len() == names.len() => names
+                .iter()
+                .zip(found)
+                .map(|(name, bytes)| bytes.map(|b| self.decode(name, &b)).transpose())
+                .collect(),
+            other => Err(os_step(step, volume)(unexpected("read-records", &other))),
+        }
+    }
+
+    pub async fn load<T: DeserializeOwned>(
+        &self,
+        name: &str,
+        volume: &str,
+    ) -> Result<Option<T>, ControllerError> {
+        let mut found = self.load_many(&[name.to_string()], volume).await?;
+        Ok(found.pop().flatten())
+    }
+
+    /// Write `name`. With `exclusive`, an existing record is kept and `Ok(false)` returned.
+    pub async fn store<T: Serialize>(
+        &self,
+        name: &str,
+        value: &T,
+        exclusive: bool,
+        volume: &str,
+    ) -> Result<bool, ControllerError> {
+        let contents = serde_json::to_vec(value).map_err(|e| ControllerError::CorruptRecord {
+            path: self.path().join(name),
+            reason: e.to_string(),
+        })?;
+        let op = FsOp::WriteRecord {
+            base: self.base.clone(),
+            dir: self.dir.clone(),
+            name: name.to_string(),
+            contents,
+            exclusive,
+        };
+        let step = "write volume record";
+        match self
+            .os
+            .fs(op, self.medium)
+            .await
+            .map_err(os_step(step, volume))?
+        {
+            FsReply::Written(stored) => Ok(stored),
+            other => Err(os_step(step, volume)(unexpected("write-record", &other))),
+        }
+    }
+
+    /// Store `wanted` as `name` unless a record is there already. Exclusive, so of two
+    /// racing creators exactly one stores and the other sees its record.
+    pub async fn claim<T: Serialize + DeserializeOwned + PartialEq>(
+        &self,
+        name: &str,
+        wanted: &T,
+        volume: &str,
+    ) -> Result<Claim<T>, ControllerError> {
+        // A record can appear between the read and the exclusive write, or vanish again
+        // (a concurrent delete); one more round settles the first case.
+        for _ in 0..2 {
+            match self.load::<T>(name, volume).await? {
+                Some(existing) if existing == *wanted => return Ok(Claim::Matching),
+                Some(existing) => return Ok(Claim::Conflict(existing)),
+                None if self.store(name, wanted, true, volume).await? => return Ok(Claim::Fresh),
+                None => {}
+            }
+        }
+        Err(ControllerError::InFlight {
+            key: self.path().join(name).display().to_string(),
+        })
+    }
+
+    /// Remove `name`; absent is fine.
+    pub async fn remove(&self, name: &str, volume: &str) -> Result<(), ControllerError> {
+        let op = FsOp::RemoveRecord {
+            base: self.base.clone(),
+            dir: self.dir.clone(),
+            name: name.to_string(),
+        };
+        self.os
+            .fs(op, self.medium)
+            .await
+            .map_err(os_step("remove volume record", volume))?;
+        Ok(())
+    }
+
+    /// Every name in the directory, sorted.
+    pub async fn names(&self) -> Result<Vec<String>, ControllerError> {
+        let op = FsOp::ListRecords {
+            base: self.base.clone(),
+            dir: self.dir.clone(),
+        };
+        let step = "list volume records";
+        match self
+            .os
+            .fs(op, self.medium)
+            .await
+            .map_err(os_step(step, "*"))?
+        {
+            FsReply::Names(names) => Ok(names),
+            other => Err(os_step(step, "*")(unexpected("list-records", &other))),
+        }
+    }
 }

@@ -3,7 +3,11 @@
 //!
 //! Format (fields percent-encoded, so `#`, `%` and `,` inside a field never split it):
 //! - `v1#local#<node>#<key>`
-//! - `v1#nfs#<server>#<share>#<subdir>#<onDelete>#<opt1,opt2,...>`
+//! - `v1#nfs#<server>#<share>#<subdir>#<onDelete>#<opt1,opt2,...>#<owner>`
+//!
+//! `<owner>` is a short hash of the CSI volume name. A claim deleted and re-created under the
+//! same namespace and name gets the same directory but a new name (the PV name), so a late
+//! retry of the old volume's DeleteVolume can tell that the directory is no longer its own.
 //!
 //! Invariant: a parsed ID can only name a directory below its root or share: the key is one
 //! safe segment, the subdir a [`RelPath`] (no `..`, no absolute path, no empty segment).
@@ -39,6 +43,15 @@ pub struct NfsId {
     pub subdir: RelPath,
     pub on_delete: OnDelete,
     pub mount_options: Vec<String>,
+    /// [`owner_tag`] of the volume name that created the directory.
+    pub owner: String,
+}
+
+const OWNER_HEX_LEN: usize = 16;
+
+/// The owner tag of a CSI volume name: 64 bits of its SHA-256, in hex.
+pub fn owner_tag(name: &str) -> String {
+    hex::encode(Sha256::digest(name.as_bytes()))[..OWNER_HEX_LEN].to_string()
 }
 
 /// What DeleteVolume does with an NFS volume's directory.
@@ -221,7 +234,7 @@ impl VolumeId {
                 Ok(Self::Local(LocalId { node, key }))
             }
             "nfs" => {
-                expect(7)?;
+                expect(8)?;
                 let server = decode("server", fields[2])?;
                 validate_server(&server)?;
                 let share = decode("share", fields[3])?;
@@ -239,12 +252,21 @@ impl VolumeId {
                     validate_mount_option(&option)?;
                     mount_options.push(option);
                 }
+                let owner = fields[7].to_string();
+                if owner.len() != OWNER_HEX_LEN
+                    || !owner
+                        .bytes()
+                        .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+                {
+                    return Err(bad("owner", format!("{owner:?} is not an owner tag")));
+                }
                 Ok(Self::Nfs(NfsId {
                     server,
                     share,
                     subdir,
                     on_delete,
                     mount_options,
+                    owner,
                 }))
             }
             other => Err(bad("backend", format!("unknown backend {other:?}"))),
@@ -271,12 +293,13 @@ impl fmt::Display for VolumeId {
                 let opts: Vec<String> = n.mount_options.iter().map(|o| encode(o)).collect();
                 write!(
                     f,
-                    "{PREFIX}#nfs#{}#{}#{}#{}#{}",
+                    "{PREFIX}#nfs#{}#{}#{}#{}#{}#{}",
                     encode(&n.server),
                     encode(&n.share),
                     encode(n.subdir.as_str()),
                     n.on_delete.as_str(),
-                    opts.join(",")
+                    opts.join(","),
+                    n.owner
                 )
             }
         }
@@ -294,6 +317,7 @@ mod tests {
             subdir: RelPath::parse("default/www-web-0").unwrap(),
             on_delete: OnDelete::Archive,
             mount_options: vec!["vers=4.2".into(), "hard".into()],
+            owner: owner_tag("pvc-123"),
         })
     }
 
@@ -308,7 +332,10 @@ mod tests {
         }
         assert_eq!(
             nfs().to_string(),
-            "v1#nfs#10.0.0.1#/export/k8s#default/www-web-0#archive#vers=4.2,hard"
+            format!(
+                "v1#nfs#10.0.0.1#/export/k8s#default/www-web-0#archive#vers=4.2,hard#{}",
+                owner_tag("pvc-123")
+            )
         );
     }
 
@@ -339,15 +366,15 @@ mod tests {
     #[test]
     fn escaping_ids_are_refused() {
         for id in [
-            "v1#nfs#srv#/export#../etc#delete#",
-            "v1#nfs#srv#/export#/abs#delete#",
-            "v1#nfs#srv#/export#a//b#delete#",
-            "v1#nfs#srv#/export#a/%2E%2E/b#delete#",
-            "v1#nfs#srv#/export#a%2F..#delete#",
-            "v1#nfs#srv#relative#a#delete#",
-            "v1#nfs#srv#/ex/../port#a#delete#",
-            "v1#nfs#-oexec#/export#a#delete#",
-            "v1#nfs#srv#/export##delete#",
+            "v1#nfs#srv#/export#../etc#delete##0123456789abcdef",
+            "v1#nfs#srv#/export#/abs#delete##0123456789abcdef",
+            "v1#nfs#srv#/export#a//b#delete##0123456789abcdef",
+            "v1#nfs#srv#/export#a/%2E%2E/b#delete##0123456789abcdef",
+            "v1#nfs#srv#/export#a%2F..#delete##0123456789abcdef",
+            "v1#nfs#srv#relative#a#delete##0123456789abcdef",
+            "v1#nfs#srv#/ex/../port#a#delete##0123456789abcdef",
+            "v1#nfs#-oexec#/export#a#delete##0123456789abcdef",
+            "v1#nfs#srv#/export##delete##0123456789abcdef",
             "v1#local#n#..",
             "v1#local#n#a%2Fb",
             "v1#local##k",
@@ -368,8 +395,8 @@ mod tests {
             "v1#local#a",
             "v1#zfs#a#b",
             "v2#local#n#k",
-            "v1#nfs#s#/e#a#sometimes#",
-            "v1#nfs#%ff#/e#a#delete#",
+            "v1#nfs#s#/e#a#sometimes##0123456789abcdef",
+            "v1#nfs#%ff#/e#a#delete##0123456789abcdef",
             "v1#local#n#k#extra",
             "reallyfakevolumeid",
         ] {

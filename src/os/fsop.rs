@@ -5,8 +5,6 @@
 //! an NFS export that may stop answering). [`execute`] is the only place that performs them.
 
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -38,18 +36,28 @@ pub enum FsOp {
         rel: RelPath,
         archived_name: String,
     },
-    /// Read the small state file `dir/name`; absent is not an error.
-    ReadRecord { dir: PathBuf, name: String },
-    /// Replace `dir/name` atomically (write temp, fsync, rename, fsync dir).
+    /// Read the state files `base/dir/<name>`; absent ones are `None`.
+    ReadRecords {
+        base: PathBuf,
+        dir: RelPath,
+        names: Vec<String>,
+    },
+    /// Replace `base/dir/name` atomically; with `exclusive`, keep an existing one instead.
     WriteRecord {
-        dir: PathBuf,
+        base: PathBuf,
+        dir: RelPath,
         name: String,
         contents: Vec<u8>,
+        exclusive: bool,
     },
-    /// Remove `dir/name`; absent is not an error.
-    RemoveRecord { dir: PathBuf, name: String },
-    /// Names in `dir`, sorted; absent dir is empty.
-    ListDir { dir: PathBuf },
+    /// Remove `base/dir/name`; absent is not an error.
+    RemoveRecord {
+        base: PathBuf,
+        dir: RelPath,
+        name: String,
+    },
+    /// Names in `base/dir`, sorted; an absent directory is empty.
+    ListRecords { base: PathBuf, dir: RelPath },
     /// Create a publish target directory (the CO creates its parent).
     MakeTarget { path: PathBuf },
     /// Remove an empty publish target directory; absent is not an error.
@@ -62,7 +70,9 @@ pub enum FsReply {
     Ensured(EnsureOutcome),
     Removed(RemoveOutcome),
     Archived(ArchiveOutcome),
-    Record(Option<Vec<u8>>),
+    Records(Vec<Option<Vec<u8>>>),
+    /// Whether a record write stored it (false: exclusive and one existed).
+    Written(bool),
     Names(Vec<String>),
     Done,
 }
@@ -75,10 +85,10 @@ impl FsOp {
             FsOp::EnsureDir { .. } => "ensure-dir",
             FsOp::RemoveTree { .. } => "remove-tree",
             FsOp::Archive { .. } => "archive",
-            FsOp::ReadRecord { .. } => "read-record",
+            FsOp::ReadRecords { .. } => "read-records",
             FsOp::WriteRecord { .. } => "write-record",
             FsOp::RemoveRecord { .. } => "remove-record",
-            FsOp::ListDir { .. } => "list-dir",
+            FsOp::ListRecords { .. } => "list-records",
             FsOp::MakeTarget { .. } => "make-target",
             FsOp::RemoveTarget { .. } => "remove-target",
         }
@@ -91,17 +101,6 @@ fn io(step: &'static str, path: &Path, e: std::io::Error) -> SafeFsError {
         path: path.to_path_buf(),
         errno: e.raw_os_error().unwrap_or(libc::EIO),
     }
-}
-
-/// Record names are single path segments chosen by the driver; refuse anything else so a record
-/// operation can never address a file outside its directory.
-fn record_path(dir: &Path, name: &str) -> Result<PathBuf, SafeFsError> {
-    if name.is_empty() || name.contains('/') || name == "." || name == ".." || name.contains('\0') {
-        return Err(SafeFsError::InvalidName {
-            name: name.to_string(),
-        });
-    }
-    Ok(dir.join(name))
 }
 
 /// Perform one operation, blocking the calling thread.
@@ -127,69 +126,20 @@ pub fn execute(op: &FsOp) -> Result<FsReply, SafeFsError> {
             rel,
             archived_name,
         } => safe_fs::archive(base, rel, archived_name).map(FsReply::Archived),
-        FsOp::ReadRecord { dir, name } => {
-            let path = record_path(dir, name)?;
-            match fs::OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(&path)
-            {
-                Ok(mut f) => {
-                    let mut buf = Vec::new();
-                    std::io::Read::read_to_end(&mut f, &mut buf)
-                        .map_err(|e| io("read record", &path, e))?;
-                    Ok(FsReply::Record(Some(buf)))
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(FsReply::Record(None)),
-                Err(e) => Err(io("open record", &path, e)),
-            }
+        FsOp::ReadRecords { base, dir, names } => {
+            safe_fs::read_records(base, dir, names).map(FsReply::Records)
         }
         FsOp::WriteRecord {
+            base,
             dir,
             name,
             contents,
-        } => {
-            let path = record_path(dir, name)?;
-            fs::create_dir_all(dir).map_err(|e| io("create record dir", dir, e))?;
-            let mut tmp =
-                tempfile::NamedTempFile::new_in(dir).map_err(|e| io("create temp", dir, e))?;
-            tmp.write_all(contents)
-                .and_then(|_| tmp.as_file().sync_all())
-                .map_err(|e| io("write record", &path, e))?;
-            tmp.persist(&path)
-                .map_err(|e| io("rename record", &path, e.error))?;
-            // The rename is durable only once the directory itself is synced.
-            fs::File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(|e| io("sync record dir", dir, e))?;
-            Ok(FsReply::Done)
+            exclusive,
+        } => safe_fs::write_record(base, dir, name, contents, *exclusive).map(FsReply::Written),
+        FsOp::RemoveRecord { base, dir, name } => {
+            safe_fs::remove_record(base, dir, name).map(|()| FsReply::Done)
         }
-        FsOp::RemoveRecord { dir, name } => {
-            let path = record_path(dir, name)?;
-            match fs::remove_file(&path) {
-                Ok(()) => Ok(FsReply::Done),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(FsReply::Done),
-                Err(e) => Err(io("remove record", &path, e)),
-            }
-        }
-        FsOp::ListDir { dir } => {
-            let entries = match fs::read_dir(dir) {
-                Ok(entries) => entries,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    return Ok(FsReply::Names(Vec::new()))
-                }
-                Err(e) => return Err(io("list", dir, e)),
-            };
-            let mut names = Vec::new();
-            for entry in entries {
-                let entry = entry.map_err(|e| io("list", dir, e))?;
-                if let Some(name) = entry.file_name().to_str() {
-                    names.push(name.to_string());
-                }
-            }
-            names.sort();
-            Ok(FsReply::Names(names))
-        }
+        FsOp::ListRecords { base, dir } => safe_fs::list_records(base, dir).map(FsReply::Names),
         FsOp::MakeTarget { path } => {
             match fs::create_dir(path) {
                 Ok(()) => {}
@@ -245,55 +195,6 @@ fn statfs(path: &Path) -> Result<FsStats, SafeFsError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn records_round_trip_and_reject_escaping_names() {
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path().join("meta");
-        let read = |name: &str| {
-            execute(&FsOp::ReadRecord {
-                dir: d.clone(),
-                name: name.into(),
-            })
-        };
-        assert_eq!(read("a").unwrap(), FsReply::Record(None));
-        execute(&FsOp::WriteRecord {
-            dir: d.clone(),
-            name: "a".into(),
-            contents: b"x".to_vec(),
-        })
-        .unwrap();
-        assert_eq!(read("a").unwrap(), FsReply::Record(Some(b"x".to_vec())));
-        for bad in ["", "..", "../x", "a/b"] {
-            assert!(matches!(read(bad), Err(SafeFsError::InvalidName { .. })));
-        }
-        execute(&FsOp::RemoveRecord {
-            dir: d.clone(),
-            name: "a".into(),
-        })
-        .unwrap();
-        execute(&FsOp::RemoveRecord {
-            dir: d.clone(),
-            name: "a".into(),
-        })
-        .unwrap();
-        assert_eq!(
-            execute(&FsOp::ListDir { dir: d }).unwrap(),
-            FsReply::Names(vec![])
-        );
-    }
-
-    #[test]
-    fn record_read_does_not_follow_symlinks() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("secret"), b"s").unwrap();
-        std::os::unix::fs::symlink(dir.path().join("secret"), dir.path().join("rec")).unwrap();
-        let r = execute(&FsOp::ReadRecord {
-            dir: dir.path().into(),
-            name: "rec".into(),
-        });
-        assert!(matches!(r, Err(SafeFsError::Io { .. })));
-    }
 
     #[test]
     fn targets_are_made_and_removed_idempotently() {

@@ -49,7 +49,7 @@ pub struct MountSpec {
     pub source: MountSource,
     pub target: PathBuf,
     pub readonly: bool,
-    /// Options passed through to the filesystem (NFS `mountOptions`); ignored for binds.
+    /// NFS: options for mount.nfs (`mountOptions`). Bind: per-mount flags such as `nosuid`.
     pub options: Vec<String>,
 }
 

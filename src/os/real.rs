@@ -60,7 +60,21 @@ impl RealOs {
     }
 }
 
-fn bind(source: &Path, target: &Path, readonly: bool) -> Result<(), OsError> {
+/// Per-mount flags a bind can take, by their mount(8) names; the domain refuses other options.
+fn bind_flag(option: &str) -> Option<MountFlags> {
+    Some(match option {
+        "ro" => MountFlags::RDONLY,
+        "nosuid" => MountFlags::NOSUID,
+        "nodev" => MountFlags::NODEV,
+        "noexec" => MountFlags::NOEXEC,
+        "noatime" => MountFlags::NOATIME,
+        "nodiratime" => MountFlags::NODIRATIME,
+        "relatime" => MountFlags::RELATIME,
+        _ => return None,
+    })
+}
+
+fn bind(source: &Path, target: &Path, readonly: bool, options: &[String]) -> Result<(), OsError> {
     let err = |e: std::io::Error| OsError::Mount {
         target: target.to_path_buf(),
         message: e.to_string(),
@@ -69,11 +83,19 @@ fn bind(source: &Path, target: &Path, readonly: bool) -> Result<(), OsError> {
         .flags(MountFlags::BIND)
         .mount(source, target)
         .map_err(err)?;
+    let mut flags = options
+        .iter()
+        .filter_map(|o| bind_flag(o))
+        .fold(MountFlags::empty(), |a, f| a | f);
     if readonly {
-        // MS_RDONLY is ignored on the initial bind (kernel quirk); it takes a remount of the
-        // bind itself. If that fails, undo the bind so no writable half-publish is left.
+        flags |= MountFlags::RDONLY;
+    }
+    if !flags.is_empty() {
+        // Per-mount flags (MS_RDONLY above all) are ignored on the initial bind (kernel
+        // quirk); they take a remount of the bind itself. If that fails, undo the bind so no
+        // writable half-publish is left.
         let remount = Mount::builder()
-            .flags(MountFlags::BIND | MountFlags::REMOUNT | MountFlags::RDONLY)
+            .flags(MountFlags::BIND | MountFlags::REMOUNT | flags)
             .mount(source, target);
         if let Err(e) = remount {
             let _ = nix::mount::umount2(target, MntFlags::MNT_DETACH);
@@ -96,7 +118,8 @@ impl Os for RealOs {
         match &spec.source {
             MountSource::Bind(source) => {
                 let (source, target, ro) = (source.clone(), spec.target.clone(), spec.readonly);
-                Self::blocking(move || bind(&source, &target, ro)).await
+                let options = spec.options.clone();
+                Self::blocking(move || bind(&source, &target, ro, &options)).await
             }
             MountSource::Nfs { server, path } => {
                 let mut options = spec.options.clone();

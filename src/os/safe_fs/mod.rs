@@ -21,6 +21,7 @@
 mod archive;
 mod ensure;
 mod prune;
+mod record;
 mod remove;
 mod walk;
 
@@ -38,6 +39,7 @@ use super::relpath::RelPath;
 pub use archive::{archive, MAX_ARCHIVE_SUFFIX};
 pub use ensure::{ensure_dir, OWNED_MARKER};
 pub use prune::prune_owned_parents;
+pub use record::{list_records, read_records, remove_record, write_record};
 pub use remove::{remove_empty_dir, remove_tree, MAX_DEPTH};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]

@@ -1,0 +1,272 @@
+//! Small state files in one directory below `base` (`meta/` on the local root, `.pvdir/` on an
+//! export), reached through descriptors: the state directory and each record are opened with
+//! O_NOFOLLOW, so a symlink planted in their place can never redirect a read, write or unlink.
+//!
+//! Writes are atomic (temp file, fsync, rename or link, fsync of the directory). An exclusive
+//! write publishes with link(2), which fails if the record exists even on NFS, so two creators
+//! racing for one record cannot both win.
+
+use std::ffi::OsStr;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use nix::dir::Dir;
+use nix::errno::Errno;
+use nix::fcntl::{openat, renameat, AtFlags, OFlag};
+use nix::sys::stat::Mode;
+use nix::unistd::{fsync, linkat, unlinkat, UnlinkatFlags};
+
+use super::walk::open_leaf;
+use super::{ensure_dir, io, SafeFsError};
+use crate::os::relpath::RelPath;
+
+fn check_name(name: &str) -> Result<(), SafeFsError> {
+    if name.is_empty() || name.contains(['/', '\0']) || name == "." || name == ".." {
+        return Err(SafeFsError::InvalidName {
+            name: name.to_string(),
+        });
+    }
+    Ok(())
+}
+
+fn open_dir(base: &Path, dir: &RelPath) -> Result<Option<(OwnedFd, PathBuf)>, SafeFsError> {
+    Ok(open_leaf(base, dir)?.map(|leaf| (leaf.fd, leaf.path)))
+}
+
+fn read_one(dir: BorrowedFd<'_>, path: &Path, name: &str) -> Result<Option<Vec<u8>>, SafeFsError> {
+    let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let fd = match openat(dir, name, flags, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(Errno::ENOENT) => return Ok(None),
+        Err(e) => return Err(io("open record", &path.join(name), e)),
+    };
+    let mut buf = Vec::new();
+    std::fs::File::from(fd).read_to_end(&mut buf).map_err(|e| {
+        io(
+            "read record",
+            &path.join(name),
+            Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+        )
+    })?;
+    Ok(Some(buf))
+}
+
+/// The records `names` in `base/dir`, `None` for each that does not exist.
+pub fn read_records(
+    base: &Path,
+    dir: &RelPath,
+    names: &[String],
+) -> Result<Vec<Option<Vec<u8>>>, SafeFsError> {
+    for name in names {
+        check_name(name)?;
+    }
+    let Some((fd, path)) = open_dir(base, dir)? else {
+        return Ok(vec![None; names.len()]);
+    };
+    names
+        .iter()
+        .map(|name| read_one(fd.as_fd(), &path, name))
+        .collect()
+}
+
+/// Write `base/dir/name`. With `exclusive`, an existing record is left alone and `Ok(false)`
+/// says so; otherwise it is replaced.
+pub fn write_record(
+    base: &Path,
+    dir: &RelPath,
+    name: &str,
+    contents: &[u8],
+    exclusive: bool,
+) -> Result<bool, SafeFsError> {
+    check_name(name)?;
+    ensure_dir(base, dir, None)?;
+    let (fd, path) = open_dir(base, dir)?.ok_or_else(|| {
+        io(
+            "open record directory",
+            &base.join(dir.as_str()),
+            Errno::ENOENT,
+        )
+    })?;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    let tmp = format!(".{name}.tmp-{}-{nanos}", std::process::id());
+    let flags =
+        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let file = openat(
+        fd.as_fd(),
+        tmp.as_str(),
+        flags,
+        Mode::from_bits_truncate(0o644),
+    )
+    .map_err(|e| io("create temporary record", &path.join(&tmp), e))?;
+    let result = publish(fd.as_fd(), &path, file, &tmp, name, contents, exclusive);
+    // The temporary name is gone after a rename; after a link (or a failure) remove it.
+    let _ = unlinkat(fd.as_fd(), tmp.as_str(), UnlinkatFlags::NoRemoveDir);
+    let stored = result?;
+    // A rename or link is durable only once the directory itself is synced.
+    fsync(fd.as_fd()).map_err(|e| io("sync record directory", &path, e))?;
+    Ok(stored)
+}
+
+fn publish(
+    dir: BorrowedFd<'_>,
+    path: &Path,
+    file: OwnedFd,
+    tmp: &str,
+    name: &str,
+    contents: &[u8],
+    exclusive: bool,
+) -> Result<bool, SafeFsError> {
+    let target = path.join(name);
+    let mut file = std::fs::File::from(file);
+    file.write_all(contents)
+        .and_then(|()| file.sync_all())
+        .map_err(|e| {
+            io(
+                "write record",
+                &target,
+                Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+            )
+        })?;
+    if exclusive {
+        match linkat(dir, tmp, dir, name, AtFlags::empty()) {
+            Ok(()) => Ok(true),
+            Err(Errno::EEXIST) => Ok(false),
+            Err(e) => Err(io("link record", &target, e)),
+        }
+    } else {
+        renameat(dir, tmp, dir, name).map_err(|e| io("rename record", &target, e))?;
+        Ok(true)
+    }
+}
+
+/// Remove `base/dir/name`; absent is fine.
+pub fn remove_record(base: &Path, dir: &RelPath, name: &str) -> Result<(), SafeFsError> {
+    check_name(name)?;
+    let Some((fd, path)) = open_dir(base, dir)? else {
+        return Ok(());
+    };
+    match unlinkat(fd.as_fd(), name, UnlinkatFlags::NoRemoveDir) {
+        Ok(()) | Err(Errno::ENOENT) => Ok(()),
+        Err(e) => Err(io("remove record", &path.join(name), e)),
+    }
+}
+
+/// Names in `base/dir`, sorted; an absent directory is empty.
+pub fn list_records(base: &Path, dir: &RelPath) -> Result<Vec<String>, SafeFsError> {
+    let Some((fd, path)) = open_dir(base, dir)? else {
+        return Ok(Vec::new());
+    };
+    let mut d = Dir::from_fd(fd).map_err(|e| io("read directory", &path, e))?;
+    let mut names = Vec::new();
+    for entry in d.iter() {
+        let entry = entry.map_err(|e| io("read directory", &path, e))?;
+        let name = OsStr::new(std::str::from_utf8(entry.file_name().to_bytes()).unwrap_or(""));
+        if let Some(name) = name
+            .to_str()
+            .filter(|n| !n.is_empty() && *n != "." && *n != "..")
+        {
+            names.push(name.to_string());
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::{rel, tmp};
+    use super::*;
+
+    #[test]
+    fn round_trip_exclusive_and_absent() {
+        let base = tmp();
+        let dir = rel("meta");
+        assert_eq!(
+            read_records(base.path(), &dir, &["a".into()]).unwrap(),
+            vec![None]
+        );
+        assert!(write_record(base.path(), &dir, "a", b"1", true).unwrap());
+        assert!(
+            !write_record(base.path(), &dir, "a", b"2", true).unwrap(),
+            "exclusive keeps the first"
+        );
+        assert_eq!(
+            read_records(base.path(), &dir, &["a".into(), "b".into()]).unwrap(),
+            vec![Some(b"1".to_vec()), None]
+        );
+        assert!(write_record(base.path(), &dir, "a", b"3", false).unwrap());
+        assert_eq!(
+            read_records(base.path(), &dir, &["a".into()]).unwrap(),
+            vec![Some(b"3".to_vec())]
+        );
+        assert_eq!(
+            list_records(base.path(), &dir).unwrap(),
+            vec!["a".to_string()],
+            "no temp files left"
+        );
+        remove_record(base.path(), &dir, "a").unwrap();
+        remove_record(base.path(), &dir, "a").unwrap();
+        assert!(list_records(base.path(), &dir).unwrap().is_empty());
+    }
+
+    #[test]
+    fn bad_names_are_refused() {
+        let base = tmp();
+        for bad in ["", ".", "..", "../x", "a/b", "a\0b"] {
+            assert!(matches!(
+                write_record(base.path(), &rel("meta"), bad, b"", false),
+                Err(SafeFsError::InvalidName { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn a_symlinked_state_directory_is_never_followed() {
+        let base = tmp();
+        let outside = tmp();
+        std::fs::write(outside.path().join("victim"), b"keep").unwrap();
+        std::os::unix::fs::symlink(outside.path(), base.path().join(".pvdir")).unwrap();
+        let dir = rel(".pvdir");
+        assert!(matches!(
+            write_record(base.path(), &dir, "victim", b"x", false),
+            Err(SafeFsError::SymlinkInPath { .. })
+        ));
+        assert!(matches!(
+            remove_record(base.path(), &dir, "victim"),
+            Err(SafeFsError::SymlinkInPath { .. })
+        ));
+        assert!(matches!(
+            read_records(base.path(), &dir, &["victim".into()]),
+            Err(SafeFsError::SymlinkInPath { .. })
+        ));
+        assert!(matches!(
+            list_records(base.path(), &dir),
+            Err(SafeFsError::SymlinkInPath { .. })
+        ));
+        assert_eq!(
+            std::fs::read(outside.path().join("victim")).unwrap(),
+            b"keep"
+        );
+        assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn a_symlinked_record_is_never_followed() {
+        let base = tmp();
+        let outside = tmp();
+        std::fs::create_dir(base.path().join("meta")).unwrap();
+        std::fs::write(outside.path().join("secret"), b"s").unwrap();
+        std::os::unix::fs::symlink(outside.path().join("secret"), base.path().join("meta/r"))
+            .unwrap();
+        assert!(read_records(base.path(), &rel("meta"), &["r".into()]).is_err());
+        // Replacing or removing the record replaces or removes the link, never its target.
+        write_record(base.path(), &rel("meta"), "r", b"new", false).unwrap();
+        assert_eq!(std::fs::read(outside.path().join("secret")).unwrap(), b"s");
+        remove_record(base.path(), &rel("meta"), "r").unwrap();
+        assert_eq!(std::fs::read(outside.path().join("secret")).unwrap(), b"s");
+    }
+}
