@@ -62,7 +62,7 @@ fn services(root: &Path) -> Services {
             Controller::new(backend.clone(), in_flight.clone()),
             kind,
         ),
-        node: NodeService::new(Node::new(backend, os, in_flight), "bench".into(), true),
+        node: NodeService::new(Node::new(backend, os, in_flight), "bench".into(), kind),
     }
 }
 

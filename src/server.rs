@@ -1,7 +1,7 @@
 //! Wiring and serving: builds the services for each configured backend and serves each on its
 //! endpoint until SIGTERM/SIGINT, then lets in-flight calls finish and removes the sockets.
 
-use std::net::SocketAddr;
+use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -26,7 +26,8 @@ use crate::os::Os;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Endpoint {
     Unix(PathBuf),
-    Tcp(SocketAddr),
+    /// `host:port`; the host may be a name, resolved when binding.
+    Tcp(String),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -58,8 +59,11 @@ impl std::str::FromStr for Endpoint {
                 return Ok(Endpoint::Unix(path));
             }
         } else if let Some(addr) = s.strip_prefix("tcp://") {
-            if let Ok(addr) = addr.parse() {
-                return Ok(Endpoint::Tcp(addr));
+            let port_ok = addr
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+            if port_ok {
+                return Ok(Endpoint::Tcp(addr.to_string()));
             }
         }
         Err(ServerError::BadEndpoint(s.to_string()))
@@ -119,7 +123,7 @@ pub fn assemble(args: &ServeArgs, os: Arc<dyn Os>) -> Result<Vec<Plugin>, Server
                 NodeService::new(
                     Node::new(Arc::clone(&backend), Arc::clone(&os), in_flight.clone()),
                     node_id.clone(),
-                    kind == crate::domain::access::BackendKind::Local,
+                    kind,
                 )
             }),
         });
@@ -148,16 +152,72 @@ pub fn assemble(args: &ServeArgs, os: Arc<dyn Os>) -> Result<Vec<Plugin>, Server
     Ok(plugins)
 }
 
+enum Listener {
+    Unix(UnixListener, PathBuf),
+    Tcp(TcpListener),
+}
+
+/// Bind one endpoint. A stale socket left by a killed predecessor is replaced (bind would fail
+/// with EADDRINUSE); any other file at that path is refused, never deleted.
+async fn listen(endpoint: &Endpoint) -> Result<Listener, ServerError> {
+    let err = |source| ServerError::Listen {
+        endpoint: endpoint.clone(),
+        source,
+    };
+    match endpoint {
+        Endpoint::Unix(path) => {
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent).map_err(err)?;
+            }
+            match std::fs::symlink_metadata(path) {
+                Ok(meta) if meta.file_type().is_socket() => {
+                    std::fs::remove_file(path).map_err(err)?
+                }
+                Ok(_) => {
+                    return Err(err(std::io::Error::new(
+                        std::io::ErrorKind::AlreadyExists,
+                        "not a socket",
+                    )))
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(err(e)),
+            }
+            Ok(Listener::Unix(
+                UnixListener::bind(path).map_err(err)?,
+                path.clone(),
+            ))
+        }
+        Endpoint::Tcp(addr) => Ok(Listener::Tcp(
+            TcpListener::bind(addr.as_str()).await.map_err(err)?,
+        )),
+    }
+}
+
 /// Serve every plugin until `shutdown` resolves; then stop accepting, let in-flight calls
 /// finish, and remove the unix sockets.
 pub async fn serve(
     plugins: Vec<Plugin>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), ServerError> {
+    // Bind everything first, so a failure leaves no socket of ours behind.
+    let mut bound = Vec::new();
+    for plugin in plugins {
+        match listen(&plugin.endpoint).await {
+            Ok(listener) => bound.push((plugin, listener)),
+            Err(e) => {
+                for (_, listener) in bound {
+                    if let Listener::Unix(_, path) = listener {
+                        let _ = std::fs::remove_file(path);
+                    }
+                }
+                return Err(e);
+            }
+        }
+    }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
     let mut sockets = Vec::new();
-    for plugin in plugins {
+    for (plugin, listener) in bound {
         let mut router = Server::builder().add_service(IdentityServer::new(plugin.identity));
         if let Some(c) = plugin.controller {
             router = router.add_service(ControllerServer::new(c));
@@ -169,32 +229,15 @@ pub async fn serve(
         let stopped = async move {
             let _ = rx.wait_for(|stop| *stop).await;
         };
-        let endpoint = plugin.endpoint.clone();
-        let listen_err = |source| ServerError::Listen {
-            endpoint: endpoint.clone(),
-            source,
-        };
-        match &plugin.endpoint {
-            Endpoint::Unix(path) => {
-                if let Some(parent) = path.parent() {
-                    std::fs::create_dir_all(parent).map_err(listen_err)?;
-                }
-                // A socket left by a killed predecessor would make bind fail with EADDRINUSE.
-                match std::fs::remove_file(path) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(listen_err(e)),
-                }
-                let listener = UnixListener::bind(path).map_err(listen_err)?;
-                sockets.push(path.clone());
-                tracing::info!(endpoint = %path.display(), "serving");
+        tracing::info!(endpoint = ?plugin.endpoint, "serving");
+        match listener {
+            Listener::Unix(listener, path) => {
+                sockets.push(path);
                 tasks.spawn(
                     router.serve_with_incoming_shutdown(UnixListenerStream::new(listener), stopped),
                 );
             }
-            Endpoint::Tcp(addr) => {
-                let listener = TcpListener::bind(addr).await.map_err(listen_err)?;
-                tracing::info!(endpoint = %addr, "serving");
+            Listener::Tcp(listener) => {
                 tasks.spawn(
                     router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopped),
                 );
@@ -235,10 +278,47 @@ mod tests {
         );
         assert_eq!(
             "tcp://127.0.0.1:10000".parse::<Endpoint>().unwrap(),
-            Endpoint::Tcp("127.0.0.1:10000".parse().unwrap())
+            Endpoint::Tcp("127.0.0.1:10000".into())
         );
-        for bad in ["unix://rel.sock", "/abs", "tcp://nohost", "http://x:1", ""] {
+        assert_eq!(
+            "tcp://localhost:10000".parse::<Endpoint>().unwrap(),
+            Endpoint::Tcp("localhost:10000".into())
+        );
+        for bad in [
+            "unix://rel.sock",
+            "/abs",
+            "tcp://nohost",
+            "tcp://:1",
+            "tcp://h:99999",
+            "http://x:1",
+            "",
+        ] {
             assert!(bad.parse::<Endpoint>().is_err(), "{bad}");
         }
+    }
+}
+
+#[cfg(test)]
+mod listen_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_file_that_is_not_a_socket_is_never_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("csi.sock");
+        std::fs::write(&path, b"precious").unwrap();
+        assert!(listen(&Endpoint::Unix(path.clone())).await.is_err());
+        assert_eq!(std::fs::read(&path).unwrap(), b"precious");
+    }
+
+    #[tokio::test]
+    async fn a_stale_socket_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("csi.sock");
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        assert!(matches!(
+            listen(&Endpoint::Unix(path)).await,
+            Ok(Listener::Unix(..))
+        ));
     }
 }

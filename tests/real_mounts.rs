@@ -828,15 +828,16 @@ async fn delete_does_not_follow_symlinks() {
     assert!(!dir.exists(), "volume directory removed");
     assert!(!d.record(&id).exists(), "volume record removed");
 
-    // The volume directory itself swapped for a link to the outside: whatever the driver
-    // answers (refusal, or removing just the link), it must not touch the link's target.
+    // The volume directory itself swapped for a link to the outside: the driver refuses
+    // (an operator must look) and does not touch the link's target.
     let id = create_volume(&d, "pvc-swapped", Mode::SingleNodeWriter).await;
     let dir = d.volume_dir(&id);
     std::fs::remove_dir(&dir).unwrap();
     std::os::unix::fs::symlink(&outside, &dir).unwrap();
     let result = d.controller().delete_volume(delete_request(&id)).await;
-    assert!(
-        matches!(code(&result), Code::Ok | Code::FailedPrecondition),
+    assert_eq!(
+        code(&result),
+        Code::FailedPrecondition,
         "delete of a volume swapped for a symlink: {result:?}"
     );
     check_outside();
@@ -1333,4 +1334,41 @@ async fn concurrent_creates_of_same_name() {
     );
     assert_eq!(names_in(&d.root().join("volumes")), ["pvc-concurrent"]);
     assert_eq!(names_in(&d.root().join("meta")), ["pvc-concurrent.json"]);
+}
+
+/// kubelet's root dir may sit behind a symlink (`/var/lib/kubelet -> /data/kubelet`), while
+/// mountinfo always shows the resolved path: publish, stats and unpublish must still recognise
+/// the mount, or publish would stack mounts and unpublish would never unmount.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn targets_behind_a_symlinked_kubelet_dir_are_recognised() {
+    require_root!();
+    let d = Driver::start().await;
+    let id = create_volume(&d, "pvc-linked-kubelet", Mode::SingleNodeWriter).await;
+    std::fs::create_dir_all(d.path("real-kubelet/pods/a")).unwrap();
+    std::os::unix::fs::symlink(d.path("real-kubelet"), d.path("kubelet")).unwrap();
+    let target = d.path("kubelet/pods/a/mount");
+    let resolved = d.path("real-kubelet/pods/a/mount");
+    for _ in 0..2 {
+        publish(&d, &id, &target, Mode::SingleNodeWriter, false)
+            .await
+            .expect("publish through the symlinked path");
+    }
+    assert_eq!(
+        mounts_at(&resolved).len(),
+        1,
+        "exactly one mount, not stacked"
+    );
+    let stats = d
+        .node()
+        .node_get_volume_stats(stats_request(&id, &target))
+        .await;
+    expect_ok(stats, "stats through the symlinked path");
+    expect_ok(
+        d.node()
+            .node_unpublish_volume(unpublish_request(&id, &target))
+            .await,
+        "unpublish through the symlinked path",
+    );
+    assert!(mounts_at(&resolved).is_empty(), "unmounted");
+    assert!(!resolved.exists(), "target directory removed");
 }

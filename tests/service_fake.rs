@@ -45,7 +45,7 @@ impl Rig {
         for d in backend.layout_dirs() {
             std::fs::create_dir_all(d).unwrap();
         }
-        Self::wire(fake, dir, Backend::Local(backend), true, &[])
+        Self::wire(fake, dir, Backend::Local(backend), &[])
     }
 
     fn nfs() -> Self {
@@ -54,14 +54,13 @@ impl Rig {
         let staging = dir.path().canonicalize().unwrap().join("staging");
         std::fs::create_dir_all(&staging).unwrap();
         let backend = NfsBackend::new(staging, Arc::new(fake.clone()));
-        Self::wire(fake, dir, Backend::Nfs(backend), false, &["hard"])
+        Self::wire(fake, dir, Backend::Nfs(backend), &["hard"])
     }
 
     fn wire(
         fake: FakeOs,
         dir: tempfile::TempDir,
         backend: Backend,
-        local: bool,
         flags: &'static [&'static str],
     ) -> Self {
         let kind = backend.kind();
@@ -77,7 +76,7 @@ impl Rig {
             node: Arc::new(NodeService::new(
                 Node::new(backend, os, in_flight),
                 "n1".into(),
-                local,
+                kind,
             )),
             fake,
             dir,
@@ -563,6 +562,10 @@ async fn concurrent_calls_on_one_volume_are_aborted_until_the_work_ends() {
         }
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
+    assert!(
+        a.exists(),
+        "the first publish never reached its (paused) mount"
+    );
     assert_eq!(
         code(
             rig.publish(&v.volume_id, &b, Mode::SingleNodeWriter, false)

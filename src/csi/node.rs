@@ -7,22 +7,23 @@ use tonic::{Request, Response, Status};
 use super::fail;
 use super::proto as csi;
 use super::request::VolumeAtPath;
+use crate::domain::access::BackendKind;
 use crate::domain::node::Node;
 use crate::domain::volume::{PublishSpec, TOPOLOGY_KEY};
 
 pub struct NodeService {
     inner: Node,
     node_id: String,
-    /// Local volumes are reachable only from this node; NFS volumes from anywhere.
-    report_topology: bool,
+    /// Local volumes are reachable only from this node (topology); NFS volumes from anywhere.
+    kind: BackendKind,
 }
 
 impl NodeService {
-    pub fn new(inner: Node, node_id: String, report_topology: bool) -> Self {
+    pub fn new(inner: Node, node_id: String, kind: BackendKind) -> Self {
         Self {
             inner,
             node_id,
-            report_topology,
+            kind,
         }
     }
 }
@@ -120,7 +121,7 @@ impl csi::node_server::Node for NodeService {
         &self,
         _: Request<csi::NodeGetInfoRequest>,
     ) -> Result<Response<csi::NodeGetInfoResponse>, Status> {
-        let accessible_topology = self.report_topology.then(|| csi::Topology {
+        let accessible_topology = (self.kind == BackendKind::Local).then(|| csi::Topology {
             segments: HashMap::from([(TOPOLOGY_KEY.to_string(), self.node_id.clone())]),
         });
         Ok(Response::new(csi::NodeGetInfoResponse {

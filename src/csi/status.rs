@@ -42,8 +42,7 @@ pub fn os_code(e: &OsError) -> Code {
         | OsError::Mount { .. }
         | OsError::Unmount { .. }
         | OsError::Spawn { .. }
-        | OsError::Helper { .. }
-        | OsError::Io { .. } => Code::Internal,
+        | OsError::Helper { .. } => Code::Internal,
     }
 }
 

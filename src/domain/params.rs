@@ -9,17 +9,6 @@ use serde::Deserialize;
 use super::volume_id::{validate_server, validate_share, OnDelete};
 use crate::os::relpath::RelPath;
 
-/// Keys the external-provisioner adds with `--extra-create-metadata`.
-#[derive(Debug, Clone, Default, Deserialize)]
-pub struct CreateMetadata {
-    #[serde(rename = "csi.storage.k8s.io/pvc/name")]
-    pub pvc_name: Option<String>,
-    #[serde(rename = "csi.storage.k8s.io/pvc/namespace")]
-    pub pvc_namespace: Option<String>,
-    #[serde(rename = "csi.storage.k8s.io/pv/name")]
-    pub pv_name: Option<String>,
-}
-
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LocalParams {

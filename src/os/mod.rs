@@ -92,12 +92,6 @@ pub enum OsError {
     Helper { what: String, message: String },
     #[error(transparent)]
     Fs(#[from] safe_fs::SafeFsError),
-    #[error("{step} {path}: {source}")]
-    Io {
-        step: &'static str,
-        path: PathBuf,
-        source: std::io::Error,
-    },
 }
 
 /// The narrow interface to the machine. Implementations must be cheap to share across tasks.

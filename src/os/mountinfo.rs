@@ -85,11 +85,6 @@ fn unescape(field: &str) -> PathBuf {
     PathBuf::from(OsString::from_vec(out))
 }
 
-/// The mounts stacked at exactly `path`, bottom first.
-pub fn mounts_at<'a>(entries: &'a [MountEntry], path: &Path) -> Vec<&'a MountEntry> {
-    entries.iter().filter(|e| e.mount_point == path).collect()
-}
-
 /// The topmost mount at `path`, if `path` is a mount point. Later lines are mounted later, so
 /// the last match is the one a lookup of `path` sees.
 pub fn top_at<'a>(entries: &'a [MountEntry], path: &Path) -> Option<&'a MountEntry> {

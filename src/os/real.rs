@@ -139,7 +139,7 @@ impl Os for RealOs {
                 } else {
                     Err(OsError::Mount {
                         target: spec.target.clone(),
-                        message: done.stderr_text(),
+                        message: format!("mount exited {:?}: {}", done.code, done.stderr_text()),
                     })
                 }
             }

@@ -40,7 +40,7 @@ pub use archive::{archive, MAX_ARCHIVE_SUFFIX};
 pub use ensure::{ensure_dir, OWNED_MARKER};
 pub use prune::prune_owned_parents;
 pub use record::{list_records, read_records, remove_record, write_record};
-pub use remove::{remove_empty_dir, remove_tree, MAX_DEPTH};
+pub use remove::{remove_tree, MAX_DEPTH};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]

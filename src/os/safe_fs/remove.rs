@@ -1,4 +1,4 @@
-//! `remove_tree` (a directory and everything in it) and `remove_empty_dir`.
+//! `remove_tree`: a directory and everything in it.
 //!
 //! Invariants: removal is iterative over an explicit stack of at most `MAX_DEPTH` frames, of
 //! which at most `FD_WINDOW` hold an open descriptor (older ones are closed and reopened via
@@ -204,21 +204,6 @@ fn pop_frame(stack: &mut Vec<Frame>, path: &Path) -> Result<(), SafeFsError> {
     };
     drop(child.dir);
     rmdir_at(parent_dir.as_fd(), child.name.as_c_str(), path).map(drop)
-}
-
-/// Removes `rel` only if it is an empty directory and not a mount point: rmdir refuses a
-/// mount point in our namespace (EBUSY), but since Linux 3.18 silently detaches one that
-/// exists only in another namespace, so `open_leaf` checks first.
-pub fn remove_empty_dir(base: &Path, rel: &RelPath) -> Result<RemoveOutcome, SafeFsError> {
-    let Some(leaf) = open_leaf(base, rel)? else {
-        return Ok(RemoveOutcome::AlreadyGone);
-    };
-    drop(leaf.fd);
-    if rmdir_at(leaf.parent.as_fd(), rel.file_name(), &leaf.path)? {
-        Ok(RemoveOutcome::Removed)
-    } else {
-        Ok(RemoveOutcome::AlreadyGone)
-    }
 }
 
 #[cfg(test)]

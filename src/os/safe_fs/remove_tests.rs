@@ -1,4 +1,4 @@
-//! Tests for `remove_tree` and `remove_empty_dir`: symlinks inside and above the tree, mounts
+//! Tests for `remove_tree`: symlinks inside and above the tree, mounts
 //! (tmpfs, same-filesystem binds, file binds) inside and at the tree, and trees deeper than
 //! `FD_WINDOW`, wider than `READ_BATCH`, and deeper than `MAX_DEPTH`.
 
@@ -8,7 +8,6 @@ use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 use nix::fcntl::OFlag;
 use nix::sys::stat::mkdirat;
 
-use super::super::ensure_dir;
 use super::super::test_support::{bind_mount, is_root, mount_tmpfs, rel, tmp, write};
 use super::*;
 
@@ -255,35 +254,4 @@ fn remove_tree_stops_at_max_depth() {
         remove_tree(base.path(), &rel("vol")),
         Ok(RemoveOutcome::Removed)
     );
-}
-
-#[test]
-fn remove_empty_dir_semantics() {
-    let base = tmp();
-    ensure_dir(base.path(), &rel("t/empty"), None).expect("ensure");
-    ensure_dir(base.path(), &rel("t/full"), None).expect("ensure");
-    write(&base.path().join("t/full/f"));
-    assert_eq!(
-        remove_empty_dir(base.path(), &rel("t/empty")),
-        Ok(RemoveOutcome::Removed)
-    );
-    assert_eq!(
-        remove_empty_dir(base.path(), &rel("t/empty")),
-        Ok(RemoveOutcome::AlreadyGone)
-    );
-    assert_eq!(
-        remove_empty_dir(base.path(), &rel("t/full")),
-        Err(SafeFsError::NotEmpty {
-            path: base.path().join("t/full")
-        })
-    );
-    symlink("/tmp", base.path().join("t/link")).expect("symlink");
-    let err = remove_empty_dir(base.path(), &rel("t/link")).expect_err("symlink");
-    assert!(matches!(err, SafeFsError::SymlinkInPath { .. }), "{err}");
-    if is_root() {
-        fs::create_dir(base.path().join("t/mnt")).expect("mkdir");
-        let _guard = mount_tmpfs(&base.path().join("t/mnt"));
-        let err = remove_empty_dir(base.path(), &rel("t/mnt")).expect_err("mount point");
-        assert!(matches!(err, SafeFsError::CrossesMount { .. }), "{err}");
-    }
 }

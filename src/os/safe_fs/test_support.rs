@@ -1,5 +1,5 @@
 //! Helpers shared by the `safe_fs` test modules: scratch directories, relative paths, files,
-//! and real tmpfs/bind mounts (which need root; `is_root` lets a test skip without it).
+//! and real tmpfs/bind mounts (which need root; `is_root` fails without it unless told to skip).
 //! Every mount is wrapped in a `MountGuard` so a failing assertion still unmounts.
 
 use std::fs;
@@ -22,11 +22,17 @@ pub(super) fn write(p: &Path) {
     fs::write(p, b"data").expect("write");
 }
 
+/// Mount tests need root. Without it they fail, unless PVDIR_SKIP_PRIVILEGED=1 says the
+/// skip is deliberate: a test that silently passes without running cannot fail.
 pub(super) fn is_root() -> bool {
     if nix::unistd::geteuid().is_root() {
         return true;
     }
-    eprintln!("skipping: mount tests need root");
+    assert!(
+        std::env::var_os("PVDIR_SKIP_PRIVILEGED").is_some_and(|v| v == "1"),
+        "mount tests need root (set PVDIR_SKIP_PRIVILEGED=1 to skip them deliberately)"
+    );
+    eprintln!("skipped: mount tests need root");
     false
 }
 
