@@ -1282,3 +1282,47 @@ async fn local_bind_mounts_carry_the_class_mount_flags() {
         Code::InvalidArgument
     );
 }
+
+#[tokio::test]
+async fn a_caller_giving_up_does_not_release_the_volume_while_work_continues() {
+    let rig = Rig::local();
+    let v = rig
+        .create(create_req("pvc-cancel", 1, Mode::SingleNodeWriter, &[]))
+        .await
+        .unwrap();
+    let (a, b) = (rig.path().join("a"), rig.path().join("b"));
+    rig.fake.pause_mounts();
+    // tonic drops a handler's future when the client's deadline passes; emulate that.
+    let req = publish_req(&v.volume_id, &a, Mode::SingleNodeWriter, false, &[]);
+    let gave_up = tokio::time::timeout(
+        std::time::Duration::from_millis(100),
+        rig.node.node_publish_volume(Request::new(req)),
+    )
+    .await;
+    assert!(
+        gave_up.is_err(),
+        "the call was still in flight when its caller gave up"
+    );
+    // The work goes on in the background and still owns the volume.
+    assert_eq!(
+        code(
+            rig.publish(&v.volume_id, &b, Mode::SingleNodeWriter, false)
+                .await
+        ),
+        Code::Aborted
+    );
+    rig.fake.resume_mounts();
+    for _ in 0..200 {
+        if rig.fake.is_mounted(&a) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert!(
+        rig.fake.is_mounted(&a),
+        "the abandoned publish finished its work"
+    );
+    rig.publish(&v.volume_id, &b, Mode::SingleNodeWriter, false)
+        .await
+        .unwrap();
+}

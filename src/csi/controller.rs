@@ -1,24 +1,28 @@
 //! CSI Controller: short adapters over [`crate::domain::controller::Controller`].
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::fail;
 use super::proto as csi;
 use super::request::{CapacitySpec, DeleteSpec, ListSpec, ValidateSpec};
+use super::{detached, fail};
 use crate::domain::access::BackendKind;
 use crate::domain::controller::Controller;
 use crate::domain::volume::{CreateSpec, Volume, TOPOLOGY_KEY};
 
 pub struct ControllerService {
-    inner: Controller,
+    inner: Arc<Controller>,
     kind: BackendKind,
 }
 
 impl ControllerService {
     pub fn new(inner: Controller, kind: BackendKind) -> Self {
-        Self { inner, kind }
+        Self {
+            inner: Arc::new(inner),
+            kind,
+        }
     }
 }
 
@@ -58,10 +62,9 @@ impl csi::controller_server::Controller for ControllerService {
         let req = request.into_inner();
         let name = req.name.clone();
         let spec = CreateSpec::try_from(req).map_err(|e| fail("CreateVolume", &name, None, e))?;
-        let volume = self
-            .inner
-            .create(spec)
-            .await
+        let inner = Arc::clone(&self.inner);
+        let volume = detached(async move { inner.create(spec).await })
+            .await?
             .map_err(|e| fail("CreateVolume", &name, None, e))?;
         tracing::info!(volume.name = name, volume.id = %volume.id, "volume created");
         Ok(Response::new(csi::CreateVolumeResponse {
@@ -76,9 +79,9 @@ impl csi::controller_server::Controller for ControllerService {
         let req = request.into_inner();
         let id = req.volume_id.clone();
         let spec = DeleteSpec::try_from(req).map_err(|e| fail("DeleteVolume", &id, None, e))?;
-        self.inner
-            .delete(&spec.volume_id)
-            .await
+        let inner = Arc::clone(&self.inner);
+        detached(async move { inner.delete(&spec.volume_id).await })
+            .await?
             .map_err(|e| fail("DeleteVolume", &id, None, e))?;
         tracing::info!(volume.id = id, "volume deleted");
         Ok(Response::new(csi::DeleteVolumeResponse {}))
@@ -91,11 +94,11 @@ impl csi::controller_server::Controller for ControllerService {
         let req = request.into_inner();
         let rpc = "ValidateVolumeCapabilities";
         let spec = ValidateSpec::try_from(&req).map_err(|e| fail(rpc, &req.volume_id, None, e))?;
-        let unsupported = self
-            .inner
-            .validate(&spec.volume_id, &spec.capabilities)
-            .await
-            .map_err(|e| fail(rpc, &req.volume_id, None, e))?;
+        let inner = Arc::clone(&self.inner);
+        let unsupported =
+            detached(async move { inner.validate(&spec.volume_id, &spec.capabilities).await })
+                .await?
+                .map_err(|e| fail(rpc, &req.volume_id, None, e))?;
         let reply = match unsupported {
             Some(message) => csi::ValidateVolumeCapabilitiesResponse {
                 confirmed: None,
@@ -144,11 +147,14 @@ impl csi::controller_server::Controller for ControllerService {
     ) -> Result<Response<csi::GetCapacityResponse>, Status> {
         let spec = CapacitySpec::try_from(request.into_inner())
             .map_err(|e| fail("GetCapacity", "", None, e))?;
-        let available = self
-            .inner
-            .capacity(&spec.parameters, &spec.capabilities, spec.topology.as_ref())
-            .await
-            .map_err(|e| fail("GetCapacity", "", None, e))?;
+        let inner = Arc::clone(&self.inner);
+        let available = detached(async move {
+            inner
+                .capacity(&spec.parameters, &spec.capabilities, spec.topology.as_ref())
+                .await
+        })
+        .await?
+        .map_err(|e| fail("GetCapacity", "", None, e))?;
         Ok(Response::new(csi::GetCapacityResponse {
             available_capacity: available,
             maximum_volume_size: None,

@@ -10,8 +10,24 @@ pub mod request;
 pub mod status;
 
 use std::fmt::Display;
+use std::future::Future;
 
 use tonic::Status;
+
+/// Run a domain call to completion even if its caller goes away. tonic drops a handler's future
+/// when the client's deadline (`grpc-timeout`) passes; the domain work, and the per-volume guard
+/// it holds, must not be cut short there, or the sidecar's retry would run alongside it.
+async fn detached<T, E>(
+    work: impl Future<Output = Result<T, E>> + Send + 'static,
+) -> Result<Result<T, E>, Status>
+where
+    T: Send + 'static,
+    E: Send + 'static,
+{
+    tokio::spawn(work)
+        .await
+        .map_err(|e| Status::internal(format!("the call's task failed: {e}")))
+}
 
 /// Log a failed call once, at the boundary, and turn it into its status.
 fn fail<E: Display + Into<Status>>(

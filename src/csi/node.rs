@@ -1,18 +1,19 @@
 //! CSI Node: short adapters over [`crate::domain::node::Node`].
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::fail;
 use super::proto as csi;
 use super::request::VolumeAtPath;
+use super::{detached, fail};
 use crate::domain::access::BackendKind;
 use crate::domain::node::Node;
 use crate::domain::volume::{PublishSpec, TOPOLOGY_KEY};
 
 pub struct NodeService {
-    inner: Node,
+    inner: Arc<Node>,
     node_id: String,
     /// Local volumes are reachable only from this node (topology); NFS volumes from anywhere.
     kind: BackendKind,
@@ -21,7 +22,7 @@ pub struct NodeService {
 impl NodeService {
     pub fn new(inner: Node, node_id: String, kind: BackendKind) -> Self {
         Self {
-            inner,
+            inner: Arc::new(inner),
             node_id,
             kind,
         }
@@ -47,9 +48,9 @@ impl csi::node_server::Node for NodeService {
         let spec =
             PublishSpec::try_from(req).map_err(|e| fail("NodePublishVolume", &id, None, e))?;
         let target = spec.target.clone();
-        self.inner
-            .publish(spec)
-            .await
+        let inner = Arc::clone(&self.inner);
+        detached(async move { inner.publish(spec).await })
+            .await?
             .map_err(|e| fail("NodePublishVolume", &id, Some(&target), e))?;
         tracing::info!(volume.id = id, target.path = %target.display(), "volume published");
         Ok(Response::new(csi::NodePublishVolumeResponse {}))
@@ -63,9 +64,10 @@ impl csi::node_server::Node for NodeService {
         let id = req.volume_id.clone();
         let spec =
             VolumeAtPath::try_from(req).map_err(|e| fail("NodeUnpublishVolume", &id, None, e))?;
-        self.inner
-            .unpublish(&spec.volume_id, &spec.path)
-            .await
+        let inner = Arc::clone(&self.inner);
+        let (volume_id, path) = (spec.volume_id, spec.path.clone());
+        detached(async move { inner.unpublish(&volume_id, &path).await })
+            .await?
             .map_err(|e| fail("NodeUnpublishVolume", &id, Some(&spec.path), e))?;
         tracing::info!(volume.id = id, target.path = %spec.path.display(), "volume unpublished");
         Ok(Response::new(csi::NodeUnpublishVolumeResponse {}))

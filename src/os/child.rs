@@ -33,6 +33,29 @@ impl Finished {
     }
 }
 
+/// Kills the helper's whole process group if the run is abandoned part-way (its future
+/// dropped), so grandchildren such as mount.nfs never outlive the call. Disarmed once the
+/// helper has been reaped, before its group id could be reused.
+struct GroupKiller(Option<Pid>);
+
+impl GroupKiller {
+    fn kill(&mut self) {
+        if let Some(group) = self.0.take() {
+            let _ = killpg(group, Signal::SIGKILL);
+        }
+    }
+
+    fn disarm(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for GroupKiller {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 /// Run `cmd` to completion or until `limit`, whichever is first. `what` names it in errors.
 pub async fn run(mut cmd: Command, what: &str, limit: Duration) -> Result<Finished, OsError> {
     cmd.stdin(Stdio::null())
@@ -45,7 +68,13 @@ pub async fn run(mut cmd: Command, what: &str, limit: Duration) -> Result<Finish
         program: program.clone(),
         source,
     })?;
-    let pid = child.id();
+    // The group id equals the helper's pid because of process_group(0).
+    let mut killer = GroupKiller(
+        child
+            .id()
+            .and_then(|p| i32::try_from(p).ok())
+            .map(Pid::from_raw),
+    );
     let mut out = child.stdout.take();
     let mut err = child.stderr.take();
     let work = async {
@@ -66,6 +95,7 @@ pub async fn run(mut cmd: Command, what: &str, limit: Duration) -> Result<Finish
     };
     match tokio::time::timeout(limit, work).await {
         Ok((status, stdout, stderr)) => {
+            killer.disarm();
             let status = status.map_err(|source| OsError::Spawn { program, source })?;
             Ok(Finished {
                 success: status.success(),
@@ -75,10 +105,7 @@ pub async fn run(mut cmd: Command, what: &str, limit: Duration) -> Result<Finish
             })
         }
         Err(_) => {
-            if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
-                // The group id equals the helper's pid because of process_group(0).
-                let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
-            }
+            killer.kill();
             let _ = child.start_kill();
             let _ = tokio::time::timeout(REAP_GRACE, child.wait()).await;
             Err(OsError::TimedOut {
@@ -135,6 +162,36 @@ mod tests {
             std::thread::sleep(Duration::from_millis(20));
         }
         assert!(!alive, "grandchild {pid} survived the timeout");
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_run_kills_the_whole_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("grandchild");
+        let mut c = Command::new("sh");
+        c.arg("-c")
+            .arg(format!("sleep 60 & echo $! > {}; wait", pidfile.display()));
+        // The caller gives up (its future is dropped) long before the helper's own bound.
+        let _ = tokio::time::timeout(
+            Duration::from_millis(300),
+            run(c, "sleeper", Duration::from_secs(60)),
+        )
+        .await;
+        let pid: i32 = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let mut alive = true;
+        for _ in 0..50 {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            if stat.is_empty() || stat.contains(") Z ") {
+                alive = false;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(!alive, "grandchild {pid} outlived the abandoned call");
     }
 
     #[tokio::test]
