@@ -105,6 +105,12 @@ fn node_id(args: &ServeArgs) -> Result<String, ServerError> {
 pub fn assemble(args: &ServeArgs, os: Arc<dyn Os>) -> Result<Vec<Plugin>, ServerError> {
     let node_id = node_id(args)?;
     let (local, nfs) = args.endpoints();
+    if local.is_some() && local == nfs {
+        return Err(ServerError::BadEndpoint(format!(
+            "{} is given for both backends; each needs its own",
+            local.unwrap_or_default()
+        )));
+    }
     let mut plugins = Vec::new();
     let mut add = |endpoint: &str, name: &str, backend: Backend| -> Result<(), ServerError> {
         let kind = backend.kind();
@@ -153,8 +159,36 @@ pub fn assemble(args: &ServeArgs, os: Arc<dyn Os>) -> Result<Vec<Plugin>, Server
 }
 
 enum Listener {
-    Unix(UnixListener, PathBuf),
+    Unix(UnixListener, OwnSocket),
     Tcp(TcpListener),
+}
+
+/// A socket file this process bound, remembered by inode so that shutdown removes only our
+/// own: after an overlapping rollout the path may already hold the successor's socket.
+struct OwnSocket {
+    path: PathBuf,
+    dev: u64,
+    ino: u64,
+}
+
+impl OwnSocket {
+    fn new(path: &std::path::Path, meta: &std::fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        Self {
+            path: path.to_path_buf(),
+            dev: meta.dev(),
+            ino: meta.ino(),
+        }
+    }
+
+    fn remove(&self) {
+        use std::os::unix::fs::MetadataExt;
+        if let Ok(meta) = std::fs::symlink_metadata(&self.path) {
+            if (meta.dev(), meta.ino()) == (self.dev, self.ino) {
+                let _ = std::fs::remove_file(&self.path);
+            }
+        }
+    }
 }
 
 /// Bind one endpoint. A stale socket left by a killed predecessor is replaced (bind would fail
@@ -171,6 +205,14 @@ async fn listen(endpoint: &Endpoint) -> Result<Listener, ServerError> {
             }
             match std::fs::symlink_metadata(path) {
                 Ok(meta) if meta.file_type().is_socket() => {
+                    // A socket someone still answers on belongs to a live instance (an
+                    // overlapping rollout): never steal it.
+                    if tokio::net::UnixStream::connect(path).await.is_ok() {
+                        return Err(err(std::io::Error::new(
+                            std::io::ErrorKind::AddrInUse,
+                            "another process is serving on this socket",
+                        )));
+                    }
                     std::fs::remove_file(path).map_err(err)?
                 }
                 Ok(_) => {
@@ -182,10 +224,9 @@ async fn listen(endpoint: &Endpoint) -> Result<Listener, ServerError> {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(err(e)),
             }
-            Ok(Listener::Unix(
-                UnixListener::bind(path).map_err(err)?,
-                path.clone(),
-            ))
+            let listener = UnixListener::bind(path).map_err(err)?;
+            let identity = std::fs::symlink_metadata(path).map_err(err)?;
+            Ok(Listener::Unix(listener, OwnSocket::new(path, &identity)))
         }
         Endpoint::Tcp(addr) => Ok(Listener::Tcp(
             TcpListener::bind(addr.as_str()).await.map_err(err)?,
@@ -206,8 +247,8 @@ pub async fn serve(
             Ok(listener) => bound.push((plugin, listener)),
             Err(e) => {
                 for (_, listener) in bound {
-                    if let Listener::Unix(_, path) = listener {
-                        let _ = std::fs::remove_file(path);
+                    if let Listener::Unix(_, socket) = listener {
+                        socket.remove();
                     }
                 }
                 return Err(e);
@@ -231,8 +272,8 @@ pub async fn serve(
         };
         tracing::info!(endpoint = ?plugin.endpoint, "serving");
         match listener {
-            Listener::Unix(listener, path) => {
-                sockets.push(path);
+            Listener::Unix(listener, socket) => {
+                sockets.push(socket);
                 tasks.spawn(
                     router.serve_with_incoming_shutdown(UnixListenerStream::new(listener), stopped),
                 );
@@ -261,7 +302,7 @@ pub async fn serve(
         }
     }
     for socket in sockets {
-        let _ = std::fs::remove_file(socket);
+        socket.remove();
     }
     result
 }
@@ -309,6 +350,30 @@ mod listen_tests {
         std::fs::write(&path, b"precious").unwrap();
         assert!(listen(&Endpoint::Unix(path.clone())).await.is_err());
         assert_eq!(std::fs::read(&path).unwrap(), b"precious");
+    }
+
+    #[tokio::test]
+    async fn a_live_socket_is_not_stolen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("csi.sock");
+        let _live = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        assert!(listen(&Endpoint::Unix(path.clone())).await.is_err());
+        assert!(path.exists());
+    }
+
+    #[tokio::test]
+    async fn shutdown_removes_only_its_own_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("csi.sock");
+        let Ok(Listener::Unix(_listener, ours)) = listen(&Endpoint::Unix(path.clone())).await
+        else {
+            panic!("bind")
+        };
+        // A successor replaced the socket file meanwhile.
+        std::fs::remove_file(&path).unwrap();
+        let _successor = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        ours.remove();
+        assert!(path.exists(), "the successor's socket was removed");
     }
 
     #[tokio::test]

@@ -738,8 +738,26 @@ async fn nfs_reclaim_delete_retain_archive() {
         std::fs::read(export.join("unrelated.txt")).unwrap(),
         b"keep me"
     );
-    // The records are gone; the names are free again.
-    assert!(rig.create(seed_claim(0, "delete")).await.is_ok());
+    // The records are gone: a new claim (another PV name) may take the deleted and the
+    // archived directories (would be ALREADY_EXISTS while an old record remained).
+    for i in [0, 2] {
+        let mut again = seed_claim(i, "delete");
+        again.name = format!("pvc-{i}-new");
+        rig.create(again).await.unwrap();
+    }
+    // The retained directory still has its data: a new claim adopts it only when the class
+    // says reuseExisting, and only because the old record is gone.
+    let mut reuse = seed_claim(1, "delete");
+    reuse.name = "pvc-1-new".into();
+    assert_eq!(code(rig.create(reuse.clone()).await), Code::AlreadyExists);
+    reuse
+        .parameters
+        .insert("reuseExisting".into(), "true".into());
+    rig.create(reuse).await.unwrap();
+    assert_eq!(
+        std::fs::read(export.join("default/www-web-1/index.html")).unwrap(),
+        b"hello"
+    );
 }
 
 #[tokio::test]
@@ -1056,10 +1074,9 @@ async fn nfs_crash_after_archive_is_completed_by_the_retry() {
         std::fs::read(export.join("default/archived-www-web-0/data")).unwrap(),
         b"d"
     );
-    assert!(
-        rig.create(seed_claim(0, "archive")).await.is_ok(),
-        "the record was removed"
-    );
+    let mut again = seed_claim(0, "archive");
+    again.name = "pvc-0-new".into();
+    assert!(rig.create(again).await.is_ok(), "the record was removed");
 }
 
 // ---------------------------------------------------------------- ownership and contexts
@@ -1325,4 +1342,66 @@ async fn a_caller_giving_up_does_not_release_the_volume_while_work_continues() {
     rig.publish(&v.volume_id, &b, Mode::SingleNodeWriter, false)
         .await
         .unwrap();
+}
+
+#[tokio::test]
+async fn a_directory_with_content_is_never_adopted_unasked() {
+    let rig = Rig::nfs();
+    // Make the export mount exist, then an admin's hand-made parent with a volume inside it.
+    rig.create(seed_claim(9, "delete")).await.unwrap();
+    let export = rig.export_dir();
+    std::fs::create_dir(export.join("team")).unwrap();
+    let mut inner = seed_claim(0, "delete");
+    inner.parameters.insert("subDir".into(), "team/x".into());
+    rig.create(inner).await.unwrap();
+    std::fs::write(export.join("team/x/data"), b"inner").unwrap();
+    // A class whose subDir is the hand-made parent: no marker there, but it is not empty.
+    let mut outer = seed_claim(1, "delete");
+    outer.parameters.insert("subDir".into(), "team".into());
+    assert_eq!(code(rig.create(outer).await), Code::AlreadyExists);
+    // An admin's files are not adopted either, and nothing was claimed for them.
+    std::fs::create_dir(export.join("admin")).unwrap();
+    std::fs::write(export.join("admin/notes"), b"mine").unwrap();
+    let mut admin = seed_claim(2, "delete");
+    admin.parameters.insert("subDir".into(), "admin".into());
+    assert_eq!(code(rig.create(admin.clone()).await), Code::AlreadyExists);
+    assert_eq!(std::fs::read(export.join("team/x/data")).unwrap(), b"inner");
+    assert_eq!(std::fs::read(export.join("admin/notes")).unwrap(), b"mine");
+    admin
+        .parameters
+        .insert("reuseExisting".into(), "maybe".into());
+    assert_eq!(code(rig.create(admin).await), Code::InvalidArgument);
+}
+
+#[tokio::test]
+async fn a_class_with_ro_mount_option_publishes_idempotently() {
+    let rig = Rig::nfs();
+    let mut req = seed_claim(0, "delete");
+    req.volume_capabilities = vec![cap(Mode::MultiNodeReaderOnly, &["ro", "nfsvers=4.2"])];
+    // The controller still writes below the export: its staging mount drops `ro`.
+    let v = rig.create(req).await.unwrap().volume_id;
+    assert!(
+        rig.fake.calls()[0].ends_with("opts=nfsvers=4.2"),
+        "{:?}",
+        rig.fake.calls()
+    );
+    let t = rig.path().join("t");
+    for _ in 0..2 {
+        let req = publish_req(
+            &v,
+            &t,
+            Mode::MultiNodeMultiWriter,
+            false,
+            &["ro", "nfsvers=4.2"],
+        );
+        rig.node
+            .node_publish_volume(Request::new(req))
+            .await
+            .unwrap();
+    }
+    assert!(rig
+        .fake
+        .table()
+        .iter()
+        .any(|m| m.mount_point == t && m.readonly));
 }

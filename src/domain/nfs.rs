@@ -26,7 +26,6 @@ use super::params::{from_map, NfsParams};
 use super::record::{Claim, RecordDir};
 use super::volume::{CreateSpec, Volume};
 use super::volume_id::{owner_tag, validate_mount_option, NfsId, OnDelete, VolumeId};
-use crate::os::safe_fs::OWNED_MARKER;
 use crate::os::{mountinfo, FsOp, FsReply, Medium, MountSource, MountSpec, Os, OsError, RelPath};
 
 /// pvdir's own state directory on each export.
@@ -48,6 +47,7 @@ struct NfsRecord {
 pub struct NfsPlan {
     pub id: NfsId,
     mode: Option<u32>,
+    reuse_existing: bool,
 }
 
 pub struct NfsBackend {
@@ -114,6 +114,8 @@ impl NfsBackend {
         options: &[String],
         volume: &str,
     ) -> Result<PathBuf, ControllerError> {
+        // The controller writes below the export: a class's `ro` is for the pods' mounts only.
+        let options: Vec<String> = options.iter().filter(|o| *o != "ro").cloned().collect();
         let key = hex::encode(
             &Sha256::digest(format!("{server}\0{share}\0{}", options.join(",")).as_bytes())[..12],
         );
@@ -164,7 +166,7 @@ impl NfsBackend {
             },
             target: target.clone(),
             readonly: false,
-            options: options.to_vec(),
+            options,
         };
         self.os
             .mount(&spec)
@@ -207,6 +209,7 @@ impl NfsBackend {
         let mount_options = mount_options(&spec.capabilities)?;
         Ok(NfsPlan {
             mode: resolved.mode,
+            reuse_existing: resolved.reuse_existing,
             id: NfsId {
                 server: resolved.server,
                 share: resolved.share,
@@ -218,44 +221,25 @@ impl NfsBackend {
         })
     }
 
+    /// An existing record decides an idempotent retry. A fresh volume must not lie inside
+    /// another volume and, unless the class says `reuseExisting: "true"`, must not adopt a
+    /// directory with content: that content was not created for it (other volumes below it, a
+    /// previous claim's retained or archived data, an admin's files), and `onDelete` would
+    /// later remove or move it. The claim is exclusive and
+    /// re-checked after the directory exists, so a racing create of an enclosing or enclosed
+    /// volume makes one of the two back out.
     pub async fn create(
         &self,
         spec: &CreateSpec,
         plan: NfsPlan,
     ) -> Result<Volume, ControllerError> {
-        let (id, mode) = (plan.id, plan.mode);
+        let (id, mode, reuse) = (plan.id, plan.mode, plan.reuse_existing);
+        let volume = spec.name.as_str();
         let mount = self
-            .share_mount(&id.server, &id.share, &id.mount_options, &spec.name)
+            .share_mount(&id.server, &id.share, &id.mount_options, volume)
             .await?;
         let records = self.records(&mount);
-        // No volume inside another volume: deleting the outer one would take the inner with it.
-        let ancestors: Vec<RelPath> =
-            std::iter::successors(id.subdir.parent(), RelPath::parent).collect();
-        let names: Vec<String> = ancestors.iter().map(record_name).collect();
-        let found: Vec<Option<NfsRecord>> = records.load_many(&names, &spec.name).await?;
-        if let Some(outer) = found.into_iter().flatten().next() {
-            return Err(ControllerError::DirectoryClaimed {
-                subdir: id.subdir.to_string(),
-                owner: format!("{} (inside its directory {})", outer.name, outer.subdir),
-            });
-        }
-        // Nor over a directory the driver made to hold other volumes.
-        let op = FsOp::ReadRecords {
-            base: mount.clone(),
-            dir: id.subdir.clone(),
-            names: vec![OWNED_MARKER.to_string()],
-        };
-        if let FsReply::Records(m) = self
-            .remote(op, "inspect volume directory", &spec.name)
-            .await?
-        {
-            if m.into_iter().any(|r| r.is_some()) {
-                return Err(ControllerError::DirectoryClaimed {
-                    subdir: id.subdir.to_string(),
-                    owner: "other volumes nested below it".into(),
-                });
-            }
-        }
+        let own = record_name(&id.subdir);
         let wanted = NfsRecord {
             name: spec.name.clone(),
             capacity_bytes: spec.capacity_bytes,
@@ -263,37 +247,103 @@ impl NfsBackend {
             on_delete: id.on_delete,
             mount_permissions: mode,
         };
-        match records
-            .claim(&record_name(&id.subdir), &wanted, &spec.name)
-            .await?
-        {
-            Claim::Conflict(existing) if existing.name != wanted.name => {
-                return Err(ControllerError::DirectoryClaimed {
-                    subdir: wanted.subdir,
-                    owner: existing.name,
-                })
+        let fresh = match records.load::<NfsRecord>(&own, volume).await? {
+            Some(existing) => {
+                check_same(&existing, &wanted)?;
+                false
             }
-            Claim::Conflict(existing) => {
-                return Err(ControllerError::NameConflict {
-                    name: spec.name.clone(),
-                    difference: format!("existing {existing:?}, requested {wanted:?}"),
-                })
+            None => {
+                self.check_no_enclosing_volume(&records, &id.subdir, volume)
+                    .await?;
+                if !reuse {
+                    self.check_empty(&mount, &id.subdir, volume).await?;
+                }
+                match records.claim(&own, &wanted, volume).await? {
+                    Claim::Fresh => true,
+                    Claim::Matching => false, // an identical create raced us and won
+                    // Someone else's record appeared between our look and our claim.
+                    Claim::Conflict(existing) => {
+                        check_same(&existing, &wanted)?;
+                        false
+                    }
+                }
             }
-            Claim::Fresh | Claim::Matching => {}
-        }
-        // Also on an idempotent retry: the first call may have crashed before this step.
+        };
         let op = FsOp::EnsureDir {
             base: mount.clone(),
             rel: id.subdir.clone(),
             mode,
         };
-        self.remote(op, "create volume directory", &spec.name)
-            .await?;
+        let made = self.remote(op, "create volume directory", volume).await;
+        if fresh {
+            // Re-check now that our claim and directory exist (see the doc comment).
+            let checked = match made {
+                Ok(_) => match self
+                    .check_no_enclosing_volume(&records, &id.subdir, volume)
+                    .await
+                {
+                    Ok(()) if !reuse => self.check_empty(&mount, &id.subdir, volume).await,
+                    other => other,
+                },
+                Err(e) => Err(e),
+            };
+            if let Err(e) = checked {
+                // Leave no orphaned claim that would block this directory forever.
+                if let Err(release) = records.remove(&own, volume).await {
+                    tracing::warn!(volume.name = volume, error = %release, "could not release the claim of a failed create");
+                }
+                return Err(e);
+            }
+        } else {
+            made?;
+        }
         Ok(Volume {
             id: VolumeId::Nfs(id),
             capacity_bytes: spec.capacity_bytes,
             node: None,
         })
+    }
+
+    async fn check_no_enclosing_volume(
+        &self,
+        records: &RecordDir,
+        subdir: &RelPath,
+        volume: &str,
+    ) -> Result<(), ControllerError> {
+        let ancestors: Vec<RelPath> =
+            std::iter::successors(subdir.parent(), RelPath::parent).collect();
+        let names: Vec<String> = ancestors.iter().map(record_name).collect();
+        let found: Vec<Option<NfsRecord>> = records.load_many(&names, volume).await?;
+        match found.into_iter().flatten().next() {
+            Some(outer) => Err(ControllerError::DirectoryClaimed {
+                subdir: subdir.to_string(),
+                owner: format!("{} (inside its directory {})", outer.name, outer.subdir),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    async fn check_empty(
+        &self,
+        mount: &std::path::Path,
+        subdir: &RelPath,
+        volume: &str,
+    ) -> Result<(), ControllerError> {
+        let op = FsOp::HasEntries {
+            base: mount.to_path_buf(),
+            rel: subdir.clone(),
+        };
+        match self.remote(op, "inspect volume directory", volume).await? {
+            FsReply::Entries(None | Some(false)) => Ok(()),
+            FsReply::Entries(Some(true)) => Err(ControllerError::DirectoryClaimed {
+                subdir: subdir.to_string(),
+                owner: "content pvdir did not create for this volume (other volumes, or retained data: use a static PV)".into(),
+            }),
+            other => Err(os_err("inspect volume directory", volume)(OsError::Helper {
+                what: "has-entries".into(),
+                message: format!("unexpected reply {other:?}"),
+            })),
+        }
     }
 
     /// Acts only while the record names this ID's owner. The record goes last, so a retry
@@ -370,6 +420,23 @@ impl NfsBackend {
             })),
         }
     }
+}
+
+/// An existing record for the directory must be this very volume, asked for the same way.
+fn check_same(existing: &NfsRecord, wanted: &NfsRecord) -> Result<(), ControllerError> {
+    if existing.name != wanted.name {
+        return Err(ControllerError::DirectoryClaimed {
+            subdir: wanted.subdir.clone(),
+            owner: existing.name.clone(),
+        });
+    }
+    if existing != wanted {
+        return Err(ControllerError::NameConflict {
+            name: wanted.name.clone(),
+            difference: format!("existing {existing:?}, requested {wanted:?}"),
+        });
+    }
+    Ok(())
 }
 
 fn mount_options(caps: &[Capability]) -> Result<Vec<String>, ControllerError> {

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use serde::Deserialize;
 
-use super::volume_id::{validate_server, validate_share, OnDelete};
+use super::volume_id::{validate_server, validate_share, OnDelete, VolumeKey};
 use crate::os::relpath::RelPath;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -34,6 +34,8 @@ pub struct NfsParams {
     pub mount_permissions: Option<String>,
     #[serde(rename = "onDelete", default)]
     pub on_delete: OnDelete,
+    #[serde(rename = "reuseExisting", default)]
+    pub reuse_existing: Option<String>,
     #[serde(rename = "csi.storage.k8s.io/pvc/name", default)]
     pvc_name: Option<String>,
     #[serde(rename = "csi.storage.k8s.io/pvc/namespace", default)]
@@ -113,6 +115,8 @@ pub struct ResolvedNfs {
     pub subdir: RelPath,
     pub mode: Option<u32>,
     pub on_delete: OnDelete,
+    /// Adopt a directory that already has content (a re-created claim's retained data).
+    pub reuse_existing: bool,
 }
 
 impl NfsParams {
@@ -129,7 +133,11 @@ impl NfsParams {
         let share = self.export()?;
         let pv_name = self.pv_name.as_deref().unwrap_or(name);
         let subdir = match &self.sub_dir {
-            None => pv_name.to_string(),
+            // The PV name as is when it is a plain name (always, for Kubernetes' pvc-<uid>),
+            // else its hashed key, as for local volumes: any CSI name gives one directory.
+            None => VolumeKey::from_name(pv_name)
+                .map(|k| k.as_str().to_string())
+                .ok_or_else(|| value("subDir", format!("no directory name for {pv_name:?}")))?,
             Some(template) => expand(template, |var| match var {
                 "pvc.metadata.name" => self.pvc_name.as_deref(),
                 "pvc.metadata.namespace" => self.pvc_namespace.as_deref(),
@@ -145,6 +153,16 @@ impl NfsParams {
             subdir,
             mode: parse_mode(self.mount_permissions.as_deref())?,
             on_delete: self.on_delete,
+            reuse_existing: match self.reuse_existing.as_deref() {
+                None | Some("false") => false,
+                Some("true") => true,
+                Some(other) => {
+                    return Err(value(
+                        "reuseExisting",
+                        format!("{other:?} is not true or false"),
+                    ))
+                }
+            },
         })
     }
 }

@@ -42,8 +42,12 @@ pub struct PublishSpec {
 }
 
 impl PublishSpec {
+    /// Read-only when the CO says so, when the access mode only reads, or when the class's
+    /// mount options carry `ro` (the mount will be read-only then, so publish must expect it).
     pub fn mount_readonly(&self) -> bool {
-        self.readonly || self.capability.mode.is_read_only()
+        self.readonly
+            || self.capability.mode.is_read_only()
+            || self.capability.mount_flags().iter().any(|f| f == "ro")
     }
 }
 

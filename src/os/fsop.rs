@@ -58,6 +58,8 @@ pub enum FsOp {
     },
     /// Names in `base/dir`, sorted; an absent directory is empty.
     ListRecords { base: PathBuf, dir: RelPath },
+    /// Whether `base/rel` holds anything; `None` when it does not exist.
+    HasEntries { base: PathBuf, rel: RelPath },
     /// Create a publish target directory (the CO creates its parent).
     MakeTarget { path: PathBuf },
     /// Remove an empty publish target directory; absent is not an error.
@@ -73,6 +75,8 @@ pub enum FsReply {
     Records(Vec<Option<Vec<u8>>>),
     /// Whether a record write stored it (false: exclusive and one existed).
     Written(bool),
+    /// Whether a directory has entries (`None`: it does not exist).
+    Entries(Option<bool>),
     Names(Vec<String>),
     Done,
 }
@@ -89,6 +93,7 @@ impl FsOp {
             FsOp::WriteRecord { .. } => "write-record",
             FsOp::RemoveRecord { .. } => "remove-record",
             FsOp::ListRecords { .. } => "list-records",
+            FsOp::HasEntries { .. } => "has-entries",
             FsOp::MakeTarget { .. } => "make-target",
             FsOp::RemoveTarget { .. } => "remove-target",
         }
@@ -140,6 +145,7 @@ pub fn execute(op: &FsOp) -> Result<FsReply, SafeFsError> {
             safe_fs::remove_record(base, dir, name).map(|()| FsReply::Done)
         }
         FsOp::ListRecords { base, dir } => safe_fs::list_records(base, dir).map(FsReply::Names),
+        FsOp::HasEntries { base, rel } => safe_fs::has_entries(base, rel).map(FsReply::Entries),
         FsOp::MakeTarget { path } => {
             match fs::create_dir(path) {
                 Ok(()) => {}

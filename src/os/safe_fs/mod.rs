@@ -41,6 +41,7 @@ pub use ensure::{ensure_dir, OWNED_MARKER};
 pub use prune::prune_owned_parents;
 pub use record::{list_records, read_records, remove_record, write_record};
 pub use remove::{remove_tree, MAX_DEPTH};
+pub use walk::has_entries;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]

@@ -170,6 +170,24 @@ pub(super) fn rmdir_at<P: ?Sized + NixPath>(
     }
 }
 
+/// Whether directory `rel` has any entry: `None` if it does not exist. Reads at most one
+/// entry, so a huge directory costs no more than an empty one.
+pub fn has_entries(base: &Path, rel: &RelPath) -> Result<Option<bool>, SafeFsError> {
+    let Some(leaf) = open_leaf(base, rel)? else {
+        return Ok(None);
+    };
+    let mut dir =
+        nix::dir::Dir::from_fd(leaf.fd).map_err(|e| io("read directory", &leaf.path, e))?;
+    for entry in dir.iter() {
+        let entry = entry.map_err(|e| io("read directory", &leaf.path, e))?;
+        let name = entry.file_name().to_bytes();
+        if name != b"." && name != b".." {
+            return Ok(Some(true));
+        }
+    }
+    Ok(Some(false))
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::test_support::tmp;
