@@ -68,3 +68,6 @@ driver_pid=
 [ "$rc" = 0 ] || { echo "FAIL: driver exited $rc on SIGTERM"; exit 1; }
 [ ! -e "$work/csi.sock" ] || { echo "FAIL: socket not removed on shutdown"; exit 1; }
 echo "csi-sanity (local backend): no mounts or volumes left; SIGTERM shutdown clean"
+passed=$(sed -nE 's/.* ([0-9]+) Passed.*/\1/p' <<<"$summary")
+failed=$(sed -nE 's/.* ([0-9]+) Failed.*/\1/p' <<<"$summary")
+echo "csi-sanity: ${passed:-0} passed, ${failed:-0} failed"
