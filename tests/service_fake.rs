@@ -1405,3 +1405,14 @@ async fn a_class_with_ro_mount_option_publishes_idempotently() {
         .iter()
         .any(|m| m.mount_point == t && m.readonly));
 }
+
+#[tokio::test]
+async fn local_delete_never_touches_a_directory_it_has_no_record_of() {
+    let rig = Rig::local();
+    // Something put a directory where a volume of this name would live, but create never ran.
+    let dir = rig.path().join("root/volumes/pvc-foreign");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("data"), b"not ours").unwrap();
+    rig.delete("v1#local#n1#pvc-foreign").await.unwrap();
+    assert_eq!(std::fs::read(dir.join("data")).unwrap(), b"not ours");
+}

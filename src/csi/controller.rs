@@ -80,10 +80,10 @@ impl csi::controller_server::Controller for ControllerService {
         let id = req.volume_id.clone();
         let spec = DeleteSpec::try_from(req).map_err(|e| fail("DeleteVolume", &id, None, e))?;
         let inner = Arc::clone(&self.inner);
-        detached(async move { inner.delete(&spec.volume_id).await })
+        let outcome = detached(async move { inner.delete(&spec.volume_id).await })
             .await?
             .map_err(|e| fail("DeleteVolume", &id, None, e))?;
-        tracing::info!(volume.id = id, "volume deleted");
+        tracing::info!(volume.id = id, ?outcome, "volume deleted");
         Ok(Response::new(csi::DeleteVolumeResponse {}))
     }
 

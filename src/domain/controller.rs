@@ -8,7 +8,7 @@ use super::access::{unsupported_reason, Capability};
 use super::backend::Backend;
 use super::error::ControllerError;
 use super::guard::{InFlight, InFlightGuard};
-use super::volume::{CreateSpec, Volume, TOPOLOGY_KEY};
+use super::volume::{CreateSpec, Deleted, Volume, TOPOLOGY_KEY};
 use super::volume_id::{VolumeId, VolumeIdError};
 
 pub struct Controller {
@@ -69,9 +69,9 @@ impl Controller {
 
     /// Deleting a volume that does not exist succeeds (the CSI spec's idempotency rule), and
     /// so does an ID this driver never made: there is nothing of ours to delete.
-    pub async fn delete(&self, raw: &str) -> Result<(), ControllerError> {
+    pub async fn delete(&self, raw: &str) -> Result<Deleted, ControllerError> {
         let Some(id) = Self::parse_ours(raw)? else {
-            return Ok(());
+            return Ok(Deleted::NothingToDo);
         };
         let _guard = self.claim(&id.to_string())?;
         match (&*self.backend, &id) {

@@ -15,7 +15,7 @@ use super::access::{unsupported_reason, BackendKind};
 use super::error::ControllerError;
 use super::params::{from_map, parse_mode, LocalParams};
 use super::record::{Claim, RecordDir};
-use super::volume::{CreateSpec, Volume, TOPOLOGY_KEY};
+use super::volume::{CreateSpec, Deleted, Volume, TOPOLOGY_KEY};
 use super::volume_id::{LocalId, VolumeId, VolumeKey};
 use crate::os::{mountinfo, FsOp, FsReply, Medium, Os, OsError, RelPath};
 
@@ -193,12 +193,17 @@ impl LocalBackend {
         Ok(self.volume(key, spec.capacity_bytes))
     }
 
-    pub async fn delete(&self, id: &LocalId, raw: &str) -> Result<(), ControllerError> {
+    /// Acts only while the volume's record exists. The record goes last, so a retry after a
+    /// crash finds it and finishes; a directory without a record was never made by create.
+    pub async fn delete(&self, id: &LocalId, raw: &str) -> Result<Deleted, ControllerError> {
         if id.node != self.node_id {
             return Err(ControllerError::WrongNode {
                 id: raw.to_string(),
                 node: id.node.clone(),
             });
+        }
+        if self.read_record(&id.key).await?.is_none() {
+            return Ok(Deleted::NothingToDo);
         }
         let dir = self.volume_dir(&id.key);
         // Deleting the source of a live bind mount would delete a running pod's data. That
@@ -227,7 +232,7 @@ impl LocalBackend {
         self.records()
             .remove(&Self::record_name(&id.key), raw)
             .await?;
-        Ok(())
+        Ok(Deleted::Removed)
     }
 
     /// Every volume on this node, sorted by key (a stable order for pagination). One read of

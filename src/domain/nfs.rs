@@ -24,7 +24,7 @@ use super::access::{merged_mount_flags, unsupported_reason, BackendKind, Capabil
 use super::error::ControllerError;
 use super::params::{from_map, NfsParams};
 use super::record::{Claim, RecordDir};
-use super::volume::{CreateSpec, Volume};
+use super::volume::{CreateSpec, Deleted, Volume};
 use super::volume_id::{owner_tag, validate_mount_option, NfsId, OnDelete, VolumeId};
 use crate::os::{mountinfo, FsOp, FsReply, Medium, MountSource, MountSpec, Os, OsError, RelPath};
 
@@ -349,7 +349,7 @@ impl NfsBackend {
     /// Acts only while the record names this ID's owner. The record goes last, so a retry
     /// after a crash finds it and finishes; once it is gone the volume is gone, whatever now
     /// lives in the directory.
-    pub async fn delete(&self, id: &NfsId, raw: &str) -> Result<(), ControllerError> {
+    pub async fn delete(&self, id: &NfsId, raw: &str) -> Result<Deleted, ControllerError> {
         let mount = self
             .share_mount(&id.server, &id.share, &id.mount_options, raw)
             .await?;
@@ -360,10 +360,10 @@ impl NfsBackend {
             .await?
             .is_some_and(|r| owner_tag(&r.name) == id.owner);
         if !owned {
-            return Ok(());
+            return Ok(Deleted::NothingToDo);
         }
-        match id.on_delete {
-            OnDelete::Retain => {}
+        let done = match id.on_delete {
+            OnDelete::Retain => Deleted::Retained,
             OnDelete::Delete => {
                 let op = FsOp::RemoveTree {
                     base: mount.clone(),
@@ -371,6 +371,7 @@ impl NfsBackend {
                     prune_parents: true,
                 };
                 self.remote(op, "remove volume directory", raw).await?;
+                Deleted::Removed
             }
             OnDelete::Archive => {
                 let op = FsOp::Archive {
@@ -379,9 +380,11 @@ impl NfsBackend {
                     archived_name: archived_name(&id.subdir),
                 };
                 self.remote(op, "archive volume directory", raw).await?;
+                Deleted::Archived
             }
-        }
-        records.remove(&name, raw).await
+        };
+        records.remove(&name, raw).await?;
+        Ok(done)
     }
 
     pub async fn exists(&self, id: &NfsId, raw: &str) -> Result<bool, ControllerError> {

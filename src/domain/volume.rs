@@ -18,6 +18,20 @@ pub struct Volume {
     pub node: Option<String>,
 }
 
+/// What DeleteVolume did; every case is a success for the CO.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deleted {
+    /// The directory (and its record) were removed.
+    Removed,
+    /// `onDelete: retain`: the directory stays, the record is gone.
+    Retained,
+    /// `onDelete: archive`: the directory was renamed, the record is gone.
+    Archived,
+    /// No record of this volume: deleted before, never made, or its directory now belongs to
+    /// another volume. Nothing was touched.
+    NothingToDo,
+}
+
 /// A validated CreateVolume request.
 #[derive(Debug, Clone)]
 pub struct CreateSpec {
