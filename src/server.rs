@@ -39,7 +39,7 @@ pub enum ServerError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("listening on {endpoint:?}: {source}")]
+    #[error("listening on {endpoint}: {source}")]
     Listen {
         endpoint: Endpoint,
         source: std::io::Error,
@@ -48,6 +48,15 @@ pub enum ServerError {
     Serve(#[from] tonic::transport::Error),
     #[error("cannot determine the node id; pass --node-id")]
     NoNodeId,
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Endpoint::Unix(path) => write!(f, "unix://{}", path.display()),
+            Endpoint::Tcp(addr) => write!(f, "tcp://{addr}"),
+        }
+    }
 }
 
 impl std::str::FromStr for Endpoint {
@@ -259,6 +268,7 @@ pub async fn serve(
     let mut tasks = tokio::task::JoinSet::new();
     let mut sockets = Vec::new();
     for (plugin, listener) in bound {
+        tracing::info!(endpoint = %plugin.endpoint, driver = plugin.identity.name(), "serving");
         let mut router = Server::builder().add_service(IdentityServer::new(plugin.identity));
         if let Some(c) = plugin.controller {
             router = router.add_service(ControllerServer::new(c));
@@ -270,7 +280,6 @@ pub async fn serve(
         let stopped = async move {
             let _ = rx.wait_for(|stop| *stop).await;
         };
-        tracing::info!(endpoint = ?plugin.endpoint, "serving");
         match listener {
             Listener::Unix(listener, socket) => {
                 sockets.push(socket);

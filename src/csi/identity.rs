@@ -12,6 +12,11 @@ pub struct IdentityService {
 }
 
 impl IdentityService {
+    /// The driver name this endpoint answers to.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// `controller`: whether this endpoint also serves the Controller service.
     pub fn new(name: String, kind: BackendKind, controller: bool) -> Self {
         Self {
