@@ -1,0 +1,273 @@
+//! The [`Driver`] harness: a real `pvdir serve` process on a unix socket in its own temporary
+//! directory, stopped and cleaned up (processes and mounts) on drop.
+
+use std::fs::File;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use pvdir::csi::proto as csi;
+use pvdir::csi::proto::controller_client::ControllerClient;
+use pvdir::csi::proto::identity_client::IdentityClient;
+use pvdir::csi::proto::node_client::NodeClient;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+use super::mounts::unmount_all_under;
+use super::requests::key_of;
+
+pub const NODE_ID: &str = "test-node";
+/// How long the driver may take to create its socket and answer Probe.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the driver may take to exit after SIGTERM.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bound on every gRPC call, so a hung driver fails the test instead of hanging it.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A running `pvdir serve` with its own temporary directory:
+/// `<base>/csi.sock`, `<base>/root` (local root), `<base>/driver.log`, and room for targets.
+pub struct Driver {
+    /// `None` once deliberately kept (a mount under it could not be removed).
+    dir: Option<tempfile::TempDir>,
+    /// Canonical path of `dir`, so it compares equal to what the kernel reports in mountinfo.
+    base: PathBuf,
+    child: Option<Child>,
+    channel: Option<Channel>,
+    /// Number of processes started so far (each gets its own log file).
+    generation: u32,
+}
+
+impl Driver {
+    /// A fresh directory and a driver serving on it.
+    pub async fn start() -> Driver {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Like [`Driver::start`], but `setup` runs on the new (canonical) directory before the
+    /// driver starts.
+    pub async fn start_with(setup: impl FnOnce(&Path)) -> Driver {
+        let dir = tempfile::Builder::new()
+            .prefix("pvdir-real-")
+            .tempdir()
+            .expect("create temporary directory");
+        let base = std::fs::canonicalize(dir.path()).expect("canonicalize temporary directory");
+        let mut driver = Driver {
+            dir: Some(dir),
+            base,
+            child: None,
+            channel: None,
+            generation: 0,
+        };
+        setup(&driver.base);
+        driver.spawn().await;
+        driver
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.base.join(rel)
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.path("csi.sock")
+    }
+
+    pub fn root(&self) -> PathBuf {
+        self.path("root")
+    }
+
+    fn log_path(&self, generation: u32) -> PathBuf {
+        self.path(&format!("driver-{generation}.log"))
+    }
+
+    /// `<root>/volumes/<key>` of a local volume ID.
+    pub fn volume_dir(&self, volume_id: &str) -> PathBuf {
+        self.root().join("volumes").join(key_of(volume_id))
+    }
+
+    /// `<root>/meta/<key>.json` of a local volume ID.
+    pub fn record(&self, volume_id: &str) -> PathBuf {
+        self.root()
+            .join("meta")
+            .join(format!("{}.json", key_of(volume_id)))
+    }
+
+    /// Start a driver process on this directory (again, after [`Driver::terminate`]) and wait
+    /// until it answers Probe.
+    pub async fn spawn(&mut self) {
+        assert!(self.child.is_none(), "a driver is already running");
+        self.generation += 1;
+        let log = File::create(self.log_path(self.generation)).expect("create driver log");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_pvdir"));
+        cmd.arg("serve")
+            .arg("--local-endpoint")
+            .arg(format!("unix://{}", self.socket().display()))
+            .arg("--local-root")
+            .arg(self.root())
+            .arg("--node-id")
+            .arg(NODE_ID)
+            .arg("--mode")
+            .arg("all")
+            .arg("--log")
+            .arg("debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone log handle"))
+            .stderr(log);
+        // Hermetic: flags only, no configuration leaking in from the environment.
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("PVDIR_") || key == "NODE_ID" {
+                cmd.env_remove(key);
+            }
+        }
+        // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+        unsafe {
+            cmd.pre_exec(|| {
+                // A test process that is killed outright must not leave drivers running.
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        self.child = Some(cmd.spawn().expect("start the pvdir binary"));
+
+        let socket = self.socket();
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        let channel = loop {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                self.child = None;
+                panic!(
+                    "driver exited during startup with {status}; log:\n{}",
+                    self.read_log(self.generation)
+                );
+            }
+            if socket.exists() {
+                if let Ok(channel) = connect(&socket).await {
+                    let probe = IdentityClient::new(channel.clone())
+                        .probe(csi::ProbeRequest {})
+                        .await;
+                    if probe.is_ok_and(|r| r.into_inner().ready != Some(false)) {
+                        break channel;
+                    }
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "driver did not serve {} within {STARTUP_TIMEOUT:?}; log:\n{}",
+                socket.display(),
+                self.read_log(self.generation)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        self.channel = Some(channel);
+    }
+
+    fn channel(&self) -> Channel {
+        self.channel.clone().expect("driver is running")
+    }
+
+    pub fn controller(&self) -> ControllerClient<Channel> {
+        ControllerClient::new(self.channel())
+    }
+
+    pub fn node(&self) -> NodeClient<Channel> {
+        NodeClient::new(self.channel())
+    }
+
+    /// SIGTERM the driver while our connection is still open (as kubelet's would be) and
+    /// return its exit status; fails the test if it does not exit within `SHUTDOWN_TIMEOUT`.
+    pub async fn terminate(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("driver is running");
+        kill(pid_of(&child), Signal::SIGTERM).expect("send SIGTERM");
+        let deadline = Instant::now() + SHUTDOWN_TIMEOUT;
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait for driver") {
+                break status;
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "driver did not exit within {SHUTDOWN_TIMEOUT:?} of SIGTERM; log:\n{}",
+                    self.read_log(self.generation)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        self.channel = None;
+        status
+    }
+
+    fn read_log(&self, generation: u32) -> String {
+        std::fs::read_to_string(self.log_path(generation))
+            .unwrap_or_else(|e| format!("<no log: {e}>"))
+    }
+}
+
+fn pid_of(child: &Child) -> Pid {
+    Pid::from_raw(i32::try_from(child.id()).expect("pid fits in i32"))
+}
+
+/// Stop a child from a destructor: SIGTERM, a bounded wait, then SIGKILL.
+fn stop_blocking(mut child: Child) {
+    let _ = kill(pid_of(&child), Signal::SIGTERM);
+    let deadline = Instant::now() + SHUTDOWN_TIMEOUT;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        self.channel = None;
+        if let Some(child) = self.child.take() {
+            stop_blocking(child);
+        }
+        let leftover = unmount_all_under(&self.base);
+        if std::thread::panicking() {
+            for generation in 1..=self.generation {
+                eprintln!(
+                    "---- driver log #{generation} ----\n{}",
+                    self.read_log(generation)
+                );
+            }
+        }
+        if !leftover.is_empty() {
+            eprintln!(
+                "could not unmount {leftover:?}; keeping {} rather than deleting through a mount",
+                self.base.display()
+            );
+            if let Some(dir) = self.dir.take() {
+                let _ = dir.keep();
+            }
+        }
+    }
+}
+
+/// A tonic channel over the driver's unix socket.
+async fn connect(socket: &Path) -> Result<Channel, tonic::transport::Error> {
+    let socket = socket.to_path_buf();
+    Endpoint::try_from("http://[::]:50051")
+        .expect("static URI parses")
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(CALL_TIMEOUT)
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let socket = socket.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(socket).await?,
+                ))
+            }
+        }))
+        .await
+}

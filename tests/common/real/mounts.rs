@@ -1,0 +1,111 @@
+//! The mount table, read independently of the driver's own parser, and the mounts tests plant.
+
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStringExt;
+use std::path::{Path, PathBuf};
+
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+
+#[derive(Debug, Clone)]
+pub struct MountLine {
+    /// The directory inside the mounted filesystem shown here (the bind source for binds).
+    pub root: PathBuf,
+    pub mount_point: PathBuf,
+    pub readonly: bool,
+    pub fs_type: String,
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
+fn unescape(field: &str) -> PathBuf {
+    let b = field.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..=i + 3].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    PathBuf::from(OsString::from_vec(out))
+}
+
+fn mount_table() -> Vec<MountLine> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").expect("read /proc/self/mountinfo");
+    text.lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let f: Vec<&str> = left.split(' ').collect();
+            Some(MountLine {
+                root: unescape(f.get(3)?),
+                mount_point: unescape(f.get(4)?),
+                readonly: f.get(5)?.split(',').any(|o| o == "ro"),
+                fs_type: right.split(' ').next()?.to_string(),
+            })
+        })
+        .collect()
+}
+
+/// Every mount whose mount point is exactly `path`, oldest first.
+pub fn mounts_at(path: &Path) -> Vec<MountLine> {
+    mount_table()
+        .into_iter()
+        .filter(|m| m.mount_point == path)
+        .collect()
+}
+
+/// Detach every mount at or below `base`, deepest first, stacked mounts included; returns the
+/// mount points that are still there afterwards.
+pub fn unmount_all_under(base: &Path) -> Vec<PathBuf> {
+    for _ in 0..64 {
+        let mut points: Vec<PathBuf> = mount_table()
+            .into_iter()
+            .map(|m| m.mount_point)
+            .filter(|p| p.starts_with(base))
+            .collect();
+        if points.is_empty() {
+            return points;
+        }
+        points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+        for point in &points {
+            let _ = umount2(point, MntFlags::MNT_DETACH);
+        }
+    }
+    mount_table()
+        .into_iter()
+        .map(|m| m.mount_point)
+        .filter(|p| p.starts_with(base))
+        .collect()
+}
+
+pub fn bind_mount(source: &Path, target: &Path) {
+    mount(
+        Some(source),
+        target,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .unwrap_or_else(|e| panic!("bind {} on {}: {e}", source.display(), target.display()));
+}
+
+pub fn tmpfs_mount(target: &Path) {
+    mount(
+        Some("tmpfs"),
+        target,
+        Some("tmpfs"),
+        MsFlags::empty(),
+        Some("size=1m"),
+    )
+    .unwrap_or_else(|e| panic!("tmpfs on {}: {e}", target.display()));
+}
+
+pub fn unmount(target: &Path) {
+    umount2(target, MntFlags::empty())
+        .unwrap_or_else(|e| panic!("umount {}: {e}", target.display()));
+}

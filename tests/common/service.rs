@@ -1,0 +1,219 @@
+//! Service-tier harness: a [`Rig`] wiring the CSI services exactly as the server does, over
+//! the fake mount table ([`FakeOs`]) and a real temporary directory, plus the request builders
+//! and seed helpers the `service_*.rs` tests share.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use pvdir::csi::controller::ControllerService;
+use pvdir::csi::node::NodeService;
+use pvdir::csi::proto as csi;
+use pvdir::csi::proto::controller_server::Controller as _;
+use pvdir::csi::proto::node_server::Node as _;
+use pvdir::domain::backend::Backend;
+use pvdir::domain::controller::Controller;
+use pvdir::domain::guard::InFlight;
+use pvdir::domain::local::LocalBackend;
+use pvdir::domain::nfs::NfsBackend;
+use pvdir::domain::node::Node;
+use pvdir::os::fake::FakeOs;
+use tonic::{Code, Request};
+
+use csi::volume_capability::access_mode::Mode;
+
+pub struct Rig {
+    /// Mount flags the rig's StorageClass would carry: NFS options, or none for local.
+    flags: &'static [&'static str],
+    pub fake: FakeOs,
+    dir: tempfile::TempDir,
+    pub controller: ControllerService,
+    pub node: Arc<NodeService>,
+}
+
+impl Rig {
+    pub fn path(&self) -> PathBuf {
+        self.dir.path().canonicalize().unwrap()
+    }
+
+    pub fn local() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = FakeOs::new();
+        let root = dir.path().canonicalize().unwrap().join("root");
+        let backend = LocalBackend::new(root, "n1".into(), Arc::new(fake.clone()));
+        for d in backend.layout_dirs() {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        Self::wire(fake, dir, Backend::Local(backend), &[])
+    }
+
+    pub fn nfs() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = FakeOs::new();
+        let staging = dir.path().canonicalize().unwrap().join("staging");
+        std::fs::create_dir_all(&staging).unwrap();
+        let backend = NfsBackend::new(staging, Arc::new(fake.clone()));
+        Self::wire(fake, dir, Backend::Nfs(backend), &["hard"])
+    }
+
+    fn wire(
+        fake: FakeOs,
+        dir: tempfile::TempDir,
+        backend: Backend,
+        flags: &'static [&'static str],
+    ) -> Self {
+        let kind = backend.kind();
+        let backend = Arc::new(backend);
+        let os: Arc<dyn pvdir::os::Os> = Arc::new(fake.clone());
+        let in_flight = InFlight::default();
+        Self {
+            flags,
+            controller: ControllerService::new(
+                Controller::new(Arc::clone(&backend), in_flight.clone()),
+                kind,
+            ),
+            node: Arc::new(NodeService::new(
+                Node::new(backend, os, in_flight),
+                "n1".into(),
+                kind,
+            )),
+            fake,
+            dir,
+        }
+    }
+
+    /// The single staging mount of the NFS rig (the export as the controller sees it).
+    pub fn export_dir(&self) -> PathBuf {
+        let staging = self.path().join("staging");
+        let entries: Vec<_> = std::fs::read_dir(&staging).unwrap().collect();
+        assert_eq!(entries.len(), 1, "one staging mount per export");
+        entries[0].as_ref().unwrap().path()
+    }
+
+    pub async fn create(
+        &self,
+        req: csi::CreateVolumeRequest,
+    ) -> Result<csi::Volume, tonic::Status> {
+        self.controller
+            .create_volume(Request::new(req))
+            .await
+            .map(|r| r.into_inner().volume.unwrap())
+    }
+
+    pub async fn delete(&self, id: &str) -> Result<(), tonic::Status> {
+        self.controller
+            .delete_volume(Request::new(csi::DeleteVolumeRequest {
+                volume_id: id.into(),
+                ..Default::default()
+            }))
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn publish(
+        &self,
+        id: &str,
+        target: &Path,
+        mode: Mode,
+        readonly: bool,
+    ) -> Result<(), tonic::Status> {
+        self.node
+            .node_publish_volume(Request::new(publish_req(
+                id, target, mode, readonly, self.flags,
+            )))
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn unpublish(&self, id: &str, target: &Path) -> Result<(), tonic::Status> {
+        self.node
+            .node_unpublish_volume(Request::new(csi::NodeUnpublishVolumeRequest {
+                volume_id: id.into(),
+                target_path: target.to_string_lossy().into(),
+            }))
+            .await
+            .map(|_| ())
+    }
+}
+
+pub fn cap(mode: Mode, flags: &[&str]) -> csi::VolumeCapability {
+    csi::VolumeCapability {
+        access_mode: Some(csi::volume_capability::AccessMode { mode: mode as i32 }),
+        access_type: Some(csi::volume_capability::AccessType::Mount(
+            csi::volume_capability::MountVolume {
+                mount_flags: flags.iter().map(|f| f.to_string()).collect(),
+                ..Default::default()
+            },
+        )),
+    }
+}
+
+pub fn create_req(
+    name: &str,
+    bytes: i64,
+    mode: Mode,
+    params: &[(&str, &str)],
+) -> csi::CreateVolumeRequest {
+    csi::CreateVolumeRequest {
+        name: name.into(),
+        capacity_range: Some(csi::CapacityRange {
+            required_bytes: bytes,
+            limit_bytes: 0,
+        }),
+        volume_capabilities: vec![cap(mode, &[])],
+        parameters: params
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        ..Default::default()
+    }
+}
+
+pub fn publish_req(
+    id: &str,
+    target: &Path,
+    mode: Mode,
+    readonly: bool,
+    flags: &[&str],
+) -> csi::NodePublishVolumeRequest {
+    csi::NodePublishVolumeRequest {
+        volume_id: id.into(),
+        target_path: target.to_string_lossy().into(),
+        volume_capability: Some(cap(mode, flags)),
+        readonly,
+        ..Default::default()
+    }
+}
+
+pub fn code<T: std::fmt::Debug>(r: Result<T, tonic::Status>) -> Code {
+    r.unwrap_err().code()
+}
+
+pub const SEED_CLASS: &[(&str, &str)] = &[
+    ("server", "10.0.0.1"),
+    ("share", "/export"),
+    ("subDir", "${pvc.metadata.namespace}/${pvc.metadata.name}"),
+    ("mountPermissions", "0770"),
+];
+
+pub fn seed_claim(ordinal: u32, on_delete: &str) -> csi::CreateVolumeRequest {
+    let mut params: Vec<(&str, &str)> = SEED_CLASS.to_vec();
+    params.push(("onDelete", on_delete));
+    let mut req = create_req(
+        &format!("pvc-{ordinal}"),
+        1 << 30,
+        Mode::MultiNodeMultiWriter,
+        &params,
+    );
+    req.volume_capabilities = vec![cap(Mode::MultiNodeMultiWriter, &["hard", "nfsvers=4.2"])];
+    req.parameters.insert(
+        "csi.storage.k8s.io/pvc/name".into(),
+        format!("www-web-{ordinal}"),
+    );
+    req.parameters
+        .insert("csi.storage.k8s.io/pvc/namespace".into(), "default".into());
+    req.parameters.insert(
+        "csi.storage.k8s.io/pv/name".into(),
+        format!("pvc-{ordinal}"),
+    );
+    req
+}
