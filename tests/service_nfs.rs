@@ -297,3 +297,24 @@ async fn nfs_list_volumes_is_unimplemented_as_not_advertised() {
     let rig = Rig::nfs();
     assert_eq!(code(list_code(&rig).await), Code::Unimplemented);
 }
+
+#[tokio::test]
+async fn capacity_without_parameters_names_no_export_and_is_zero() {
+    let rig = Rig::nfs();
+    let reply = rig
+        .controller
+        .get_capacity(Request::new(csi::GetCapacityRequest::default()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(reply.available_capacity, 0);
+    assert!(rig.fake.calls().is_empty(), "nothing was mounted");
+    let bad = csi::GetCapacityRequest {
+        parameters: std::collections::HashMap::from([("share".to_string(), "/e".to_string())]),
+        ..Default::default()
+    };
+    assert_eq!(
+        code(rig.controller.get_capacity(Request::new(bad)).await),
+        Code::InvalidArgument
+    );
+}

@@ -405,6 +405,11 @@ impl NfsBackend {
         parameters: &HashMap<String, String>,
         caps: &[Capability],
     ) -> Result<i64, ControllerError> {
+        // Without parameters no export is named (csi-sanity asks so; the spec makes them
+        // optional): there is no storage to report on.
+        if parameters.is_empty() {
+            return Ok(0);
+        }
         let params: NfsParams = from_map(parameters)?;
         // Capacity is per export; the subdirectory template needs PVC metadata it lacks here.
         let share = params.export()?;

@@ -1,0 +1,22 @@
+# Sourced by guest scripts: start the kernel NFS server exporting a tmpfs at /srv/export to
+# 127.0.0.1 as the NFSv4 root (the overlay root itself cannot be exported, so the export is the
+# pseudo root, fsid=0: clients mount 127.0.0.1:/).
+nfs_server_start() {
+    ip link set lo up
+    modprobe nfsd
+    modprobe nfsv4
+    mkdir -p /srv/export /var/lib/nfs/v4recovery
+    mountpoint -q /srv/export || mount -t tmpfs -o size=512m tmpfs /srv/export
+    mountpoint -q /proc/fs/nfsd || mount -t nfsd nfsd /proc/fs/nfsd
+    # The default 90 s grace period would stall every first OPEN of the run.
+    echo 10 >/proc/fs/nfsd/nfsv4gracetime
+    echo 10 >/proc/fs/nfsd/nfsv4leasetime
+    echo "/srv/export 127.0.0.1(rw,sync,no_subtree_check,no_root_squash,fsid=0)" >/etc/exports
+    exportfs -ra
+    pgrep -x rpc.mountd >/dev/null || rpc.mountd --no-udp -N 3
+    rpc.nfsd -N 3 4
+}
+
+nfs_server_stop() {
+    rpc.nfsd 0
+}
