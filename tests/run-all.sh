@@ -17,9 +17,9 @@ cargo build --release
 tests/csi-sanity.sh
 
 # The host kernel has no NFS client or server: the NFS backend is proven in a VM that has both.
-echo "== NFS backend in a VM: csi-sanity with kernel nfsd and the kernel NFS client"
+echo "== NFS backend in a VM: kernel nfsd and NFS client (csi-sanity, seed story, faults)"
 if [ "${PVDIR_SKIP_VM:-0}" = 1 ]; then
     echo "skipped (PVDIR_SKIP_VM=1)"
 else
-    tests/vm/run.sh tests/vm/guest/csi-sanity-nfs.sh 1200
+    tests/vm/suite.sh
 fi

@@ -37,6 +37,8 @@ pub struct Driver {
     channel: Option<Channel>,
     /// Number of processes started so far (each gets its own log file).
     generation: u32,
+    /// `Some(bound)`: serve the NFS backend with this `--nfs-timeout-secs`; else the local one.
+    nfs_timeout_secs: Option<u64>,
 }
 
 impl Driver {
@@ -48,6 +50,16 @@ impl Driver {
     /// Like [`Driver::start`], but `setup` runs on the new (canonical) directory before the
     /// driver starts.
     pub async fn start_with(setup: impl FnOnce(&Path)) -> Driver {
+        Self::start_backend(setup, None).await
+    }
+
+    /// A driver serving the NFS backend (in the VM suite), with operations that can block on
+    /// the server bounded by `timeout_secs`.
+    pub async fn start_nfs(timeout_secs: u64) -> Driver {
+        Self::start_backend(|_| {}, Some(timeout_secs)).await
+    }
+
+    async fn start_backend(setup: impl FnOnce(&Path), nfs_timeout_secs: Option<u64>) -> Driver {
         let dir = tempfile::Builder::new()
             .prefix("pvdir-real-")
             .tempdir()
@@ -59,6 +71,7 @@ impl Driver {
             child: None,
             channel: None,
             generation: 0,
+            nfs_timeout_secs,
         };
         setup(&driver.base);
         driver.spawn().await;
@@ -100,12 +113,22 @@ impl Driver {
         self.generation += 1;
         let log = File::create(self.log_path(self.generation)).expect("create driver log");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_pvdir"));
-        cmd.arg("serve")
-            .arg("--local-endpoint")
-            .arg(format!("unix://{}", self.socket().display()))
-            .arg("--local-root")
-            .arg(self.root())
-            .arg("--node-id")
+        cmd.arg("serve");
+        match self.nfs_timeout_secs {
+            None => cmd
+                .arg("--local-endpoint")
+                .arg(format!("unix://{}", self.socket().display()))
+                .arg("--local-root")
+                .arg(self.root()),
+            Some(secs) => cmd
+                .arg("--nfs-endpoint")
+                .arg(format!("unix://{}", self.socket().display()))
+                .arg("--nfs-staging-dir")
+                .arg(self.path("staging"))
+                .arg("--nfs-timeout-secs")
+                .arg(secs.to_string()),
+        };
+        cmd.arg("--node-id")
             .arg(NODE_ID)
             .arg("--mode")
             .arg("all")

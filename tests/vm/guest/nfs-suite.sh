@@ -1,0 +1,11 @@
+# In the VM: the NFS integration tests (tests/vm_nfs.rs, built on the host; their path is in
+# target/vm/vm_nfs.bin) against kernel nfsd on 127.0.0.1, run one at a time since some stop
+# and restart the server.
+set -euo pipefail
+here=$(dirname "$(realpath "$0")")
+top=$(cd "$here/../../.." && pwd)
+source "$here/nfs-server.sh"
+nfs_server_start
+bin=$(cat "$top/target/vm/vm_nfs.bin")
+cd "$top"
+PVDIR_VM_EXPORT=/srv/export "$bin" --ignored --test-threads=1 --nocapture

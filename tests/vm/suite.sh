@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The whole VM suite: build what the guest runs (it sees this machine's root), then boot once
+# per guest script. Each boot is bounded; the first failure stops the suite.
+set -euo pipefail
+top=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$top"
+cargo build --release --bin pvdir
+# The NFS integration tests are built here; the guest only runs them.
+mkdir -p target/vm
+cargo test --release --test vm_nfs --no-run --message-format=json 2>/dev/null \
+    | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -1 >target/vm/vm_nfs.bin
+[ -s target/vm/vm_nfs.bin ] || { echo "could not build the vm_nfs tests"; exit 1; }
+started=$(date +%s)
+tests/vm/run.sh tests/vm/guest/csi-sanity-nfs.sh 1200
+tests/vm/run.sh tests/vm/guest/nfs-suite.sh 900
+echo "vm suite: wall time $(( $(date +%s) - started ))s"
