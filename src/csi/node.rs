@@ -82,13 +82,16 @@ impl csi::node_server::Node for NodeService {
         let id = req.volume_id.clone();
         let spec =
             VolumeAtPath::try_from(req).map_err(|e| fail("NodeGetVolumeStats", &id, None, e))?;
-        let s = self
+        let health = self
             .inner
             .stats(&spec.volume_id, &spec.path)
             .await
             .map_err(|e| fail("NodeGetVolumeStats", &id, Some(&spec.path), e))?;
-        Ok(Response::new(csi::NodeGetVolumeStatsResponse {
-            usage: vec![
+        if let Some(why) = &health.abnormal {
+            tracing::warn!(volume.id = id, target.path = %spec.path.display(), reason = %why, "volume abnormal");
+        }
+        let usage = health.usage.map_or_else(Vec::new, |s| {
+            vec![
                 csi::VolumeUsage {
                     available: s.available_bytes,
                     total: s.total_bytes,
@@ -101,8 +104,16 @@ impl csi::node_server::Node for NodeService {
                     used: s.used_inodes,
                     unit: Unit::Inodes as i32,
                 },
-            ],
-            volume_condition: None,
+            ]
+        });
+        Ok(Response::new(csi::NodeGetVolumeStatsResponse {
+            usage,
+            volume_condition: Some(csi::VolumeCondition {
+                abnormal: health.abnormal.is_some(),
+                message: health
+                    .abnormal
+                    .unwrap_or_else(|| "volume is healthy".into()),
+            }),
         }))
     }
 
@@ -114,6 +125,9 @@ impl csi::node_server::Node for NodeService {
         Ok(Response::new(csi::NodeGetCapabilitiesResponse {
             capabilities: vec![
                 rpc_capability(Type::GetVolumeStats),
+                // Stats carry the volume's condition: a server that stops answering shows up
+                // as an abnormal volume instead of a hung or failed call.
+                rpc_capability(Type::VolumeCondition),
                 rpc_capability(Type::SingleNodeMultiWriter),
             ],
         }))

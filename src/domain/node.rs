@@ -15,12 +15,29 @@ use super::backend::Backend;
 use super::error::NodeError;
 use super::guard::{InFlight, InFlightGuard};
 use super::params::{from_map, join_export, without_kubelet_keys, NfsContext};
-use super::volume::{PublishSpec, VolumeStats};
+use super::volume::{PublishSpec, VolumeHealth};
 use super::volume_id::{guard_key, VolumeId, VolumeIdError};
 use crate::os::safe_fs::SafeFsError;
 use crate::os::{
     mountinfo, FsOp, FsReply, Medium, MountEntry, MountSource, MountSpec, Os, OsError,
 };
+
+/// Errors that describe the volume's state rather than a failure of the call.
+fn is_volume_fault(e: &OsError) -> bool {
+    match e {
+        OsError::TimedOut { .. } => true,
+        OsError::Fs(fs) => matches!(
+            fs.errno(),
+            Some(
+                nix::errno::Errno::ESTALE
+                    | nix::errno::Errno::EIO
+                    | nix::errno::Errno::ETIMEDOUT
+                    | nix::errno::Errno::ENOTCONN
+            )
+        ),
+        _ => false,
+    }
+}
 
 /// Bound on stacked mounts removed by one unpublish (a loop guard, not a real-world limit).
 const MAX_STACKED_MOUNTS: usize = 16;
@@ -268,7 +285,7 @@ impl Node {
 
     /// Usage of the volume published at `path`; NOT_FOUND unless that path really is a mount of
     /// this volume.
-    pub async fn stats(&self, volume_id: &str, path: &Path) -> Result<VolumeStats, NodeError> {
+    pub async fn stats(&self, volume_id: &str, path: &Path) -> Result<VolumeHealth, NodeError> {
         let source = self.resolve(volume_id, &HashMap::new()).await?;
         let path = Self::canonical(path).await;
         let mounts = self.mounts(&path).await?;
@@ -283,13 +300,27 @@ impl Node {
                 path,
             });
         }
-        match self
+        let reply = match self
             .os
             .fs(FsOp::Statfs { path: path.clone() }, medium)
             .await
-            .map_err(Self::os_err("statfs volume", &path))?
         {
-            FsReply::Stats(s) => Ok(s.into()),
+            Ok(reply) => reply,
+            // The server did not answer, or answered that the volume is gone or broken: the
+            // volume is abnormal (kubelet reports it as an event on the pod), the call is fine.
+            Err(e) if is_volume_fault(&e) => {
+                return Ok(VolumeHealth {
+                    usage: None,
+                    abnormal: Some(e.to_string()),
+                })
+            }
+            Err(e) => return Err(Self::os_err("statfs volume", &path)(e)),
+        };
+        match reply {
+            FsReply::Stats(s) => Ok(VolumeHealth {
+                usage: Some(s.into()),
+                abnormal: None,
+            }),
             other => Err(NodeError::Os {
                 step: "statfs volume",
                 target: path,

@@ -65,6 +65,15 @@ impl PublishSpec {
     }
 }
 
+/// What NodeGetVolumeStats reports: usage when the filesystem answered, and the volume's
+/// condition. A server that does not answer is a finding about the volume, not a failed call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeHealth {
+    pub usage: Option<VolumeStats>,
+    /// `Some(why)` when the volume is abnormal.
+    pub abnormal: Option<String>,
+}
+
 /// Usage figures for NodeGetVolumeStats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct VolumeStats {
