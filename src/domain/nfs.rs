@@ -121,15 +121,7 @@ impl NfsBackend {
         );
         let target = self.staging.join(&key);
         let device = MountSource::nfs_device(server, share);
-        let mounted = |mounts: &[crate::os::MountEntry]| {
-            mountinfo::top_at(mounts, &target).is_some_and(|m| m.is_remote() && m.source == device)
-        };
-        let mounts = self
-            .os
-            .mounts()
-            .await
-            .map_err(os_err("read mount table", volume))?;
-        if mounted(&mounts) {
+        if self.is_mounted(&target, &device, volume).await? {
             return Ok(target);
         }
         let lock = {
@@ -142,12 +134,7 @@ impl NfsBackend {
             });
         };
         // Someone may have finished mounting between our look and our lock.
-        let mounts = self
-            .os
-            .mounts()
-            .await
-            .map_err(os_err("read mount table", volume))?;
-        if mounted(&mounts) {
+        if self.is_mounted(&target, &device, volume).await? {
             return Ok(target);
         }
         self.os
@@ -173,6 +160,21 @@ impl NfsBackend {
             .await
             .map_err(os_err("mount export", volume))?;
         Ok(target)
+    }
+
+    /// Whether `device` (`server:/path`) is the topmost mount at `target`.
+    async fn is_mounted(
+        &self,
+        target: &std::path::Path,
+        device: &str,
+        volume: &str,
+    ) -> Result<bool, ControllerError> {
+        let mounts = self
+            .os
+            .mounts()
+            .await
+            .map_err(os_err("read mount table", volume))?;
+        Ok(mountinfo::top_at(&mounts, target).is_some_and(|m| m.is_remote() && m.source == device))
     }
 
     async fn remote(

@@ -131,67 +131,62 @@ mod tests {
         assert_eq!(f.stderr_text(), "err");
     }
 
-    #[tokio::test]
-    async fn overrun_kills_the_whole_group() {
-        let dir = tempfile::tempdir().unwrap();
-        let pidfile = dir.path().join("grandchild");
+    /// A `sh` that starts a `sleep 60` grandchild, records its pid in `pidfile` and waits.
+    fn sleeper(pidfile: &std::path::Path) -> Command {
         let mut c = Command::new("sh");
-        // The grandchild records its pid and would outlive a plain kill of `sh`.
         c.arg("-c")
             .arg(format!("sleep 60 & echo $! > {}; wait", pidfile.display()));
-        let started = std::time::Instant::now();
-        let e = run(c, "sleeper", Duration::from_millis(300))
-            .await
-            .unwrap_err();
-        assert!(matches!(e, OsError::TimedOut { .. }));
-        assert!(started.elapsed() < Duration::from_secs(5));
-        let pid: i32 = std::fs::read_to_string(&pidfile)
+        c
+    }
+
+    /// Whether the grandchild recorded in `pidfile` is gone (reaped or a zombie) within a
+    /// second, the time the kernel may take to deliver a group kill.
+    fn grandchild_gone(pidfile: &std::path::Path) -> bool {
+        let pid: i32 = std::fs::read_to_string(pidfile)
             .unwrap()
             .trim()
             .parse()
             .unwrap();
-        // Give the kernel a moment to deliver the group kill, then the grandchild must be gone.
-        let mut alive = true;
         for _ in 0..50 {
             let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            // A reaped or zombie process no longer runs `sleep`.
             if stat.is_empty() || stat.contains(") Z ") {
-                alive = false;
-                break;
+                return true;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        assert!(!alive, "grandchild {pid} survived the timeout");
+        false
+    }
+
+    #[tokio::test]
+    async fn overrun_kills_the_whole_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("grandchild");
+        let started = std::time::Instant::now();
+        let e = run(sleeper(&pidfile), "sleeper", Duration::from_millis(300))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, OsError::TimedOut { .. }));
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert!(
+            grandchild_gone(&pidfile),
+            "the grandchild survived the timeout"
+        );
     }
 
     #[tokio::test]
     async fn an_abandoned_run_kills_the_whole_group() {
         let dir = tempfile::tempdir().unwrap();
         let pidfile = dir.path().join("grandchild");
-        let mut c = Command::new("sh");
-        c.arg("-c")
-            .arg(format!("sleep 60 & echo $! > {}; wait", pidfile.display()));
         // The caller gives up (its future is dropped) long before the helper's own bound.
         let _ = tokio::time::timeout(
             Duration::from_millis(300),
-            run(c, "sleeper", Duration::from_secs(60)),
+            run(sleeper(&pidfile), "sleeper", Duration::from_secs(60)),
         )
         .await;
-        let pid: i32 = std::fs::read_to_string(&pidfile)
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
-        let mut alive = true;
-        for _ in 0..50 {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            if stat.is_empty() || stat.contains(") Z ") {
-                alive = false;
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        assert!(!alive, "grandchild {pid} outlived the abandoned call");
+        assert!(
+            grandchild_gone(&pidfile),
+            "the grandchild outlived the abandoned call"
+        );
     }
 
     #[tokio::test]
