@@ -321,3 +321,121 @@ async fn a_server_that_never_answers_fails_publish_within_the_bound() {
         "delete",
     );
 }
+
+fn mode_of(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the VM suite's kernel NFS server"]
+async fn mount_permissions_apply_to_the_volume_directory_only() {
+    let d = Driver::start_nfs(NFS_TIMEOUT_SECS).await;
+    let export = export();
+    let root_mode = mode_of(&export);
+    let mut req = claim(0, "retain", OPTIONS);
+    req.name = "pvc-perm".into();
+    req.parameters
+        .insert("csi.storage.k8s.io/pvc/namespace".into(), "perm".into());
+    req.parameters
+        .insert("mountPermissions".into(), "0770".into());
+    let id = expect_ok(d.controller().create_volume(req).await, "create")
+        .volume
+        .unwrap()
+        .volume_id;
+    assert_eq!(
+        mode_of(&export.join("perm/www-web-0")),
+        0o770,
+        "the volume directory"
+    );
+    assert_eq!(
+        mode_of(&export.join("perm")),
+        0o755,
+        "its parent is left alone"
+    );
+    assert_eq!(mode_of(&export), root_mode, "the export root is left alone");
+    expect_ok(
+        d.controller().delete_volume(delete_request(&id)).await,
+        "delete",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the VM suite's kernel NFS server"]
+async fn a_root_squash_export_is_a_clear_error_and_leaves_nothing_behind() {
+    let d = Driver::start_nfs(NFS_TIMEOUT_SECS).await;
+    let mut req = claim(0, "delete", OPTIONS);
+    req.name = "pvc-squashed".into();
+    req.parameters.insert("share".into(), "/squash".into());
+    let result = d.controller().create_volume(req).await;
+    println!(
+        "root_squash export: create answered {:?}",
+        result
+            .as_ref()
+            .map(|_| ())
+            .map_err(|s| (s.code(), s.message().to_string()))
+    );
+    assert_eq!(
+        code(&result),
+        Code::FailedPrecondition,
+        "permission denied is final, not retried"
+    );
+    let left: Vec<_> = std::fs::read_dir(export().join("squash"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "no half-made volume or record: {left:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the VM suite's kernel NFS server"]
+async fn a_driver_restarted_between_create_and_publish_loses_nothing() {
+    let mut d = Driver::start_nfs(NFS_TIMEOUT_SECS).await;
+    let mut req = claim(0, "delete", OPTIONS);
+    req.name = "pvc-restart".into();
+    req.parameters
+        .insert("csi.storage.k8s.io/pvc/namespace".into(), "restart".into());
+    let id = expect_ok(d.controller().create_volume(req.clone()).await, "create")
+        .volume
+        .unwrap()
+        .volume_id;
+    // Killed outright, as a node reboot or an OOM kill would.
+    d.kill();
+    d.spawn().await;
+    let again = expect_ok(d.controller().create_volume(req).await, "retried create")
+        .volume
+        .unwrap()
+        .volume_id;
+    assert_eq!(again, id, "the retried create finds the same volume");
+    let target = target_in_pod(&d, "after-restart");
+    expect_ok(
+        d.node()
+            .node_publish_volume(nfs_publish(&id, &target, OPTIONS))
+            .await,
+        "publish after restart",
+    );
+    std::fs::write(target.join("f"), b"x").unwrap();
+    assert!(export().join("restart/www-web-0/f").exists());
+    d.kill();
+    d.spawn().await;
+    // Idempotent across the restart: the mount is found in the mount table, not in memory.
+    expect_ok(
+        d.node()
+            .node_publish_volume(nfs_publish(&id, &target, OPTIONS))
+            .await,
+        "republish",
+    );
+    assert_eq!(mounts_at(&target).len(), 1, "not stacked");
+    expect_ok(
+        d.node()
+            .node_unpublish_volume(unpublish_request(&id, &target))
+            .await,
+        "unpublish",
+    );
+    expect_ok(
+        d.controller().delete_volume(delete_request(&id)).await,
+        "delete",
+    );
+    assert!(!export().join("restart").exists());
+}

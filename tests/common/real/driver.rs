@@ -226,6 +226,14 @@ impl Driver {
         status
     }
 
+    /// SIGKILL the driver, as an OOM kill or a node crash would: no chance to clean up.
+    pub fn kill(&mut self) {
+        let mut child = self.child.take().expect("driver is running");
+        let _ = child.kill();
+        let _ = child.wait();
+        self.channel = None;
+    }
+
     fn read_log(&self, generation: u32) -> String {
         std::fs::read_to_string(self.log_path(generation))
             .unwrap_or_else(|e| format!("<no log: {e}>"))

@@ -24,6 +24,18 @@ nfs_end_grace() {
     echo Y >/proc/fs/nfsd/v4_end_grace
 }
 
+# A second export inside the first, with root_squash: root on the client becomes nobody, as on
+# many real NFS servers. Clients reach it as 127.0.0.1:/squash.
+nfs_server_add_squash_export() {
+    mkdir -p /srv/export/squash
+    mountpoint -q /srv/export/squash || mount -t tmpfs -o size=64m,mode=0755 tmpfs /srv/export/squash
+    cat >/etc/exports <<EXPORTS
+/srv/export 127.0.0.1(rw,sync,no_subtree_check,no_root_squash,fsid=0,crossmnt)
+/srv/export/squash 127.0.0.1(rw,sync,no_subtree_check,root_squash,fsid=2)
+EXPORTS
+    exportfs -ra
+}
+
 nfs_server_stop() {
     rpc.nfsd 0
 }

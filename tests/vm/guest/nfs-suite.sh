@@ -6,6 +6,7 @@ here=$(dirname "$(realpath "$0")")
 top=$(cd "$here/../../.." && pwd)
 source "$here/nfs-server.sh"
 nfs_server_start
+nfs_server_add_squash_export
 bin=$(cat "$top/target/vm/vm_nfs.bin")
 cd "$top"
 PVDIR_VM_EXPORT=/srv/export "$bin" --ignored --test-threads=1 --nocapture
