@@ -79,3 +79,15 @@ pub enum NodeError {
         source: OsError,
     },
 }
+
+impl ControllerError {
+    /// For `map_err`: an OS failure during `step` of work on `volume`.
+    pub fn os(step: &'static str, volume: &str) -> impl FnOnce(OsError) -> ControllerError {
+        let volume = volume.to_string();
+        move |source| ControllerError::Os {
+            step,
+            volume,
+            source,
+        }
+    }
+}

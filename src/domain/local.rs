@@ -94,11 +94,7 @@ impl LocalBackend {
         self.os
             .fs(op, Medium::Local)
             .await
-            .map_err(|source| ControllerError::Os {
-                step,
-                volume: volume.to_string(),
-                source,
-            })
+            .map_err(ControllerError::os(step, volume))
     }
 
     fn records(&self) -> RecordDir {
@@ -212,11 +208,7 @@ impl LocalBackend {
             .os
             .mounts()
             .await
-            .map_err(|source| ControllerError::Os {
-                step: "read mount table",
-                volume: raw.to_string(),
-                source,
-            })?;
+            .map_err(ControllerError::os("read mount table", raw))?;
         if let Some(m) = mountinfo::mounts_of_tree(&mounts, &dir).next() {
             return Err(ControllerError::InUse {
                 id: raw.to_string(),
@@ -261,14 +253,9 @@ impl LocalBackend {
         };
         match self.fs(op, "statfs local root", "*").await? {
             FsReply::Stats(s) => Ok(i64::try_from(s.available_bytes).unwrap_or(i64::MAX)),
-            other => Err(ControllerError::Os {
-                step: "statfs local root",
-                volume: "*".into(),
-                source: OsError::Helper {
-                    what: "statfs".into(),
-                    message: format!("unexpected reply {other:?}"),
-                },
-            }),
+            other => Err(ControllerError::os("statfs local root", "*")(
+                OsError::unexpected_reply("statfs", &other),
+            )),
         }
     }
 }

@@ -59,15 +59,6 @@ pub struct NfsBackend {
     share_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
-fn os_err(step: &'static str, volume: &str) -> impl FnOnce(OsError) -> ControllerError {
-    let volume = volume.to_string();
-    move |source| ControllerError::Os {
-        step,
-        volume,
-        source,
-    }
-}
-
 fn record_name(subdir: &RelPath) -> String {
     let digest = Sha256::digest(subdir.as_str().as_bytes());
     format!("{}.json", &hex::encode(digest)[..32])
@@ -145,7 +136,7 @@ impl NfsBackend {
                 Medium::Local,
             )
             .await
-            .map_err(os_err("create staging directory", volume))?;
+            .map_err(ControllerError::os("create staging directory", volume))?;
         let spec = MountSpec {
             source: MountSource::Nfs {
                 server: server.to_string(),
@@ -158,7 +149,7 @@ impl NfsBackend {
         self.os
             .mount(&spec)
             .await
-            .map_err(os_err("mount export", volume))?;
+            .map_err(ControllerError::os("mount export", volume))?;
         Ok(target)
     }
 
@@ -173,7 +164,7 @@ impl NfsBackend {
             .os
             .mounts()
             .await
-            .map_err(os_err("read mount table", volume))?;
+            .map_err(ControllerError::os("read mount table", volume))?;
         Ok(mountinfo::top_at(&mounts, target).is_some_and(|m| m.is_remote() && m.source == device))
     }
 
@@ -186,7 +177,7 @@ impl NfsBackend {
         self.os
             .fs(op, Medium::Remote)
             .await
-            .map_err(os_err(step, volume))
+            .map_err(ControllerError::os(step, volume))
     }
 
     /// Validate a CreateVolume request and work out the volume it names, touching nothing.
@@ -341,10 +332,7 @@ impl NfsBackend {
                 subdir: subdir.to_string(),
                 owner: "content pvdir did not create for this volume (other volumes, or retained data: use a static PV)".into(),
             }),
-            other => Err(os_err("inspect volume directory", volume)(OsError::Helper {
-                what: "has-entries".into(),
-                message: format!("unexpected reply {other:?}"),
-            })),
+            other => Err(ControllerError::os("inspect volume directory", volume)(OsError::unexpected_reply("has-entries", &other))),
         }
     }
 
@@ -424,10 +412,9 @@ impl NfsBackend {
             .await?
         {
             FsReply::Stats(s) => Ok(i64::try_from(s.available_bytes).unwrap_or(i64::MAX)),
-            other => Err(os_err("statfs export", "*")(OsError::Helper {
-                what: "statfs".into(),
-                message: format!("unexpected reply {other:?}"),
-            })),
+            other => Err(ControllerError::os("statfs export", "*")(
+                OsError::unexpected_reply("statfs", &other),
+            )),
         }
     }
 }

@@ -324,10 +324,7 @@ impl Node {
             other => Err(NodeError::Os {
                 step: "statfs volume",
                 target: path,
-                source: OsError::Helper {
-                    what: "statfs".into(),
-                    message: format!("unexpected reply {other:?}"),
-                },
+                source: OsError::unexpected_reply("statfs", &other),
             }),
         }
     }

@@ -29,23 +29,6 @@ pub struct RecordDir {
     dir: RelPath,
 }
 
-fn os_step(step: &'static str, volume: &str) -> impl FnOnce(OsError) -> ControllerError {
-    let volume = volume.to_string();
-    move |source| ControllerError::Os {
-        step,
-        volume,
-        source,
-    }
-}
-
-/// An operation answered with the wrong kind of reply: a bug, never "absent".
-fn unexpected(op: &'static str, reply: &FsReply) -> OsError {
-    OsError::Helper {
-        what: op.into(),
-        message: format!("unexpected reply {reply:?}"),
-    }
-}
-
 impl RecordDir {
     pub fn new(os: Arc<dyn Os>, medium: Medium, base: PathBuf, dir: RelPath) -> Self {
         Self {
@@ -83,14 +66,16 @@ impl RecordDir {
             .os
             .fs(op, self.medium)
             .await
-            .map_err(os_step(step, volume))?
+            .map_err(ControllerError::os(step, volume))?
         {
             FsReply::Records(found) if found.len() == names.len() => names
                 .iter()
                 .zip(found)
                 .map(|(name, bytes)| bytes.map(|b| self.decode(name, &b)).transpose())
                 .collect(),
-            other => Err(os_step(step, volume)(unexpected("read-records", &other))),
+            other => Err(ControllerError::os(step, volume)(
+                OsError::unexpected_reply("read-records", &other),
+            )),
         }
     }
 
@@ -127,10 +112,12 @@ impl RecordDir {
             .os
             .fs(op, self.medium)
             .await
-            .map_err(os_step(step, volume))?
+            .map_err(ControllerError::os(step, volume))?
         {
             FsReply::Written(stored) => Ok(stored),
-            other => Err(os_step(step, volume)(unexpected("write-record", &other))),
+            other => Err(ControllerError::os(step, volume)(
+                OsError::unexpected_reply("write-record", &other),
+            )),
         }
     }
 
@@ -167,7 +154,7 @@ impl RecordDir {
         self.os
             .fs(op, self.medium)
             .await
-            .map_err(os_step("remove volume record", volume))?;
+            .map_err(ControllerError::os("remove volume record", volume))?;
         Ok(())
     }
 
@@ -182,10 +169,13 @@ impl RecordDir {
             .os
             .fs(op, self.medium)
             .await
-            .map_err(os_step(step, "*"))?
+            .map_err(ControllerError::os(step, "*"))?
         {
             FsReply::Names(names) => Ok(names),
-            other => Err(os_step(step, "*")(unexpected("list-records", &other))),
+            other => Err(ControllerError::os(step, "*")(OsError::unexpected_reply(
+                "list-records",
+                &other,
+            ))),
         }
     }
 }

@@ -94,6 +94,16 @@ pub enum OsError {
     Fs(#[from] safe_fs::SafeFsError),
 }
 
+impl OsError {
+    /// An operation answered with the wrong kind of reply: a bug, never "absent" or "zero".
+    pub fn unexpected_reply(op: &'static str, reply: &FsReply) -> Self {
+        OsError::Helper {
+            what: op.into(),
+            message: format!("unexpected reply {reply:?}"),
+        }
+    }
+}
+
 /// The narrow interface to the machine. Implementations must be cheap to share across tasks.
 #[async_trait]
 pub trait Os: Send + Sync + 'static {
