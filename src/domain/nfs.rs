@@ -43,6 +43,13 @@ struct NfsRecord {
     mount_permissions: Option<u32>,
 }
 
+#[derive(Debug, PartialEq, Eq)]
+enum ShareMount {
+    Absent,
+    Healthy,
+    Stale,
+}
+
 /// A validated NFS CreateVolume: the volume it names and the directory mode.
 pub struct NfsPlan {
     pub id: NfsId,
@@ -97,7 +104,8 @@ impl NfsBackend {
         )
     }
 
-    /// Mount `server:share` under the staging dir unless it already is; returns the mount point.
+    /// Mount `server:share` under the staging dir unless it already is, replacing a mount whose
+    /// file handle went stale; returns the mount point.
     async fn share_mount(
         &self,
         server: &str,
@@ -112,7 +120,7 @@ impl NfsBackend {
         );
         let target = self.staging.join(&key);
         let device = MountSource::nfs_device(server, share);
-        if self.is_mounted(&target, &device, volume).await? {
+        if self.mount_state(&target, &device, volume).await? == ShareMount::Healthy {
             return Ok(target);
         }
         let lock = {
@@ -125,8 +133,18 @@ impl NfsBackend {
             });
         };
         // Someone may have finished mounting between our look and our lock.
-        if self.is_mounted(&target, &device, volume).await? {
-            return Ok(target);
+        match self.mount_state(&target, &device, volume).await? {
+            ShareMount::Healthy => return Ok(target),
+            ShareMount::Absent => {}
+            ShareMount::Stale => {
+                // The export was recreated on the server: every handle below the old mount is
+                // dead, and only a new mount sees the new export.
+                tracing::warn!(volume.name = volume, export = %device, "remounting an export whose file handle went stale");
+                self.os
+                    .unmount(&target, true)
+                    .await
+                    .map_err(ControllerError::os("unmount stale export", volume))?;
+            }
         }
         self.os
             .fs(
@@ -153,19 +171,31 @@ impl NfsBackend {
         Ok(target)
     }
 
-    /// Whether `device` (`server:/path`) is the topmost mount at `target`.
-    async fn is_mounted(
+    /// Whether `device` (`server:/path`) is the topmost mount at `target`, and if so whether
+    /// the server still knows its file handle. A server that does not answer is an error.
+    async fn mount_state(
         &self,
         target: &std::path::Path,
         device: &str,
         volume: &str,
-    ) -> Result<bool, ControllerError> {
+    ) -> Result<ShareMount, ControllerError> {
         let mounts = self
             .os
             .mounts()
             .await
             .map_err(ControllerError::os("read mount table", volume))?;
-        Ok(mountinfo::top_at(&mounts, target).is_some_and(|m| m.is_remote() && m.source == device))
+        if !mountinfo::top_at(&mounts, target).is_some_and(|m| m.is_remote() && m.source == device)
+        {
+            return Ok(ShareMount::Absent);
+        }
+        let probe = FsOp::Statfs {
+            path: target.to_path_buf(),
+        };
+        match self.os.fs(probe, Medium::Remote).await {
+            Ok(_) => Ok(ShareMount::Healthy),
+            Err(e) if e.is_stale_handle() => Ok(ShareMount::Stale),
+            Err(e) => Err(ControllerError::os("check export mount", volume)(e)),
+        }
     }
 
     async fn remote(

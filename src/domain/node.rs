@@ -22,19 +22,17 @@ use crate::os::{
     mountinfo, FsOp, FsReply, Medium, MountEntry, MountSource, MountSpec, Os, OsError,
 };
 
-/// Errors that describe the volume's state rather than a failure of the call.
+/// Errors that describe the volume's state rather than a failure of the call: the server did not
+/// answer, or the NFS client gave up on it. Codes of 512 and above are the kernel's own
+/// (ERESTARTSYS when a forced unmount aborts the call, EBADHANDLE, EJUKEBOX), which the NFS
+/// client lets through to user space.
 fn is_volume_fault(e: &OsError) -> bool {
     match e {
         OsError::TimedOut { .. } => true,
-        OsError::Fs(fs) => matches!(
-            fs.errno(),
-            Some(
-                nix::errno::Errno::ESTALE
-                    | nix::errno::Errno::EIO
-                    | nix::errno::Errno::ETIMEDOUT
-                    | nix::errno::Errno::ENOTCONN
-            )
-        ),
+        _ if e.is_stale_handle() => true,
+        OsError::Fs(fs) => fs.raw_errno().is_some_and(|raw| {
+            raw >= 512 || [libc::EIO, libc::ETIMEDOUT, libc::ENOTCONN].contains(&raw)
+        }),
         _ => false,
     }
 }
@@ -210,13 +208,22 @@ impl Node {
         let mounts = self.mounts(&target).await?;
         let identity = Identity::of(&source, &mounts);
         if let Some(top) = mountinfo::top_at(&mounts, &target) {
-            if identity.matches(top) && top.readonly == readonly {
+            if !(identity.matches(top) && top.readonly == readonly) {
+                return Err(NodeError::TargetBusy {
+                    target,
+                    existing: format!("{} {} ro={}", top.fs_type, top.source, top.readonly),
+                });
+            }
+            if !top.is_remote() || !self.is_stale(&target).await? {
                 return Ok(()); // already published exactly like this
             }
-            return Err(NodeError::TargetBusy {
-                target,
-                existing: format!("{} {} ro={}", top.fs_type, top.source, top.readonly),
-            });
+            // The server recreated the export (restore, failover, a new disk): this mount can
+            // never work again, and kubelet is asking because the pod needs it. Replace it.
+            tracing::warn!(volume.id = %spec.volume_id, target.path = %target.display(), "replacing a mount with a stale file handle");
+            self.os
+                .unmount(&target, true)
+                .await
+                .map_err(Self::os_err("unmount stale target", &target))?;
         }
         if spec.capability.mode == AccessMode::SingleNodeSingleWriter {
             if let Some(other) = mounts
@@ -248,6 +255,19 @@ impl Node {
             .mount(&mount)
             .await
             .map_err(Self::os_err("mount volume", &target))
+    }
+
+    /// Whether the NFS mount at `target` has a stale file handle. A server that does not answer
+    /// is an error, not stale: a new mount would hang just the same.
+    async fn is_stale(&self, target: &Path) -> Result<bool, NodeError> {
+        let probe = FsOp::Statfs {
+            path: target.to_path_buf(),
+        };
+        match self.os.fs(probe, Medium::Remote).await {
+            Ok(_) => Ok(false),
+            Err(e) if e.is_stale_handle() => Ok(true),
+            Err(e) => Err(Self::os_err("check existing mount", target)(e)),
+        }
     }
 
     /// Unmount everything at `target` and remove the directory. Succeeds when nothing is there,

@@ -56,6 +56,27 @@ impl Drop for GroupKiller {
     }
 }
 
+/// A driver that is killed outright (OOM, SIGKILL, a node agent restart) runs no destructors,
+/// so the group kill above never happens: the kernel must do it. PR_SET_PDEATHSIG fires when the
+/// spawning *thread* exits; helpers are spawned from the runtime's worker threads, which live as
+/// long as the driver. Grandchildren are not covered, which is why NFS mounts run mount.nfs
+/// itself rather than mount(8), which would fork it.
+fn die_with_parent(cmd: &mut Command) {
+    let parent = nix::unistd::getpid();
+    // SAFETY: the closure runs between fork and exec and only makes two syscalls (no
+    // allocation, no locks), which is what pre_exec requires.
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
+            // The parent may have died before the prctl took effect.
+            if nix::unistd::getppid() != parent {
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
+}
+
 /// Run `cmd` to completion or until `limit`, whichever is first. `what` names it in errors.
 pub async fn run(mut cmd: Command, what: &str, limit: Duration) -> Result<Finished, OsError> {
     cmd.stdin(Stdio::null())
@@ -63,6 +84,7 @@ pub async fn run(mut cmd: Command, what: &str, limit: Duration) -> Result<Finish
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
+    die_with_parent(&mut cmd);
     let program = cmd.as_std().get_program().to_string_lossy().into_owned();
     let mut child = cmd.spawn().map_err(|source| OsError::Spawn {
         program: program.clone(),
@@ -187,6 +209,35 @@ mod tests {
             grandchild_gone(&pidfile),
             "the grandchild outlived the abandoned call"
         );
+    }
+
+    /// A driver killed outright runs no destructors; the kernel must end its helpers. The
+    /// spawning thread exiting stands in for the driver dying (the signal is tied to it).
+    #[test]
+    fn a_helper_dies_with_the_thread_that_spawned_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("helper");
+        let recorded = pidfile.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let mut c = Command::new("sh");
+            c.arg("-c")
+                .arg(format!("echo $$ > {}; exec sleep 60", recorded.display()));
+            let mut call = Box::pin(run(c, "sleeper", Duration::from_secs(60)));
+            rt.block_on(async {
+                // Start the helper, then stop polling as if the process had died.
+                let _ = tokio::time::timeout(Duration::from_millis(300), call.as_mut()).await;
+            });
+            // Skip every destructor, as SIGKILL would.
+            std::mem::forget(call);
+            std::mem::forget(rt);
+        })
+        .join()
+        .unwrap();
+        assert!(grandchild_gone(&pidfile), "the helper outlived its parent");
     }
 
     #[tokio::test]

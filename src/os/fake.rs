@@ -9,6 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::fsop::{self, FsOp, FsReply};
+use super::safe_fs::SafeFsError;
 use super::{Medium, MountEntry, MountSource, MountSpec, Os, OsError};
 
 #[derive(Default)]
@@ -16,6 +17,8 @@ struct State {
     table: Vec<MountEntry>,
     next_id: u32,
     server_dead: bool,
+    /// IDs of mounts whose file handle the server no longer knows (see `make_stale`).
+    stale: Vec<u32>,
     fail_next_mount: Option<String>,
     calls: Vec<String>,
 }
@@ -77,6 +80,24 @@ impl FakeOs {
 
     pub fn resume_mounts(&self) {
         self.paused.send_replace(false);
+    }
+
+    /// Make the mount now at `target` stale, as after the export was recreated on the server:
+    /// remote operations at or below it fail with ESTALE until it is unmounted.
+    pub fn make_stale(&self, target: &Path) {
+        self.with(|s| {
+            if let Some(e) = s.table.iter().rev().find(|e| e.mount_point == target) {
+                s.stale.push(e.id);
+            }
+        });
+    }
+
+    fn stale_at(&self, path: &Path) -> bool {
+        self.with(|s| {
+            s.table
+                .iter()
+                .any(|e| s.stale.contains(&e.id) && path.starts_with(&e.mount_point))
+        })
     }
 
     pub fn fail_next_mount(&self, message: &str) {
@@ -179,6 +200,13 @@ impl Os for FakeOs {
     async fn fs(&self, op: FsOp, medium: Medium) -> Result<FsReply, OsError> {
         if medium == Medium::Remote && self.with(|s| s.server_dead) {
             return Err(Self::timed_out(op.name()));
+        }
+        if medium == Medium::Remote && self.stale_at(op.path()) {
+            return Err(OsError::Fs(SafeFsError::Io {
+                step: op.name().into(),
+                path: op.path().to_path_buf(),
+                errno: nix::errno::Errno::ESTALE as i32,
+            }));
         }
         tokio::task::spawn_blocking(move || fsop::execute(&op).map_err(OsError::Fs))
             .await

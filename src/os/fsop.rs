@@ -82,6 +82,21 @@ pub enum FsReply {
 }
 
 impl FsOp {
+    /// The path the operation works at or below.
+    pub fn path(&self) -> &Path {
+        match self {
+            FsOp::Statfs { path } | FsOp::MakeTarget { path } | FsOp::RemoveTarget { path } => path,
+            FsOp::EnsureDir { base, .. }
+            | FsOp::RemoveTree { base, .. }
+            | FsOp::Archive { base, .. }
+            | FsOp::ReadRecords { base, .. }
+            | FsOp::WriteRecord { base, .. }
+            | FsOp::RemoveRecord { base, .. }
+            | FsOp::ListRecords { base, .. }
+            | FsOp::HasEntries { base, .. } => base,
+        }
+    }
+
     /// A short name for logs and errors.
     pub fn name(&self) -> &'static str {
         match self {
@@ -180,7 +195,7 @@ fn statfs(path: &Path) -> Result<FsStats, SafeFsError> {
     let s = nix::sys::statvfs::statvfs(path).map_err(|e| SafeFsError::Io {
         step: "statfs".into(),
         path: path.to_path_buf(),
-        errno: e as i32,
+        errno: safe_fs::raw_errno(e),
     })?;
     let frsize = s.fragment_size();
     let blocks = s.blocks();

@@ -102,6 +102,12 @@ impl OsError {
             message: format!("unexpected reply {reply:?}"),
         }
     }
+
+    /// ESTALE: the server no longer knows the file handle behind a mount (the export was
+    /// recreated, restored or moved). Unlike a server that does not answer, remounting cures it.
+    pub fn is_stale_handle(&self) -> bool {
+        matches!(self, OsError::Fs(fs) if fs.errno() == Some(nix::errno::Errno::ESTALE))
+    }
 }
 
 /// The narrow interface to the machine. Implementations must be cheap to share across tasks.

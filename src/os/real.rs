@@ -43,11 +43,11 @@ impl RealOs {
             })?
     }
 
-    async fn umount_helper(&self, target: &Path, flag: &str) -> Result<(), OsError> {
+    async fn umount_helper(&self, target: &Path, flag: Option<&str>) -> Result<(), OsError> {
         let mut cmd = Command::new("umount");
         // -c (no canonicalize): util-linux would otherwise stat the target, which blocks on a
-        // dead server; -f aborts in-flight NFS requests, -l detaches without talking to it.
-        cmd.arg("-c").arg(flag).arg(target);
+        // dead server.
+        cmd.arg("-c").args(flag).arg(target);
         let done = child::run(cmd, "umount", self.remote_timeout).await?;
         if done.success {
             Ok(())
@@ -126,20 +126,25 @@ impl Os for RealOs {
                 if spec.readonly {
                     options.push("ro".into());
                 }
-                let mut cmd = Command::new("mount");
-                cmd.args(["-t", "nfs"]);
+                // mount.nfs directly, not mount(8): a direct child dies with the driver (see
+                // child::die_with_parent), a grandchild would not.
+                let mut cmd = Command::new("mount.nfs");
+                cmd.arg(MountSource::nfs_device(server, path))
+                    .arg(&spec.target);
                 if !options.is_empty() {
                     cmd.arg("-o").arg(options.join(","));
                 }
-                cmd.arg(MountSource::nfs_device(server, path))
-                    .arg(&spec.target);
                 let done = child::run(cmd, "mount.nfs", self.remote_timeout).await?;
                 if done.success {
                     Ok(())
                 } else {
                     Err(OsError::Mount {
                         target: spec.target.clone(),
-                        message: format!("mount exited {:?}: {}", done.code, done.stderr_text()),
+                        message: format!(
+                            "mount.nfs exited {:?}: {}",
+                            done.code,
+                            done.stderr_text()
+                        ),
                     })
                 }
             }
@@ -148,14 +153,19 @@ impl Os for RealOs {
 
     async fn unmount(&self, target: &Path, remote: bool) -> Result<(), OsError> {
         if remote {
-            match self.umount_helper(target, "-f").await {
-                Ok(()) => Ok(()),
-                Err(first) => {
-                    tracing::warn!(target.path = %target.display(), error = %first,
-                        "forced unmount failed; detaching lazily");
-                    self.umount_helper(target, "-l").await
-                }
+            // Gentlest first. A plain unmount flushes what the pod wrote and harms no one.
+            // Only when it cannot finish (a dead server with data to flush) is the unmount
+            // forced: MNT_FORCE aborts every in-flight call on the NFS superblock, which the
+            // kernel shares between all mounts of one server and export, so forcing first would
+            // fail other pods' I/O on a healthy server. Lazy detach is the last resort.
+            let mut result = self.umount_helper(target, None).await;
+            for flag in ["-f", "-l"] {
+                let Err(e) = &result else { break };
+                tracing::warn!(target.path = %target.display(), error = %e,
+                    "unmount did not complete; escalating to umount {flag}");
+                result = self.umount_helper(target, Some(flag)).await;
             }
+            result
         } else {
             let target = target.to_path_buf();
             Self::blocking(move || {

@@ -81,7 +81,7 @@ pub enum SafeFsError {
     InvalidName { name: String },
     /// `step` is a static description on construction; it is a `Cow` only so that the error
     /// can be deserialised on the far side of a process boundary.
-    #[error("{step} {path:?}: {}", Errno::from_raw(*errno))]
+    #[error("{step} {path:?}: {} (errno {errno})", Errno::from_raw(*errno))]
     Io {
         step: Cow<'static, str>,
         #[serde(serialize_with = "serialize_path_lossy")]
@@ -92,10 +92,13 @@ pub enum SafeFsError {
 
 impl SafeFsError {
     pub fn errno(&self) -> Option<Errno> {
+        self.raw_errno().map(Errno::from_raw)
+    }
+
+    /// The errno as the kernel gave it, including codes nix has no name for.
+    pub fn raw_errno(&self) -> Option<i32> {
         match self {
-            SafeFsError::OpenBase { errno, .. } | SafeFsError::Io { errno, .. } => {
-                Some(Errno::from_raw(*errno))
-            }
+            SafeFsError::OpenBase { errno, .. } | SafeFsError::Io { errno, .. } => Some(*errno),
             _ => None,
         }
     }
@@ -134,7 +137,17 @@ fn io(step: &'static str, path: &Path, errno: Errno) -> SafeFsError {
     SafeFsError::Io {
         step: Cow::Borrowed(step),
         path: path.to_path_buf(),
-        errno: errno as i32,
+        errno: raw_errno(errno),
+    }
+}
+
+/// The number behind `errno`, read from the thread's errno when nix does not know it: the NFS
+/// client leaks kernel-internal codes (ERESTARTSYS, 512, when a forced unmount aborts a call),
+/// and nix would turn them all into 0. Call right after the failing syscall.
+pub(crate) fn raw_errno(errno: Errno) -> i32 {
+    match errno {
+        Errno::UnknownErrno => Errno::last_raw(),
+        known => known as i32,
     }
 }
 
@@ -142,6 +155,13 @@ fn io(step: &'static str, path: &Path, errno: Errno) -> SafeFsError {
 mod tests {
     use super::test_support::{rel, tmp, write};
     use super::*;
+
+    #[test]
+    fn unknown_errnos_keep_their_number() {
+        Errno::set_raw(512);
+        assert_eq!(raw_errno(Errno::UnknownErrno), 512);
+        assert_eq!(raw_errno(Errno::ESTALE), libc::ESTALE);
+    }
     use std::ffi::OsStr;
     use std::fs;
     use std::os::unix::ffi::OsStrExt;

@@ -28,7 +28,7 @@ pub(super) fn open_base(base: &Path) -> Result<OwnedFd, SafeFsError> {
     let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
     nix::fcntl::open(base, flags, Mode::empty()).map_err(|e| SafeFsError::OpenBase {
         path: base.to_path_buf(),
-        errno: e as i32,
+        errno: super::raw_errno(e),
     })
 }
 

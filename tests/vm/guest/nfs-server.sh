@@ -24,14 +24,17 @@ nfs_end_grace() {
     echo Y >/proc/fs/nfsd/v4_end_grace
 }
 
-# A second export inside the first, with root_squash: root on the client becomes nobody, as on
-# many real NFS servers. Clients reach it as 127.0.0.1:/squash.
-nfs_server_add_squash_export() {
-    mkdir -p /srv/export/squash
+# Two more exports inside the first, reached as 127.0.0.1:/squash and 127.0.0.1:/volatile:
+# - squash has root_squash: root on the client becomes nobody, as on many real NFS servers;
+# - volatile is a plain directory that tests may recreate (restore from backup), which makes
+#   every client file handle on it stale.
+nfs_server_add_sub_exports() {
+    mkdir -p /srv/export/squash /srv/export/volatile
     mountpoint -q /srv/export/squash || mount -t tmpfs -o size=64m,mode=0755 tmpfs /srv/export/squash
     cat >/etc/exports <<EXPORTS
 /srv/export 127.0.0.1(rw,sync,no_subtree_check,no_root_squash,fsid=0,crossmnt)
 /srv/export/squash 127.0.0.1(rw,sync,no_subtree_check,root_squash,fsid=2)
+/srv/export/volatile 127.0.0.1(rw,sync,no_subtree_check,no_root_squash,fsid=3)
 EXPORTS
     exportfs -ra
 }

@@ -1,12 +1,14 @@
-# In the VM: the NFS integration tests (tests/vm_nfs.rs, built on the host; their path is in
-# target/vm/vm_nfs.bin) against kernel nfsd on 127.0.0.1, run one at a time since some stop
-# and restart the server.
+# In the VM: the NFS integration tests (tests/vm_nfs*.rs, built on the host; their paths are in
+# target/vm/tests) against kernel nfsd on 127.0.0.1, run one at a time since some stop and
+# restart the server.
 set -euo pipefail
 here=$(dirname "$(realpath "$0")")
 top=$(cd "$here/../../.." && pwd)
 source "$here/nfs-server.sh"
 nfs_server_start
-nfs_server_add_squash_export
-bin=$(cat "$top/target/vm/vm_nfs.bin")
+nfs_server_add_sub_exports
 cd "$top"
-PVDIR_VM_EXPORT=/srv/export "$bin" --ignored --test-threads=1 --nocapture
+while read -r bin; do
+    echo "== $(basename "$bin")"
+    PVDIR_VM_EXPORT=/srv/export "$bin" --ignored --test-threads=1 --nocapture
+done <target/vm/tests
