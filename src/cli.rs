@@ -62,6 +62,16 @@ pub struct ServeArgs {
     #[arg(long, value_enum, default_value = "all", env = "PVDIR_MODE")]
     pub mode: Mode,
 
+    /// Overrides --mode for the local backend. The node DaemonSet serves `--mode node
+    /// --local-mode all`: local volumes are provisioned on the node that holds them, NFS
+    /// volumes centrally.
+    #[arg(long, value_enum, env = "PVDIR_LOCAL_MODE")]
+    pub local_mode: Option<Mode>,
+
+    /// Overrides --mode for the NFS backend.
+    #[arg(long, value_enum, env = "PVDIR_NFS_MODE")]
+    pub nfs_mode: Option<Mode>,
+
     /// Endpoint of the local backend (unix:///path or tcp://host:port). If neither endpoint is
     /// given, the local backend is served on unix:///run/pvdir/local.sock.
     #[arg(long, env = "PVDIR_LOCAL_ENDPOINT")]
@@ -120,6 +130,14 @@ impl ServeArgs {
         Duration::from_secs(self.nfs_timeout_secs)
     }
 
+    /// (local, nfs) services after applying the per-backend overrides.
+    pub fn modes(&self) -> (Mode, Mode) {
+        (
+            self.local_mode.unwrap_or(self.mode),
+            self.nfs_mode.unwrap_or(self.mode),
+        )
+    }
+
     /// (local, nfs) endpoints after applying the default.
     pub fn endpoints(&self) -> (Option<String>, Option<String>) {
         match (&self.local_endpoint, &self.nfs_endpoint) {
@@ -132,6 +150,16 @@ impl ServeArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn per_backend_modes_override_the_common_one() {
+        let cli = Cli::try_parse_from(["pvdir", "serve", "--mode", "node", "--local-mode", "all"])
+            .unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!()
+        };
+        assert_eq!(args.modes(), (Mode::All, Mode::Node));
+    }
 
     #[test]
     fn defaults_serve_local_on_default_socket() {

@@ -9,7 +9,7 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tonic::transport::Server;
 
-use crate::cli::ServeArgs;
+use crate::cli::{Mode, ServeArgs};
 use crate::csi::controller::ControllerService;
 use crate::csi::identity::IdentityService;
 use crate::csi::node::NodeService;
@@ -120,40 +120,47 @@ pub fn assemble(args: &ServeArgs, os: Arc<dyn Os>) -> Result<Vec<Plugin>, Server
             local.unwrap_or_default()
         )));
     }
+    let (local_mode, nfs_mode) = args.modes();
     let mut plugins = Vec::new();
-    let mut add = |endpoint: &str, name: &str, backend: Backend| -> Result<(), ServerError> {
-        let kind = backend.kind();
-        let backend = Arc::new(backend);
-        let in_flight = crate::domain::guard::InFlight::default();
-        plugins.push(Plugin {
-            endpoint: endpoint.parse()?,
-            identity: IdentityService::new(name.to_string(), kind, args.mode.controller()),
-            controller: args.mode.controller().then(|| {
-                ControllerService::new(
-                    Controller::new(Arc::clone(&backend), in_flight.clone()),
-                    kind,
-                )
-            }),
-            node: args.mode.node().then(|| {
-                NodeService::new(
-                    Node::new(Arc::clone(&backend), Arc::clone(&os), in_flight.clone()),
-                    node_id.clone(),
-                    kind,
-                )
-            }),
-        });
-        Ok(())
-    };
+    let mut add =
+        |endpoint: &str, name: &str, mode: Mode, backend: Backend| -> Result<(), ServerError> {
+            let kind = backend.kind();
+            let backend = Arc::new(backend);
+            let in_flight = crate::domain::guard::InFlight::default();
+            plugins.push(Plugin {
+                endpoint: endpoint.parse()?,
+                identity: IdentityService::new(name.to_string(), kind, mode.controller()),
+                controller: mode.controller().then(|| {
+                    ControllerService::new(
+                        Controller::new(Arc::clone(&backend), in_flight.clone()),
+                        kind,
+                    )
+                }),
+                node: mode.node().then(|| {
+                    NodeService::new(
+                        Node::new(Arc::clone(&backend), Arc::clone(&os), in_flight.clone()),
+                        node_id.clone(),
+                        kind,
+                    )
+                }),
+            });
+            Ok(())
+        };
     if let Some(endpoint) = local {
         let root = prepare_dir(&args.local_root)?;
         let backend = LocalBackend::new(root, node_id.clone(), Arc::clone(&os));
         for dir in backend.layout_dirs() {
             prepare_dir(&dir)?;
         }
-        add(&endpoint, &args.local_driver_name, Backend::Local(backend))?;
+        add(
+            &endpoint,
+            &args.local_driver_name,
+            local_mode,
+            Backend::Local(backend),
+        )?;
     }
     if let Some(endpoint) = nfs {
-        let staging = if args.mode.controller() {
+        let staging = if nfs_mode.controller() {
             prepare_dir(&args.nfs_staging_dir)?
         } else {
             args.nfs_staging_dir.clone()
@@ -161,6 +168,7 @@ pub fn assemble(args: &ServeArgs, os: Arc<dyn Os>) -> Result<Vec<Plugin>, Server
         add(
             &endpoint,
             &args.nfs_driver_name,
+            nfs_mode,
             Backend::Nfs(NfsBackend::new(staging, Arc::clone(&os))),
         )?;
     }
