@@ -5,6 +5,10 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+pub use crate::ctl::args::{
+    CreateArgs, DeleteArgs, ListArgs, ProbeArgs, PublishArgs, ShowArgs, UnpublishArgs,
+};
+
 #[derive(Debug, Parser)]
 #[command(
     name = "pvdir",
@@ -20,6 +24,20 @@ pub struct Cli {
 pub enum Command {
     /// Serve the CSI API.
     Serve(ServeArgs),
+    /// Ask drivers who they are, whether they are ready and what they serve.
+    Probe(ProbeArgs),
+    /// List the volumes a driver's controller knows (ListVolumes).
+    List(ListArgs),
+    /// Decode a volume ID and show where that volume is mounted on this machine (no driver).
+    Show(ShowArgs),
+    /// Create a volume (CreateVolume) and print its ID.
+    Create(CreateArgs),
+    /// Mount a volume at a target path on the driver's node (NodePublishVolume).
+    Publish(PublishArgs),
+    /// Unmount a volume from a target path (NodeUnpublishVolume).
+    Unpublish(UnpublishArgs),
+    /// Delete a volume (DeleteVolume).
+    Delete(DeleteArgs),
     /// Helpers the driver runs as its own child processes (not for people).
     #[command(hide = true, subcommand)]
     Internal(Internal),

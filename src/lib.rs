@@ -6,10 +6,12 @@
 //! - [`domain`]: volumes, backends, publish logic, and their errors;
 //! - [`os`]: mounts, the mount table, statfs and safe directory operations.
 //!
-//! [`server`] and [`cli`] wire them into the `pvdir` binary.
+//! [`server`] and [`cli`] wire them into the `pvdir` binary. [`ctl`] is the operator's CLI, a
+//! CSI client beside the [`csi`] adapter.
 
 pub mod cli;
 pub mod csi;
+pub mod ctl;
 pub mod domain;
 pub mod os;
 pub mod server;

@@ -1,4 +1,5 @@
-//! The `pvdir` binary: parse flags, set up logging, serve until SIGTERM.
+//! The `pvdir` binary: parse flags, set up logging, serve until SIGTERM; or run one operator
+//! command against a driver (see [`pvdir::ctl`]).
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -6,6 +7,7 @@ use std::sync::Arc;
 
 use clap::Parser;
 use pvdir::cli::{Cli, Command, Internal, LogFormat, ServeArgs};
+use pvdir::ctl;
 use pvdir::os::real::{run_internal_fs, RealOs};
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -76,6 +78,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Probe(args) => ctl::block_on(ctl::probe::run(args)),
+        Command::List(args) => ctl::block_on(ctl::list::run(args)),
+        Command::Show(args) => ctl::report(ctl::show::run(args)),
+        Command::Create(args) => ctl::block_on(ctl::volume::create(args)),
+        Command::Publish(args) => ctl::block_on(ctl::volume::publish(args)),
+        Command::Unpublish(args) => ctl::block_on(ctl::volume::unpublish(args)),
+        Command::Delete(args) => ctl::block_on(ctl::volume::delete(args)),
         Command::Internal(Internal::Fs { op }) => {
             ExitCode::from(u8::try_from(run_internal_fs(&op)).unwrap_or(1))
         }

@@ -1,0 +1,150 @@
+//! One connection to a driver endpoint (unix socket or TCP) and calls on it, each bounded in
+//! time: a dead, wedged or absent driver gives an error, never a hang.
+
+use std::future::Future;
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use tonic::transport::{Channel, Uri};
+use tonic::{Response, Status};
+
+use super::values::code_name;
+use super::CtlError;
+use crate::csi::proto::controller_client::ControllerClient;
+use crate::csi::proto::identity_client::IdentityClient;
+use crate::csi::proto::node_client::NodeClient;
+use crate::server::Endpoint;
+
+pub struct Client {
+    endpoint: Endpoint,
+    channel: Channel,
+    timeout: Duration,
+}
+
+/// An error with its causes, which is where tonic keeps the useful part ("No such file …").
+fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![error.to_string()];
+    let mut next = error.source();
+    while let Some(e) = next {
+        let text = e.to_string();
+        if parts.last() != Some(&text) {
+            parts.push(text);
+        }
+        next = e.source();
+    }
+    parts.join(": ")
+}
+
+async fn dial(endpoint: &Endpoint, timeout: Duration) -> Result<Channel, String> {
+    match endpoint {
+        Endpoint::Unix(path) => {
+            let path = path.clone();
+            // The URI is required by tonic but unused: the connector dials the socket.
+            tonic::transport::Endpoint::from_static("http://localhost")
+                .connect_timeout(timeout)
+                .connect_with_connector(tower::service_fn(move |_: Uri| {
+                    let path = path.clone();
+                    async move {
+                        let stream = tokio::net::UnixStream::connect(path).await?;
+                        Ok::<_, std::io::Error>(TokioIo::new(stream))
+                    }
+                }))
+                .await
+                .map_err(|e| chain(&e))
+        }
+        Endpoint::Tcp(addr) => tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| chain(&e))?
+            .connect_timeout(timeout)
+            .connect()
+            .await
+            .map_err(|e| chain(&e)),
+    }
+}
+
+impl Client {
+    pub async fn connect(endpoint: &Endpoint, timeout: Duration) -> Result<Self, CtlError> {
+        let channel = tokio::time::timeout(timeout, dial(endpoint, timeout))
+            .await
+            .map_err(|_| CtlError::Timeout {
+                step: "connect",
+                endpoint: endpoint.clone(),
+                after: timeout,
+            })?
+            .map_err(|reason| CtlError::Connect {
+                endpoint: endpoint.clone(),
+                reason,
+            })?;
+        Ok(Self {
+            endpoint: endpoint.clone(),
+            channel,
+            timeout,
+        })
+    }
+
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    pub fn identity(&self) -> IdentityClient<Channel> {
+        IdentityClient::new(self.channel.clone())
+    }
+
+    pub fn controller(&self) -> ControllerClient<Channel> {
+        ControllerClient::new(self.channel.clone())
+    }
+
+    pub fn node(&self) -> NodeClient<Channel> {
+        NodeClient::new(self.channel.clone())
+    }
+
+    /// The call's raw outcome, bounded by the timeout; only the timeout is an error here.
+    async fn bounded<T>(
+        &self,
+        rpc: &'static str,
+        call: impl Future<Output = Result<Response<T>, Status>>,
+    ) -> Result<Result<T, Status>, CtlError> {
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(result) => Ok(result.map(Response::into_inner)),
+            Err(_) => Err(CtlError::Timeout {
+                step: rpc,
+                endpoint: self.endpoint.clone(),
+                after: self.timeout,
+            }),
+        }
+    }
+
+    /// The error for a status the driver answered `rpc` with.
+    pub fn refused(&self, rpc: &'static str, status: &Status) -> CtlError {
+        CtlError::Call {
+            rpc,
+            endpoint: self.endpoint.clone(),
+            code: code_name(status.code()),
+            message: status.message().to_string(),
+        }
+    }
+
+    /// Make one call; an error status is a [`CtlError::Call`].
+    pub async fn call<T>(
+        &self,
+        rpc: &'static str,
+        call: impl Future<Output = Result<Response<T>, Status>>,
+    ) -> Result<T, CtlError> {
+        self.bounded(rpc, call)
+            .await?
+            .map_err(|status| self.refused(rpc, &status))
+    }
+
+    /// Like [`Client::call`], but UNIMPLEMENTED (a service or RPC the plugin does not serve)
+    /// is `None`.
+    pub async fn call_optional<T>(
+        &self,
+        rpc: &'static str,
+        call: impl Future<Output = Result<Response<T>, Status>>,
+    ) -> Result<Option<T>, CtlError> {
+        match self.bounded(rpc, call).await? {
+            Ok(reply) => Ok(Some(reply)),
+            Err(status) if status.code() == tonic::Code::Unimplemented => Ok(None),
+            Err(status) => Err(self.refused(rpc, &status)),
+        }
+    }
+}
