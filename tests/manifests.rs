@@ -1,0 +1,701 @@
+//! The install manifests (deploy/) and the Helm chart, checked against the API types and
+//! against the binary. A driver whose manifests name a wrong socket, lack an RBAC verb or a
+//! mount propagation does not work for anyone, whatever csi-sanity says; these tests catch that
+//! without a cluster:
+//! - every document parses strictly into its Kubernetes type (see `common/manifests.rs`);
+//! - the plain manifests equal `helm template` of the chart with default values;
+//! - the pvdir containers' arguments are accepted by the binary's own parser;
+//! - sidecars reach the sockets pvdir serves, and the registrars tell kubelet the host path
+//!   of those same sockets, in kubelet's plugin directory for the driver name served there;
+//! - each sidecar's service account holds the RBAC it needs, and no rule uses a wildcard.
+//!
+//! helm comes from `go install` (.ci/run); without it the chart tests fail unless
+//! `PVDIR_SKIP_HELM=1` says to skip them.
+
+#[path = "common/manifests.rs"]
+mod manifests;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use clap::Parser;
+use k8s_openapi::api::core::v1::{Container, PodSpec};
+use manifests::*;
+use pvdir::cli::{Cli, Command, Mode, ServeArgs};
+use pvdir::domain::params::{from_map, LocalParams, NfsContext, NfsParams};
+
+const NAMESPACE: &str = "pvdir";
+
+fn args_of(c: &Container) -> Vec<String> {
+    c.command
+        .iter()
+        .flatten()
+        .chain(c.args.iter().flatten())
+        .cloned()
+        .collect()
+}
+
+/// `--flag=value` or `--flag value` from a sidecar's arguments.
+fn flag(c: &Container, name: &str) -> Option<String> {
+    let args = args_of(c);
+    args.iter().enumerate().find_map(|(i, a)| {
+        a.strip_prefix(&format!("--{name}="))
+            .map(str::to_string)
+            .or_else(|| {
+                (a == &format!("--{name}")).then(|| args.get(i + 1).cloned().unwrap_or_default())
+            })
+    })
+}
+
+fn has_flag(c: &Container, name: &str) -> bool {
+    args_of(c)
+        .iter()
+        .any(|a| a == &format!("--{name}") || a == &format!("--{name}=true"))
+}
+
+/// The pvdir container's arguments, parsed by the binary's own parser, with `$(VAR)`
+/// references resolved from the container's environment (as kubelet does).
+fn serve_args(c: &Container) -> ServeArgs {
+    let env: Vec<String> = c.env.iter().flatten().map(|e| e.name.clone()).collect();
+    let args: Vec<String> = args_of(c)
+        .into_iter()
+        .map(|a| {
+            let mut a = a;
+            while let Some(start) = a.find("$(") {
+                let end = a[start..].find(')').expect("closed $(") + start;
+                let var = &a[start + 2..end];
+                assert!(
+                    env.iter().any(|e| e == var),
+                    "{}: $({var}) is not in its env",
+                    c.name
+                );
+                a.replace_range(start..=end, "value-of-env");
+            }
+            a
+        })
+        .collect();
+    let cli = Cli::try_parse_from(std::iter::once("pvdir".to_string()).chain(args.clone()))
+        .unwrap_or_else(|e| panic!("the binary rejects {args:?}: {e}"));
+    match cli.command {
+        Command::Serve(args) => args,
+        other => panic!("{}: not `serve`: {other:?}", c.name),
+    }
+}
+
+fn pvdir_container(spec: &PodSpec) -> &Container {
+    spec.containers
+        .iter()
+        .find(|c| c.image.as_deref().is_some_and(|i| i.contains("/pvdir:")))
+        .expect("a pvdir container")
+}
+
+/// Where a path inside a container lives: (volume name, path below the volume's root).
+fn locate(spec: &PodSpec, c: &Container, path: &Path) -> (String, PathBuf) {
+    let mount = c
+        .volume_mounts
+        .iter()
+        .flatten()
+        .filter(|m| path.starts_with(&m.mount_path))
+        .max_by_key(|m| m.mount_path.len())
+        .unwrap_or_else(|| panic!("{}: {path:?} is on no volume", c.name));
+    assert!(
+        spec.volumes.iter().flatten().any(|v| v.name == mount.name),
+        "{}: volume {} is not defined",
+        c.name,
+        mount.name
+    );
+    let rel = path.strip_prefix(&mount.mount_path).unwrap().to_path_buf();
+    (mount.name.clone(), rel)
+}
+
+fn host_path(spec: &PodSpec, volume: &str) -> Option<PathBuf> {
+    spec.volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == volume)
+        .and_then(|v| v.host_path.as_ref())
+        .map(|h| PathBuf::from(&h.path))
+}
+
+fn unix_path(endpoint: &str) -> PathBuf {
+    PathBuf::from(
+        endpoint
+            .strip_prefix("unix://")
+            .unwrap_or_else(|| panic!("{endpoint} is not a unix socket")),
+    )
+}
+
+/// The sockets a pvdir container serves: driver name → (mode, location).
+fn served(spec: &PodSpec) -> BTreeMap<String, (Mode, (String, PathBuf))> {
+    let c = pvdir_container(spec);
+    let args = serve_args(c);
+    let (local_mode, nfs_mode) = args.modes();
+    let mut out = BTreeMap::new();
+    if let Some(e) = &args.local_endpoint {
+        out.insert(
+            args.local_driver_name.clone(),
+            (local_mode, locate(spec, c, &unix_path(e))),
+        );
+    }
+    if let Some(e) = &args.nfs_endpoint {
+        out.insert(
+            args.nfs_driver_name.clone(),
+            (nfs_mode, locate(spec, c, &unix_path(e))),
+        );
+    }
+    out
+}
+
+fn sidecars<'a>(spec: &'a PodSpec, image: &str) -> Vec<&'a Container> {
+    spec.containers
+        .iter()
+        .filter(|c| {
+            c.image
+                .as_deref()
+                .is_some_and(|i| i.contains(&format!("/{image}:")))
+        })
+        .collect()
+}
+
+/// The driver whose socket a sidecar's `--csi-address` reaches, and that driver's mode.
+fn driver_of(spec: &PodSpec, c: &Container) -> (String, Mode) {
+    let address = flag(c, "csi-address").unwrap_or_else(|| panic!("{}: no --csi-address", c.name));
+    let at = locate(spec, c, Path::new(&address));
+    served(spec)
+        .into_iter()
+        .find(|(_, (_, loc))| *loc == at)
+        .map(|(name, (mode, _))| (name, mode))
+        .unwrap_or_else(|| panic!("{}: {address} is not a socket pvdir serves", c.name))
+}
+
+fn check_workloads(objects: &[Object]) {
+    let defaults = match Cli::parse_from(["pvdir", "serve"]).command {
+        Command::Serve(a) => a,
+        _ => unreachable!(),
+    };
+    let drivers: Vec<String> = objects
+        .iter()
+        .filter(|o| o.kind == "CSIDriver")
+        .map(|o| o.name.clone())
+        .collect();
+    assert_eq!(
+        drivers.iter().collect::<std::collections::BTreeSet<_>>(),
+        [&defaults.local_driver_name, &defaults.nfs_driver_name]
+            .into_iter()
+            .collect(),
+        "CSIDriver objects for exactly the binary's two driver names"
+    );
+    let pods = pod_specs(objects);
+    assert!(pods.len() >= 2, "a controller and a node workload");
+    let mut registered = Vec::new();
+    let mut provisioned = Vec::new();
+    for (o, spec) in pods {
+        let pvdir = pvdir_container(spec);
+        for (driver, _) in served(spec).iter() {
+            assert!(
+                drivers.contains(driver),
+                "{}: serves unknown {driver}",
+                o.name
+            );
+        }
+        for c in sidecars(spec, "csi-node-driver-registrar") {
+            let (driver, mode) = driver_of(spec, c);
+            assert!(
+                mode.node(),
+                "{}: registers {driver}, which serves no Node service",
+                c.name
+            );
+            // kubelet dials the host path the registrar reports; it must be the very socket.
+            let reported = PathBuf::from(flag(c, "kubelet-registration-path").unwrap());
+            let (volume, rel) = locate(spec, c, Path::new(&flag(c, "csi-address").unwrap()));
+            let host = host_path(spec, &volume).expect("registrar socket dir is a hostPath");
+            assert_eq!(reported, host.join(rel), "{}", c.name);
+            assert_eq!(
+                host,
+                Path::new("/var/lib/kubelet/plugins").join(&driver),
+                "{}: kubelet's plugin directory for {driver}",
+                c.name
+            );
+            let registration = locate(spec, c, Path::new("/registration"));
+            assert_eq!(
+                host_path(spec, &registration.0),
+                Some("/var/lib/kubelet/plugins_registry".into())
+            );
+            registered.push(driver);
+        }
+        for c in sidecars(spec, "csi-provisioner") {
+            let (driver, mode) = driver_of(spec, c);
+            assert!(
+                mode.controller(),
+                "{}: {driver} serves no Controller",
+                c.name
+            );
+            assert!(
+                has_flag(c, "extra-create-metadata"),
+                "{}: subDir templates need PVC metadata",
+                c.name
+            );
+            if has_flag(c, "node-deployment") {
+                for f in ["enable-capacity", "strict-topology"] {
+                    assert!(has_flag(c, f), "{}: --{f}", c.name);
+                }
+                assert_eq!(flag(c, "immediate-topology").as_deref(), Some("false"));
+                let env: Vec<_> = c.env.iter().flatten().map(|e| e.name.as_str()).collect();
+                assert!(
+                    env.contains(&"NODE_NAME"),
+                    "node deployment needs NODE_NAME"
+                );
+            } else {
+                assert!(
+                    has_flag(c, "leader-election"),
+                    "{}: one active provisioner",
+                    c.name
+                );
+            }
+            provisioned.push(driver);
+        }
+        for c in sidecars(spec, "livenessprobe") {
+            driver_of(spec, c);
+        }
+        check_probe_ports(o, spec);
+        if served(spec).values().any(|(mode, _)| mode.node()) {
+            // Mounts made in the container must reach kubelet and the pods.
+            let kubelet = locate(spec, pvdir, Path::new("/var/lib/kubelet/pods"));
+            let m = pvdir
+                .volume_mounts
+                .iter()
+                .flatten()
+                .find(|m| m.name == kubelet.0)
+                .unwrap();
+            assert_eq!(m.mount_propagation.as_deref(), Some("Bidirectional"));
+            assert_eq!(m.mount_path, "/var/lib/kubelet", "same path as on the host");
+            let privileged = pvdir.security_context.as_ref().and_then(|s| s.privileged);
+            assert_eq!(privileged, Some(true), "Bidirectional propagation needs it");
+            let args = serve_args(pvdir);
+            if args.local_endpoint.is_some() {
+                let (volume, rel) = locate(spec, pvdir, &args.local_root);
+                assert_eq!(
+                    host_path(spec, &volume).map(|h| h.join(rel)),
+                    Some(args.local_root.clone()),
+                    "local volumes live on the host, at the path the binary is given"
+                );
+            }
+        }
+    }
+    for driver in &drivers {
+        assert!(
+            registered.contains(driver),
+            "{driver} is registered with kubelet"
+        );
+        assert!(provisioned.contains(driver), "{driver} has a provisioner");
+    }
+}
+
+/// Every HTTP probe asks a port that a container of the pod really serves (a livenessprobe's
+/// `--health-port`, a registrar's `--http-endpoint`), and on the host's network no two
+/// containers claim one port.
+fn check_probe_ports(o: &Object, spec: &PodSpec) {
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    let served: Vec<i32> = spec
+        .containers
+        .iter()
+        .filter_map(|c| {
+            flag(c, "health-port")
+                .or_else(|| flag(c, "http-endpoint").map(|e| e.trim_start_matches(':').to_string()))
+        })
+        .map(|p| p.parse().expect("a port number"))
+        .collect();
+    for c in &spec.containers {
+        let probes = [&c.liveness_probe, &c.readiness_probe, &c.startup_probe];
+        for get in probes
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p.http_get.as_ref())
+        {
+            let port = match &get.port {
+                IntOrString::Int(p) => *p,
+                IntOrString::String(name) => {
+                    c.ports
+                        .iter()
+                        .flatten()
+                        .find(|p| p.name.as_deref() == Some(name))
+                        .unwrap_or_else(|| panic!("{}/{}: no port named {name}", o.name, c.name))
+                        .container_port
+                }
+            };
+            assert!(
+                served.contains(&port),
+                "{}/{}: nothing serves port {port}",
+                o.name,
+                c.name
+            );
+        }
+    }
+    if spec.host_network == Some(true) {
+        let mut ports: Vec<i32> = spec
+            .containers
+            .iter()
+            .flat_map(|c| c.ports.iter().flatten().map(|p| p.container_port))
+            .collect();
+        let count = ports.len();
+        ports.sort();
+        ports.dedup();
+        assert_eq!(ports.len(), count, "{}: a host port claimed twice", o.name);
+    }
+}
+
+/// What each sidecar does with the API, from its documentation: (group, resource, verbs).
+fn needs(c: &Container) -> Vec<(&'static str, &'static str, &'static [&'static str])> {
+    let mut out: Vec<(&str, &str, &[&str])> = Vec::new();
+    let image = c.image.as_deref().unwrap_or_default();
+    if image.contains("/csi-provisioner:") {
+        out.extend([
+            (
+                "",
+                "persistentvolumes",
+                &["get", "list", "watch", "create", "delete"][..],
+            ),
+            (
+                "",
+                "persistentvolumeclaims",
+                &["get", "list", "watch", "update"][..],
+            ),
+            (
+                "storage.k8s.io",
+                "storageclasses",
+                &["get", "list", "watch"][..],
+            ),
+            (
+                "",
+                "events",
+                &["list", "watch", "create", "update", "patch"][..],
+            ),
+            ("storage.k8s.io", "csinodes", &["get", "list", "watch"][..]),
+            ("", "nodes", &["get", "list", "watch"][..]),
+        ]);
+        if has_flag(c, "enable-capacity") {
+            out.extend([
+                (
+                    "storage.k8s.io",
+                    "csistoragecapacities",
+                    &[
+                        "get", "list", "watch", "create", "update", "patch", "delete",
+                    ][..],
+                ),
+                ("", "pods", &["get"][..]),
+                ("apps", "daemonsets", &["get"][..]),
+            ]);
+        }
+    }
+    if image.contains("/csi-resizer:") {
+        out.extend([
+            (
+                "",
+                "persistentvolumes",
+                &["get", "list", "watch", "patch"][..],
+            ),
+            ("", "persistentvolumeclaims", &["get", "list", "watch"][..]),
+            ("", "persistentvolumeclaims/status", &["patch"][..]),
+            (
+                "",
+                "events",
+                &["list", "watch", "create", "update", "patch"][..],
+            ),
+        ]);
+    }
+    if image.contains("/csi-snapshotter:") {
+        out.extend([
+            (
+                "snapshot.storage.k8s.io",
+                "volumesnapshotclasses",
+                &["get", "list", "watch"][..],
+            ),
+            (
+                "snapshot.storage.k8s.io",
+                "volumesnapshotcontents",
+                &["get", "list", "watch", "update", "patch"][..],
+            ),
+            (
+                "snapshot.storage.k8s.io",
+                "volumesnapshotcontents/status",
+                &["update", "patch"][..],
+            ),
+            (
+                "",
+                "events",
+                &["list", "watch", "create", "update", "patch"][..],
+            ),
+        ]);
+    }
+    if has_flag(c, "leader-election") {
+        out.push((
+            "coordination.k8s.io",
+            "leases",
+            &["get", "watch", "list", "delete", "update", "create"][..],
+        ));
+    }
+    out
+}
+
+fn check_rbac(objects: &[Object]) {
+    for o in objects {
+        let rules = match &o.typed {
+            Typed::ClusterRole(r) => r.rules.clone().unwrap_or_default(),
+            Typed::Role(r) => r.rules.clone().unwrap_or_default(),
+            _ => continue,
+        };
+        for r in rules {
+            let all = r
+                .verbs
+                .iter()
+                .chain(r.resources.iter().flatten())
+                .chain(r.api_groups.iter().flatten());
+            assert!(
+                all.clone().all(|x| x != "*"),
+                "{}: wildcard in {r:?}",
+                o.name
+            );
+        }
+    }
+    for (o, spec) in pod_specs(objects) {
+        let account = spec
+            .service_account_name
+            .as_deref()
+            .expect("a service account");
+        let namespace = o.namespace.as_deref().unwrap_or(NAMESPACE);
+        assert!(
+            objects
+                .iter()
+                .any(|x| x.kind == "ServiceAccount" && x.name == account),
+            "{account} exists"
+        );
+        let rules = rules_of(objects, account, namespace);
+        for c in &spec.containers {
+            for (group, resource, verbs) in needs(c) {
+                assert!(
+                    allows(&rules, group, resource, verbs),
+                    "{}/{}: {account} lacks {verbs:?} on {group}/{resource}",
+                    o.name,
+                    c.name
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn every_manifest_and_example_parses_strictly() {
+    let dir = deploy_dir();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .chain(std::fs::read_dir(dir.join("examples")).unwrap())
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.extension().is_some_and(|e| e == "yaml") && !p.ends_with("kustomization.yaml")
+        })
+        .collect();
+    files.sort();
+    let objects: Vec<Object> = files.iter().flat_map(|f| load(f)).collect();
+    assert!(objects.len() > 15, "{} objects", objects.len());
+    // Every plain file is applied by kustomize; examples are applied by hand.
+    let listed: Vec<String> = plain().iter().map(|o| o.origin.clone()).collect();
+    for f in files
+        .iter()
+        .filter(|f| !f.starts_with(dir.join("examples")))
+    {
+        assert!(
+            listed
+                .iter()
+                .any(|o| o.starts_with(&f.display().to_string())),
+            "{f:?} is not in kustomization.yaml"
+        );
+    }
+}
+
+#[test]
+fn plain_manifests_agree_with_the_binary_and_each_other() {
+    let objects = plain();
+    check_workloads(&objects);
+    check_rbac(&objects);
+    let version = format!("v{}", env!("CARGO_PKG_VERSION"));
+    for (o, spec) in pod_specs(&objects) {
+        let image = pvdir_container(spec).image.clone().unwrap();
+        assert!(
+            image.ends_with(&format!(":{version}")),
+            "{}: {image} is not this release",
+            o.name
+        );
+    }
+}
+
+#[test]
+fn static_pvs_in_the_examples_name_an_export_the_node_accepts() {
+    let examples = deploy_dir().join("examples");
+    let mut found = 0;
+    for entry in std::fs::read_dir(examples).unwrap() {
+        for o in load(&entry.unwrap().path()) {
+            let Typed::PersistentVolume(pv) = &o.typed else {
+                continue;
+            };
+            let csi = pv
+                .spec
+                .as_ref()
+                .and_then(|s| s.csi.as_ref())
+                .expect("a CSI PV");
+            assert_eq!(csi.driver, "nfs.pvdir.io");
+            let attributes: HashMap<String, String> = csi
+                .volume_attributes
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .collect();
+            let context = from_map::<NfsContext>(&attributes).and_then(|c| c.resolve());
+            assert!(context.is_ok(), "{}: {context:?}", o.name);
+            found += 1;
+        }
+    }
+    assert!(found > 0, "an example of a static PV");
+}
+
+#[test]
+fn storage_classes_use_the_served_drivers_and_local_waits_for_the_pod() {
+    let objects: Vec<Object> = plain();
+    let drivers: Vec<&str> = objects
+        .iter()
+        .filter(|o| o.kind == "CSIDriver")
+        .map(|o| o.name.as_str())
+        .collect();
+    let mut seen = BTreeMap::new();
+    for o in &objects {
+        let (Typed::StorageClass(sc), _) = (&o.typed, ()) else {
+            continue;
+        };
+        assert!(drivers.contains(&sc.provisioner.as_str()), "{}", o.name);
+        for option in sc.mount_options.iter().flatten() {
+            let valid = pvdir::domain::volume_id::validate_mount_option(option);
+            assert!(valid.is_ok(), "{}: {option}: {valid:?}", o.name);
+        }
+        seen.insert(
+            o.name.clone(),
+            (
+                sc.reclaim_policy.clone(),
+                sc.volume_binding_mode.clone(),
+                sc.parameters.clone().unwrap_or_default(),
+            ),
+        );
+    }
+    // The binary accepts every class's parameters, as CreateVolume would receive them (the
+    // provisioner adds the PVC metadata that subDir templates use).
+    for (name, (_, _, params)) in &seen {
+        let mut params: HashMap<String, String> = params.clone().into_iter().collect();
+        params.insert("csi.storage.k8s.io/pvc/name".into(), "www-web-0".into());
+        params.insert("csi.storage.k8s.io/pvc/namespace".into(), "default".into());
+        params.insert("csi.storage.k8s.io/pv/name".into(), "pvc-1".into());
+        let accepted = if name.starts_with("pvdir-nfs") {
+            from_map::<NfsParams>(&params).and_then(|p| p.resolve("pvc-1").map(|_| ()))
+        } else {
+            from_map::<LocalParams>(&params).map(|_| ())
+        };
+        assert!(accepted.is_ok(), "{name}: {accepted:?}");
+    }
+    let on_delete = |name: &str| seen[name].2.get("onDelete").cloned();
+    assert_eq!(on_delete("pvdir-nfs").as_deref(), Some("delete"));
+    assert_eq!(on_delete("pvdir-nfs-retain").as_deref(), Some("retain"));
+    assert_eq!(seen["pvdir-nfs-retain"].0.as_deref(), Some("Retain"));
+    assert_eq!(on_delete("pvdir-nfs-archive").as_deref(), Some("archive"));
+    assert_eq!(
+        seen["pvdir-local"].1.as_deref(),
+        Some("WaitForFirstConsumer")
+    );
+    let local = objects.iter().find_map(|o| match &o.typed {
+        Typed::CSIDriver(d) if o.name == "local.pvdir.io" => Some(d.spec.clone()),
+        _ => None,
+    });
+    assert_eq!(
+        local.unwrap().storage_capacity,
+        Some(true),
+        "the scheduler needs capacity"
+    );
+    // The topology key appears only as the binary spells it.
+    let text: String = std::fs::read_dir(deploy_dir().join("examples"))
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+        .collect();
+    for (i, _) in text.match_indices("topology.pvdir.io") {
+        assert!(text[i..].starts_with(pvdir::domain::volume::TOPOLOGY_KEY));
+    }
+}
+
+fn helm_or_skip() -> Option<PathBuf> {
+    if std::env::var_os("PVDIR_SKIP_HELM").is_some_and(|v| v == "1") {
+        eprintln!("skipped: PVDIR_SKIP_HELM=1");
+        return None;
+    }
+    Some(helm().expect(
+        "helm is needed to render the chart: go install helm.sh/helm/v3/cmd/helm@v3.22.0 \
+         (or set PVDIR_SKIP_HELM=1 to skip these tests explicitly)",
+    ))
+}
+
+fn by_identity(
+    objects: &[Object],
+) -> BTreeMap<(String, Option<String>, String), serde_json::Value> {
+    objects
+        .iter()
+        .map(|o| {
+            (
+                (o.kind.clone(), o.namespace.clone(), o.name.clone()),
+                o.raw.clone(),
+            )
+        })
+        .collect()
+}
+
+fn assert_same(rendered: &[Object], plain: &[Object]) {
+    let (rendered, plain) = (by_identity(rendered), by_identity(plain));
+    let names = |m: &BTreeMap<_, _>| m.keys().cloned().collect::<Vec<_>>();
+    assert_eq!(names(&rendered), names(&plain), "the same objects");
+    for (key, value) in &plain {
+        assert_eq!(
+            &rendered[key], value,
+            "{key:?} differs between chart and plain manifests"
+        );
+    }
+}
+
+#[test]
+fn the_chart_renders_the_plain_manifests() {
+    let Some(helm) = helm_or_skip() else { return };
+    // `helm install` wants the namespace to exist already, so by default the chart leaves it
+    // out; everything else is the same.
+    let without_namespace: Vec<Object> = plain()
+        .into_iter()
+        .filter(|o| o.kind != "Namespace")
+        .collect();
+    assert_same(&render_chart(&helm, &[]), &without_namespace);
+    assert_same(&render_chart(&helm, &["createNamespace=true"]), &plain());
+}
+
+#[test]
+fn the_chart_with_every_option_on_is_still_consistent() {
+    let Some(helm) = helm_or_skip() else { return };
+    let objects = render_chart(
+        &helm,
+        &[
+            "controller.resizer.enabled=true",
+            "controller.snapshotter.enabled=true",
+        ],
+    );
+    let images: Vec<String> = pod_specs(&objects)
+        .iter()
+        .flat_map(|(_, s)| s.containers.iter().filter_map(|c| c.image.clone()))
+        .collect();
+    for sidecar in ["/csi-resizer:", "/csi-snapshotter:"] {
+        assert!(
+            images.iter().any(|i| i.contains(sidecar)),
+            "{sidecar} switched on"
+        );
+    }
+    check_workloads(&objects);
+    check_rbac(&objects);
+}
