@@ -1,6 +1,7 @@
-# Multi-stage build: compile pvdir, then ship it with only what it execs at run time
-# (mount/umount from util-linux, mount.nfs from nfs-common). It runs as root because mounting
-# needs CAP_SYS_ADMIN in the host's mount namespace (the node DaemonSet is privileged).
+# Multi-stage build: compile pvdir, then ship it with only what it execs at run time: mount.nfs
+# (nfs-common) and umount (mount). Both stages are Debian bookworm, so the binary runs on the
+# glibc it was linked against. tests/image.rs checks this file against the binary and the
+# manifests, since no image is built in CI (there is no container engine there).
 FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock build.rs ./
@@ -11,8 +12,12 @@ RUN cargo build --release --locked --bin pvdir
 
 FROM debian:bookworm-slim
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends util-linux mount nfs-common ca-certificates \
+    && apt-get install -y --no-install-recommends mount nfs-common \
     && rm -rf /var/lib/apt/lists/*
 COPY --from=build /src/target/release/pvdir /usr/local/bin/pvdir
+# Root: the node plugin bind-mounts into kubelet's directories and the controller mounts NFS
+# exports and creates directories owned by root on them (the DaemonSet is privileged; the
+# controller gets SYS_ADMIN, DAC_OVERRIDE and FOWNER only).
+USER root
 ENTRYPOINT ["/usr/local/bin/pvdir"]
 CMD ["serve"]

@@ -1,4 +1,4 @@
-//! The real machine: mount(2)/umount2(2) for binds, the kernel NFS client through `mount`, and
+//! The real machine: mount(2)/umount2(2) for binds, the kernel NFS client through `mount.nfs`, and
 //! directory work either on the blocking pool or in `pvdir internal fs` child processes.
 
 use std::path::{Path, PathBuf};
@@ -12,6 +12,12 @@ use tokio::process::Command;
 use super::fsop::{self, FsOp, FsReply};
 use super::safe_fs::SafeFsError;
 use super::{child, mountinfo, Medium, MountEntry, MountSource, MountSpec, Os, OsError};
+
+/// The programs the driver runs, found on PATH. The container image must provide them
+/// (Dockerfile; checked in tests/image.rs).
+pub const MOUNT_NFS: &str = "mount.nfs";
+pub const UMOUNT: &str = "umount";
+pub const EXTERNAL_PROGRAMS: &[&str] = &[MOUNT_NFS, UMOUNT];
 
 /// The argument that makes the pvdir binary run one [`FsOp`] and print its result as JSON.
 pub const INTERNAL_FS_ARGS: [&str; 2] = ["internal", "fs"];
@@ -44,7 +50,7 @@ impl RealOs {
     }
 
     async fn umount_helper(&self, target: &Path, flag: Option<&str>) -> Result<(), OsError> {
-        let mut cmd = Command::new("umount");
+        let mut cmd = Command::new(UMOUNT);
         // -c (no canonicalize): util-linux would otherwise stat the target, which blocks on a
         // dead server.
         cmd.arg("-c").args(flag).arg(target);
@@ -128,7 +134,7 @@ impl Os for RealOs {
                 }
                 // mount.nfs directly, not mount(8): a direct child dies with the driver (see
                 // child::die_with_parent), a grandchild would not.
-                let mut cmd = Command::new("mount.nfs");
+                let mut cmd = Command::new(MOUNT_NFS);
                 cmd.arg(MountSource::nfs_device(server, path))
                     .arg(&spec.target);
                 if !options.is_empty() {
