@@ -76,6 +76,9 @@ fn serve(args: ServeArgs) -> ExitCode {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve(_) | Command::Internal(_)) {
+        ctl::die_on_broken_pipe();
+    }
     match cli.command {
         Command::Serve(args) => serve(args),
         Command::Probe(args) => ctl::block_on(ctl::probe::run(args)),

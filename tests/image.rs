@@ -189,6 +189,7 @@ fn the_entrypoint_is_the_binary_the_manifests_run() {
     );
     // The manifests give `serve ...` as args and leave the entrypoint alone.
     for file in ["deploy/controller.yaml", "deploy/node.yaml"] {
+        let mut found = 0;
         let text = std::fs::read_to_string(root().join(file)).unwrap();
         for doc in serde_yaml::Deserializer::from_str(&text) {
             let doc: serde_yaml::Value = serde::Deserialize::deserialize(doc).unwrap();
@@ -197,8 +198,10 @@ fn the_entrypoint_is_the_binary_the_manifests_run() {
                 if c["image"].as_str().is_some_and(|i| i.contains("/pvdir:")) {
                     assert!(c["command"].is_null(), "{file}: keep the entrypoint");
                     assert_eq!(c["args"][0].as_str(), Some("serve"), "{file}");
+                    found += 1;
                 }
             }
         }
+        assert_eq!(found, 1, "{file}: one pvdir container");
     }
 }

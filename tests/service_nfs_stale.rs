@@ -145,3 +145,40 @@ async fn a_stale_export_mount_is_replaced_before_the_controller_works_below_it()
     assert!(capacity.is_ok(), "{capacity:?}");
     assert_eq!(mounts_at(&rig, &staging), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_is_never_remounted_under_an_operation_in_flight() {
+    let rig = std::sync::Arc::new(Rig::nfs());
+    rig.create(seed_claim(0, "delete")).await.unwrap();
+    let staging = rig.export_dir();
+    // Claim 1's create is in the middle of its work below the mount...
+    rig.fake.pause_remote();
+    let busy = {
+        let rig = std::sync::Arc::clone(&rig);
+        tokio::spawn(async move { rig.create(seed_claim(1, "delete")).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    // ...when the export goes stale and claim 2 wants it remounted.
+    rig.fake.make_stale(&staging);
+    let from = rig.fake.calls().len();
+    let second = rig.create(seed_claim(2, "delete")).await;
+    assert_eq!(
+        code(second),
+        Code::Aborted,
+        "retried once the first is done"
+    );
+    assert!(
+        changes(&rig, from).is_empty(),
+        "no unmount while another operation works below the mount"
+    );
+    rig.fake.resume_remote();
+    // The first fails on the stale handle (UNAVAILABLE, retried); what matters is that it
+    // never ran against an unmounted staging directory.
+    let _ = busy.await.unwrap();
+    rig.create(seed_claim(2, "delete")).await.unwrap();
+    let at = staging.display();
+    assert_eq!(
+        changes(&rig, from),
+        [format!("unmount {at}"), format!("mount {at}")]
+    );
+}

@@ -52,9 +52,8 @@ async fn a_dead_server_never_hangs_unpublish_or_stats() {
     // spends one.
     let bound = Duration::from_secs(3 * NFS_TIMEOUT_SECS + 5);
     // While A's stats waits on the dead server, calls for B and one that needs no server: none
-    // waits for another. (B's unmount finds B's own stats call in flight, so it has to be
-    // forced, which also ends A's call early: the kernel shares one NFS superblock between
-    // both mounts. A's answer is the same either way.)
+    // waits for another. B's unmount must not cut A's call short: the kernel shares one NFS
+    // superblock between both mounts, and a forced unmount would abort every call on it.
     let started = Instant::now();
     let mut node = d.node();
     let (mut node_b, mut node_c, mut node_d) = (d.node(), d.node(), d.node());
@@ -84,6 +83,10 @@ async fn a_dead_server_never_hangs_unpublish_or_stats() {
     );
     nfsd("8");
     assert!(stats_took < bound, "stats took {stats_took:?}");
+    assert!(
+        stats_took >= Duration::from_secs(NFS_TIMEOUT_SECS),
+        "A's call ran to its own bound, not aborted by B's unmount: {stats_took:?}"
+    );
     let stats = expect_ok(stats, "stats against a dead server");
     assert!(
         stats.volume_condition.is_some_and(|c| c.abnormal),

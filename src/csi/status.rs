@@ -28,6 +28,9 @@ pub fn fs_code(e: &SafeFsError) -> Code {
             libc::EACCES | libc::EPERM | libc::EROFS => Code::FailedPrecondition,
             libc::ENOSPC | libc::EDQUOT => Code::ResourceExhausted,
             libc::ESTALE | libc::ETIMEDOUT | libc::EIO => Code::Unavailable,
+            // The kernel's own codes, leaked by the NFS client (ERESTARTSYS when a call was
+            // aborted, EJUKEBOX while the server is busy): the server's trouble, retried.
+            512.. => Code::Unavailable,
             _ => Code::Internal,
         },
     }

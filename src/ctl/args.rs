@@ -16,8 +16,10 @@ pub struct DriverArgs {
     #[arg(long)]
     pub endpoint: Endpoint,
 
-    /// Bound, in seconds, on connecting and on every call.
-    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    /// Bound, in seconds, on connecting and on every call. Longer than the driver's own
+    /// bounds (one CreateVolume on NFS may spend --nfs-timeout-secs on several steps), so that
+    /// a slow call is not reported as an unreachable driver while it goes on.
+    #[arg(long, default_value_t = 180, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub timeout_secs: u64,
 }
 

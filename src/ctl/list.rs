@@ -11,6 +11,8 @@ use crate::csi::proto as csi;
 
 /// Entries asked for per page: small enough to bound one reply, large enough to be few calls.
 const PAGE: i32 = 500;
+/// Far beyond any real listing (50 million volumes); a driver that pages on forever stops here.
+const MAX_PAGES: usize = 100_000;
 
 pub async fn run(args: ListArgs) -> Result<(), CtlError> {
     let timeout = Duration::from_secs(args.driver.timeout_secs);
@@ -67,6 +69,12 @@ async fn all_volumes(c: &Client) -> Result<Vec<csi::Volume>, CtlError> {
         volumes.extend(page.entries.into_iter().filter_map(|e| e.volume));
         if page.next_token.is_empty() {
             return Ok(volumes);
+        }
+        if seen.len() >= MAX_PAGES {
+            return Err(CtlError::ListTooLong {
+                endpoint: c.endpoint().clone(),
+                pages: MAX_PAGES,
+            });
         }
         if !seen.insert(page.next_token.clone()) {
             return Err(CtlError::ListLoop {

@@ -67,6 +67,8 @@ pub enum CtlError {
     ListUnsupported { endpoint: Endpoint },
     #[error("ListVolumes on {endpoint}: the driver returned the page token {token:?} twice")]
     ListLoop { endpoint: Endpoint, token: String },
+    #[error("ListVolumes on {endpoint}: more than {pages} pages; giving up")]
+    ListTooLong { endpoint: Endpoint, pages: usize },
     #[error("{rpc} on {endpoint}: the reply carries no volume")]
     EmptyReply {
         rpc: &'static str,
@@ -92,6 +94,7 @@ impl CtlError {
             Self::Call { .. }
             | Self::ListUnsupported { .. }
             | Self::ListLoop { .. }
+            | Self::ListTooLong { .. }
             | Self::EmptyReply { .. } => EXIT_REFUSED,
             Self::DuplicateKey { .. } => EXIT_USAGE,
             Self::SomeProbesFailed { exit_code, .. } => *exit_code,
@@ -100,6 +103,16 @@ impl CtlError {
             | Self::ReadMountinfo { .. }
             | Self::Runtime(_) => EXIT_FAILED,
         }
+    }
+}
+
+/// Let a closed pipe end the process quietly, as it does `ls` or `grep` (`pvdir list | head`).
+/// Rust ignores SIGPIPE, which would make every later `println!` panic instead.
+pub fn die_on_broken_pipe() {
+    use nix::sys::signal::{signal, SigHandler, Signal};
+    // SAFETY: restores the default disposition before any thread is started; no handler runs.
+    unsafe {
+        let _ = signal(Signal::SIGPIPE, SigHandler::SigDfl);
     }
 }
 

@@ -17,6 +17,8 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+use tokio::sync::{OwnedRwLockReadGuard, RwLock};
+
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -43,6 +45,13 @@ struct NfsRecord {
     mount_permissions: Option<u32>,
 }
 
+/// An export mounted under the staging directory, held (shared) against remounts while the
+/// holder works below it.
+struct ExportMount {
+    path: PathBuf,
+    _hold: OwnedRwLockReadGuard<()>,
+}
+
 #[derive(Debug, PartialEq, Eq)]
 enum ShareMount {
     Absent,
@@ -60,10 +69,12 @@ pub struct NfsPlan {
 pub struct NfsBackend {
     staging: PathBuf,
     os: Arc<dyn Os>,
-    /// One lock per export mount, so concurrent calls do not stack two mounts on one staging
-    /// dir. Taken only when the export is not mounted yet, and never waited for: a second
-    /// caller gets ABORTED instead of queueing behind a mount of a dead server.
-    share_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// One lock per export mount. Every operation below the mount holds it shared for its
+    /// whole length; mounting and replacing a stale mount hold it exclusively, so no operation
+    /// can run while the staging directory is briefly a plain local directory (its writes would
+    /// land on the controller's own disk). Never waited for: a caller that cannot have it gets
+    /// ABORTED instead of queueing behind a mount of a dead server.
+    share_locks: Mutex<HashMap<String, Arc<RwLock<()>>>>,
 }
 
 fn record_name(subdir: &RelPath) -> String {
@@ -105,14 +116,15 @@ impl NfsBackend {
     }
 
     /// Mount `server:share` under the staging dir unless it already is, replacing a mount whose
-    /// file handle went stale; returns the mount point.
+    /// file handle went stale. Returns the mount point and the shared hold on it, which the
+    /// caller keeps until its work below the mount is done.
     async fn share_mount(
         &self,
         server: &str,
         share: &str,
         options: &[String],
         volume: &str,
-    ) -> Result<PathBuf, ControllerError> {
+    ) -> Result<ExportMount, ControllerError> {
         // The controller writes below the export: a class's `ro` is for the pods' mounts only.
         let options: Vec<String> = options.iter().filter(|o| *o != "ro").cloned().collect();
         let key = hex::encode(
@@ -120,21 +132,30 @@ impl NfsBackend {
         );
         let target = self.staging.join(&key);
         let device = MountSource::nfs_device(server, share);
-        if self.mount_state(&target, &device, volume).await? == ShareMount::Healthy {
-            return Ok(target);
-        }
         let lock = {
             let mut locks = self.share_locks.lock().unwrap_or_else(|p| p.into_inner());
             Arc::clone(locks.entry(key.clone()).or_default())
         };
-        let Ok(_held) = lock.try_lock() else {
-            return Err(ControllerError::InFlight {
-                key: format!("mount of {device}"),
-            });
+        let busy = || ControllerError::InFlight {
+            key: format!("mount of {device}"),
         };
+        let shared = Arc::clone(&lock).try_read_owned().map_err(|_| busy())?;
+        if self.mount_state(&target, &device, volume).await? == ShareMount::Healthy {
+            return Ok(ExportMount {
+                path: target,
+                _hold: shared,
+            });
+        }
+        drop(shared);
+        let exclusive = lock.try_write_owned().map_err(|_| busy())?;
         // Someone may have finished mounting between our look and our lock.
         match self.mount_state(&target, &device, volume).await? {
-            ShareMount::Healthy => return Ok(target),
+            ShareMount::Healthy => {
+                return Ok(ExportMount {
+                    path: target,
+                    _hold: exclusive.downgrade(),
+                })
+            }
             ShareMount::Absent => {}
             ShareMount::Stale => {
                 // The export was recreated on the server: every handle below the old mount is
@@ -168,7 +189,10 @@ impl NfsBackend {
             .mount(&spec)
             .await
             .map_err(ControllerError::os("mount export", volume))?;
-        Ok(target)
+        Ok(ExportMount {
+            path: target,
+            _hold: exclusive.downgrade(),
+        })
     }
 
     /// Whether `device` (`server:/path`) is the topmost mount at `target`, and if so whether
@@ -258,9 +282,11 @@ impl NfsBackend {
     ) -> Result<Volume, ControllerError> {
         let (id, mode, reuse) = (plan.id, plan.mode, plan.reuse_existing);
         let volume = spec.name.as_str();
-        let mount = self
+        // Held until this function returns: no remount under our feet.
+        let export = self
             .share_mount(&id.server, &id.share, &id.mount_options, volume)
             .await?;
+        let mount = export.path.clone();
         let records = self.records(&mount);
         let own = record_name(&id.subdir);
         let wanted = NfsRecord {
@@ -370,9 +396,11 @@ impl NfsBackend {
     /// after a crash finds it and finishes; once it is gone the volume is gone, whatever now
     /// lives in the directory.
     pub async fn delete(&self, id: &NfsId, raw: &str) -> Result<Deleted, ControllerError> {
-        let mount = self
+        // Held until this function returns: no remount under our feet.
+        let export = self
             .share_mount(&id.server, &id.share, &id.mount_options, raw)
             .await?;
+        let mount = export.path.clone();
         let records = self.records(&mount);
         let name = record_name(&id.subdir);
         let owned = records
@@ -408,9 +436,11 @@ impl NfsBackend {
     }
 
     pub async fn exists(&self, id: &NfsId, raw: &str) -> Result<bool, ControllerError> {
-        let mount = self
+        // Held until this function returns: no remount under our feet.
+        let export = self
             .share_mount(&id.server, &id.share, &id.mount_options, raw)
             .await?;
+        let mount = export.path.clone();
         let record: Option<NfsRecord> = self
             .records(&mount)
             .load(&record_name(&id.subdir), raw)
@@ -434,9 +464,11 @@ impl NfsBackend {
         // Capacity is per export; the subdirectory template needs PVC metadata it lacks here.
         let share = params.export()?;
         let options = mount_options(caps)?;
-        let mount = self
+        // Held until this function returns: no remount under our feet.
+        let export = self
             .share_mount(&params.server, &share, &options, "*")
             .await?;
+        let mount = export.path.clone();
         match self
             .remote(FsOp::Statfs { path: mount }, "statfs export", "*")
             .await?

@@ -226,10 +226,17 @@ mod tests {
             let mut c = Command::new("sh");
             c.arg("-c")
                 .arg(format!("echo $$ > {}; exec sleep 60", recorded.display()));
+            let recorded = recorded.clone();
             let mut call = Box::pin(run(c, "sleeper", Duration::from_secs(60)));
             rt.block_on(async {
-                // Start the helper, then stop polling as if the process had died.
-                let _ = tokio::time::timeout(Duration::from_millis(300), call.as_mut()).await;
+                // Start the helper and let it record its pid (slow on a loaded machine), then
+                // stop polling as if the process had died.
+                for _ in 0..500 {
+                    let _ = tokio::time::timeout(Duration::from_millis(20), call.as_mut()).await;
+                    if std::fs::read_to_string(&recorded).is_ok_and(|p| p.ends_with('\n')) {
+                        break;
+                    }
+                }
             });
             // Skip every destructor, as SIGKILL would.
             std::mem::forget(call);

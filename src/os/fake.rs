@@ -29,6 +29,9 @@ pub struct FakeOs {
     state: Arc<Mutex<State>>,
     /// While true, `mount` waits: lets tests hold an operation in flight.
     paused: Arc<tokio::sync::watch::Sender<bool>>,
+    /// While true, remote directory operations other than statfs wait (an operation in the
+    /// middle of its work; statfs stays free because it is how mounts are probed).
+    remote_paused: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl Default for FakeOs {
@@ -36,6 +39,7 @@ impl Default for FakeOs {
         Self {
             state: Arc::default(),
             paused: Arc::new(tokio::sync::watch::channel(false).0),
+            remote_paused: Arc::new(tokio::sync::watch::channel(false).0),
         }
     }
 }
@@ -80,6 +84,15 @@ impl FakeOs {
 
     pub fn resume_mounts(&self) {
         self.paused.send_replace(false);
+    }
+
+    /// Hold every remote directory operation but statfs until [`FakeOs::resume_remote`].
+    pub fn pause_remote(&self) {
+        self.remote_paused.send_replace(true);
+    }
+
+    pub fn resume_remote(&self) {
+        self.remote_paused.send_replace(false);
     }
 
     /// Make the mount now at `target` stale, as after the export was recreated on the server:
@@ -198,6 +211,10 @@ impl Os for FakeOs {
     }
 
     async fn fs(&self, op: FsOp, medium: Medium) -> Result<FsReply, OsError> {
+        if medium == Medium::Remote && !matches!(op, FsOp::Statfs { .. }) {
+            let mut paused = self.remote_paused.subscribe();
+            let _ = paused.wait_for(|p| !*p).await;
+        }
         if medium == Medium::Remote && self.with(|s| s.server_dead) {
             return Err(Self::timed_out(op.name()));
         }

@@ -192,10 +192,13 @@ pub fn execute(op: &FsOp) -> Result<FsReply, SafeFsError> {
 }
 
 fn statfs(path: &Path) -> Result<FsStats, SafeFsError> {
-    let s = nix::sys::statvfs::statvfs(path).map_err(|e| SafeFsError::Io {
-        step: "statfs".into(),
-        path: path.to_path_buf(),
-        errno: safe_fs::raw_errno(e),
+    let s = nix::sys::statvfs::statvfs(path).map_err(|e| {
+        let errno = safe_fs::raw_errno(e); // before the allocation below
+        SafeFsError::Io {
+            step: "statfs".into(),
+            path: path.to_path_buf(),
+            errno,
+        }
     })?;
     let frsize = s.fragment_size();
     let blocks = s.blocks();

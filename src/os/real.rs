@@ -37,6 +37,9 @@ impl RealOs {
         }
     }
 
+    /// Local work on the blocking pool. Never spawn helpers from here: pool threads exit when
+    /// idle, and a helper's parent-death signal is tied to the thread that spawned it (see
+    /// child::die_with_parent).
     async fn blocking<T: Send + 'static>(
         f: impl FnOnce() -> Result<T, OsError> + Send + 'static,
     ) -> Result<T, OsError> {
@@ -49,11 +52,46 @@ impl RealOs {
             })?
     }
 
+    /// Gentlest first. A plain unmount flushes what the pod wrote and harms no one. Only when
+    /// it cannot finish in time (a dead server with data to flush) is it forced: MNT_FORCE
+    /// aborts every in-flight call on the NFS superblock, which the kernel shares between all
+    /// mounts of one server and export (on the node: every pod's), so a forced unmount on a
+    /// server that answers would fail other pods' I/O. A mount that is merely busy (a stats
+    /// call still in it) is detached lazily instead, which aborts nothing. Between steps the
+    /// table is read again: a step that was killed may still have done its work.
+    async fn unmount_remote(&self, target: &Path) -> Result<(), OsError> {
+        let top = |mounts: &[MountEntry]| mountinfo::top_at(mounts, target).map(|m| m.id);
+        let before = top(&self.mounts().await?);
+        let plain = self.umount_helper(target, None).await;
+        let Err(first) = plain else { return Ok(()) };
+        if top(&self.mounts().await?) != before {
+            return Ok(());
+        }
+        let escalation: &[&str] = match first {
+            OsError::TimedOut { .. } => &["-f", "-l"],
+            _ => &["-l"],
+        };
+        let mut last = first;
+        for flag in escalation {
+            tracing::warn!(target.path = %target.display(), error = %last,
+                "unmount did not complete; escalating to umount {flag}");
+            match self.umount_helper(target, Some(flag)).await {
+                Ok(()) => return Ok(()),
+                Err(e) => last = e,
+            }
+            if top(&self.mounts().await?) != before {
+                return Ok(());
+            }
+        }
+        Err(last)
+    }
+
     async fn umount_helper(&self, target: &Path, flag: Option<&str>) -> Result<(), OsError> {
         let mut cmd = Command::new(UMOUNT);
         // -c (no canonicalize): util-linux would otherwise stat the target, which blocks on a
-        // dead server.
-        cmd.arg("-c").args(flag).arg(target);
+        // dead server. -i: no umount.nfs helper, which would be a grandchild that outlives a
+        // killed driver, and for NFSv3 first asks the (perhaps dead) server's mountd.
+        cmd.args(["-i", "-c"]).args(flag).arg(target);
         let done = child::run(cmd, "umount", self.remote_timeout).await?;
         if done.success {
             Ok(())
@@ -159,19 +197,7 @@ impl Os for RealOs {
 
     async fn unmount(&self, target: &Path, remote: bool) -> Result<(), OsError> {
         if remote {
-            // Gentlest first. A plain unmount flushes what the pod wrote and harms no one.
-            // Only when it cannot finish (a dead server with data to flush) is the unmount
-            // forced: MNT_FORCE aborts every in-flight call on the NFS superblock, which the
-            // kernel shares between all mounts of one server and export, so forcing first would
-            // fail other pods' I/O on a healthy server. Lazy detach is the last resort.
-            let mut result = self.umount_helper(target, None).await;
-            for flag in ["-f", "-l"] {
-                let Err(e) = &result else { break };
-                tracing::warn!(target.path = %target.display(), error = %e,
-                    "unmount did not complete; escalating to umount {flag}");
-                result = self.umount_helper(target, Some(flag)).await;
-            }
-            result
+            self.unmount_remote(target).await
         } else {
             let target = target.to_path_buf();
             Self::blocking(move || {

@@ -134,10 +134,12 @@ pub enum ArchiveOutcome {
 
 /// The `Io` error for `step` on `path`.
 fn io(step: &'static str, path: &Path, errno: Errno) -> SafeFsError {
+    // Before any allocation, which may touch the thread's errno.
+    let errno = raw_errno(errno);
     SafeFsError::Io {
         step: Cow::Borrowed(step),
         path: path.to_path_buf(),
-        errno: raw_errno(errno),
+        errno,
     }
 }
 

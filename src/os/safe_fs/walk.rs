@@ -26,9 +26,12 @@ pub(super) fn dir_flags() -> OFlag {
 
 pub(super) fn open_base(base: &Path) -> Result<OwnedFd, SafeFsError> {
     let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
-    nix::fcntl::open(base, flags, Mode::empty()).map_err(|e| SafeFsError::OpenBase {
-        path: base.to_path_buf(),
-        errno: super::raw_errno(e),
+    nix::fcntl::open(base, flags, Mode::empty()).map_err(|e| {
+        let errno = super::raw_errno(e); // before the allocation below
+        SafeFsError::OpenBase {
+            path: base.to_path_buf(),
+            errno,
+        }
     })
 }
 
