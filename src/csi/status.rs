@@ -23,6 +23,8 @@ pub fn fs_code(e: &SafeFsError) -> Code {
         // A tree deeper than the removal bound needs an operator, not endless retries.
         SafeFsError::TooDeep { .. } => Code::FailedPrecondition,
         SafeFsError::InvalidName { .. } => Code::Internal,
+        // A mount went away while the call looked at it (a concurrent unmount): look again.
+        SafeFsError::NotNfs { .. } => Code::Aborted,
         SafeFsError::OpenBase { errno, .. } | SafeFsError::Io { errno, .. } => match *errno {
             // root_squash exports and read-only exports: final until the export is fixed.
             libc::EACCES | libc::EPERM | libc::EROFS => Code::FailedPrecondition,

@@ -28,6 +28,7 @@ use super::params::{from_map, NfsParams};
 use super::record::{Claim, RecordDir};
 use super::volume::{CreateSpec, Deleted, Volume};
 use super::volume_id::{owner_tag, validate_mount_option, NfsId, OnDelete, VolumeId};
+use crate::os::safe_fs::SafeFsError;
 use crate::os::{mountinfo, FsOp, FsReply, Medium, MountSource, MountSpec, Os, OsError, RelPath};
 
 /// pvdir's own state directory on each export.
@@ -212,12 +213,14 @@ impl NfsBackend {
         {
             return Ok(ShareMount::Absent);
         }
-        let probe = FsOp::Statfs {
+        let probe = FsOp::StatfsNfs {
             path: target.to_path_buf(),
         };
         match self.os.fs(probe, Medium::Remote).await {
             Ok(_) => Ok(ShareMount::Healthy),
             Err(e) if e.is_stale_handle() => Ok(ShareMount::Stale),
+            // Unmounted since we read the table: mount it again.
+            Err(OsError::Fs(SafeFsError::NotNfs { .. })) => Ok(ShareMount::Absent),
             Err(e) => Err(ControllerError::os("check export mount", volume)(e)),
         }
     }
@@ -470,7 +473,7 @@ impl NfsBackend {
             .await?;
         let mount = export.path.clone();
         match self
-            .remote(FsOp::Statfs { path: mount }, "statfs export", "*")
+            .remote(FsOp::StatfsNfs { path: mount }, "statfs export", "*")
             .await?
         {
             FsReply::Stats(s) => Ok(i64::try_from(s.available_bytes).unwrap_or(i64::MAX)),

@@ -260,7 +260,7 @@ impl Node {
     /// Whether the NFS mount at `target` has a stale file handle. A server that does not answer
     /// is an error, not stale: a new mount would hang just the same.
     async fn is_stale(&self, target: &Path) -> Result<bool, NodeError> {
-        let probe = FsOp::Statfs {
+        let probe = FsOp::StatfsNfs {
             path: target.to_path_buf(),
         };
         match self.os.fs(probe, Medium::Remote).await {
@@ -320,12 +320,20 @@ impl Node {
                 path,
             });
         }
-        let reply = match self
-            .os
-            .fs(FsOp::Statfs { path: path.clone() }, medium)
-            .await
-        {
+        let op = match medium {
+            Medium::Local => FsOp::Statfs { path: path.clone() },
+            Medium::Remote => FsOp::StatfsNfs { path: path.clone() },
+        };
+        let reply = match self.os.fs(op, medium).await {
             Ok(reply) => reply,
+            // Unmounted between our look at the table and the statfs (a concurrent unpublish):
+            // what is there now is the local disk, not the volume.
+            Err(OsError::Fs(SafeFsError::NotNfs { .. })) => {
+                return Err(NodeError::NotPublishedAt {
+                    id: volume_id.to_string(),
+                    path,
+                })
+            }
             // The server did not answer, or answered that the volume is gone or broken: the
             // volume is abnormal (kubelet reports it as an event on the pod), the call is fine.
             Err(e) if is_volume_fault(&e) => {

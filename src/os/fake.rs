@@ -105,6 +105,14 @@ impl FakeOs {
         });
     }
 
+    fn on_fake_nfs(&self, path: &Path) -> bool {
+        self.with(|s| {
+            s.table
+                .iter()
+                .any(|e| e.is_remote() && path.starts_with(&e.mount_point))
+        })
+    }
+
     fn stale_at(&self, path: &Path) -> bool {
         self.with(|s| {
             s.table
@@ -211,13 +219,20 @@ impl Os for FakeOs {
     }
 
     async fn fs(&self, op: FsOp, medium: Medium) -> Result<FsReply, OsError> {
-        if medium == Medium::Remote && !matches!(op, FsOp::Statfs { .. }) {
+        if medium == Medium::Remote && !matches!(op, FsOp::Statfs { .. } | FsOp::StatfsNfs { .. }) {
             let mut paused = self.remote_paused.subscribe();
             let _ = paused.wait_for(|p| !*p).await;
         }
         if medium == Medium::Remote && self.with(|s| s.server_dead) {
             return Err(Self::timed_out(op.name()));
         }
+        // Fake NFS mounts are plain directories: an NFS statfs is answered for real when the
+        // path is at or below one, and refused like the real one when it is not.
+        let op = match op {
+            FsOp::StatfsNfs { path } if self.on_fake_nfs(&path) => FsOp::Statfs { path },
+            FsOp::StatfsNfs { path } => return Err(OsError::Fs(SafeFsError::NotNfs { path })),
+            other => other,
+        };
         if medium == Medium::Remote && self.stale_at(op.path()) {
             return Err(OsError::Fs(SafeFsError::Io {
                 step: op.name().into(),

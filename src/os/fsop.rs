@@ -17,6 +17,10 @@ use super::FsStats;
 pub enum FsOp {
     /// Capacity and inode counts of the filesystem holding `path`.
     Statfs { path: PathBuf },
+    /// The same for an NFS mount at `path`. Fails with `NotNfs` when `path` is not on NFS: a
+    /// mount detached after the caller saw it in the table leaves the local disk beneath, whose
+    /// figures must not pass for the volume's.
+    StatfsNfs { path: PathBuf },
     /// Create `base/rel` (and missing parents, marked as ours); chmod the leaf to `mode`.
     EnsureDir {
         base: PathBuf,
@@ -85,7 +89,10 @@ impl FsOp {
     /// The path the operation works at or below.
     pub fn path(&self) -> &Path {
         match self {
-            FsOp::Statfs { path } | FsOp::MakeTarget { path } | FsOp::RemoveTarget { path } => path,
+            FsOp::Statfs { path }
+            | FsOp::StatfsNfs { path }
+            | FsOp::MakeTarget { path }
+            | FsOp::RemoveTarget { path } => path,
             FsOp::EnsureDir { base, .. }
             | FsOp::RemoveTree { base, .. }
             | FsOp::Archive { base, .. }
@@ -101,6 +108,7 @@ impl FsOp {
     pub fn name(&self) -> &'static str {
         match self {
             FsOp::Statfs { .. } => "statfs",
+            FsOp::StatfsNfs { .. } => "statfs-nfs",
             FsOp::EnsureDir { .. } => "ensure-dir",
             FsOp::RemoveTree { .. } => "remove-tree",
             FsOp::Archive { .. } => "archive",
@@ -127,6 +135,7 @@ fn io(step: &'static str, path: &Path, e: std::io::Error) -> SafeFsError {
 pub fn execute(op: &FsOp) -> Result<FsReply, SafeFsError> {
     match op {
         FsOp::Statfs { path } => statfs(path).map(FsReply::Stats),
+        FsOp::StatfsNfs { path } => statfs_nfs(path).map(FsReply::Stats),
         FsOp::EnsureDir { base, rel, mode } => {
             safe_fs::ensure_dir(base, rel, *mode).map(FsReply::Ensured)
         }
@@ -191,6 +200,26 @@ pub fn execute(op: &FsOp) -> Result<FsReply, SafeFsError> {
     }
 }
 
+/// The type is checked after the figures are read: a detach before the check is caught, and
+/// one after it came too late to change what was read.
+fn statfs_nfs(path: &Path) -> Result<FsStats, SafeFsError> {
+    let stats = statfs(path)?;
+    let fs = nix::sys::statfs::statfs(path).map_err(|e| {
+        let errno = safe_fs::raw_errno(e); // before the allocation below
+        SafeFsError::Io {
+            step: "statfs".into(),
+            path: path.to_path_buf(),
+            errno,
+        }
+    })?;
+    if fs.filesystem_type() != nix::sys::statfs::NFS_SUPER_MAGIC {
+        return Err(SafeFsError::NotNfs {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(stats)
+}
+
 fn statfs(path: &Path) -> Result<FsStats, SafeFsError> {
     let s = nix::sys::statvfs::statvfs(path).map_err(|e| {
         let errno = safe_fs::raw_errno(e); // before the allocation below
@@ -240,6 +269,12 @@ mod tests {
             execute(&FsOp::RemoveTarget { path: t }).unwrap(),
             FsReply::Removed(RemoveOutcome::AlreadyGone)
         );
+    }
+
+    #[test]
+    fn statfs_nfs_refuses_a_path_that_is_not_on_nfs() {
+        let e = execute(&FsOp::StatfsNfs { path: "/".into() }).unwrap_err();
+        assert!(matches!(e, SafeFsError::NotNfs { .. }), "{e:?}");
     }
 
     #[test]

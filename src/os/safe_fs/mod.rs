@@ -77,6 +77,11 @@ pub enum SafeFsError {
         #[serde(serialize_with = "serialize_path_lossy")]
         path: PathBuf,
     },
+    #[error("{path:?} is not on NFS (no longer mounted?)")]
+    NotNfs {
+        #[serde(serialize_with = "serialize_path_lossy")]
+        path: PathBuf,
+    },
     #[error("invalid name {name:?}")]
     InvalidName { name: String },
     /// `step` is a static description on construction; it is a `Cow` only so that the error
