@@ -1,8 +1,8 @@
 //! VM tier: the NFS backend against a real kernel NFS server and client. These tests need the
 //! guest that tests/vm/guest/nfs-suite.sh prepares (kernel nfsd exporting PVDIR_VM_EXPORT as the
 //! NFSv4 root on 127.0.0.1), so they are `#[ignore]`d on the host and run there with
-//! `--ignored`. This file: the seed's StatefulSet story end to end, mountPermissions, and a
-//! root_squash export. The failures users hit are in `vm_nfs_faults.rs`.
+//! `--ignored`. This file: the seed's StatefulSet story end to end, NFSv3, mountPermissions, and
+//! a root_squash export. The failures users hit are in `vm_nfs_faults.rs`.
 
 #[allow(dead_code)]
 mod common;
@@ -176,4 +176,56 @@ async fn a_root_squash_export_is_a_clear_error_and_leaves_nothing_behind() {
         .map(|e| e.file_name())
         .collect();
     assert!(left.is_empty(), "no half-made volume or record: {left:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the VM suite's kernel NFS server"]
+async fn an_nfsv3_class_works_end_to_end() {
+    // NFSv3 names the export by its path on the server, and without rpc.statd (the image runs
+    // none) needs nolock.
+    const V3: &[&str] = &["vers=3", "nolock", "hard", "timeo=20", "retrans=1"];
+    let d = Driver::start_nfs(NFS_TIMEOUT_SECS).await;
+    let mut req = claim(0, "delete", V3);
+    req.name = "pvc-v3".into();
+    req.parameters
+        .insert("share".into(), export().display().to_string());
+    req.parameters
+        .insert("csi.storage.k8s.io/pvc/namespace".into(), "v3".into());
+    let id = expect_ok(d.controller().create_volume(req).await, "create")
+        .volume
+        .unwrap()
+        .volume_id;
+    assert!(export().join("v3/www-web-0").is_dir());
+    for pod in ["v3-a", "v3-b"] {
+        let target = target_in_pod(&d, pod);
+        expect_ok(
+            d.node()
+                .node_publish_volume(nfs_publish(&id, &target, V3))
+                .await,
+            "publish",
+        );
+        let mounts = mounts_at(&target);
+        assert!(
+            mounts.len() == 1 && mounts[0].fs_type == "nfs",
+            "an NFSv3 mount: {mounts:?}"
+        );
+        let file = target.join("index.html");
+        if pod == "v3-a" {
+            std::fs::write(&file, b"over v3").unwrap();
+        } else {
+            assert_eq!(std::fs::read(&file).unwrap(), b"over v3");
+        }
+        expect_ok(
+            d.node()
+                .node_unpublish_volume(unpublish_request(&id, &target))
+                .await,
+            "unpublish",
+        );
+        assert!(mounts_at(&target).is_empty());
+    }
+    expect_ok(
+        d.controller().delete_volume(delete_request(&id)).await,
+        "delete",
+    );
+    assert!(!export().join("v3").exists());
 }

@@ -69,11 +69,10 @@ pub fn nfs_publish(id: &str, target: &Path, options: &[&str]) -> csi::NodePublis
     }
 }
 
-/// Stop (`"0"`) or start kernel nfsd, NFSv4 only (v3 would need rpcbind, which the guest does
-/// not run).
+/// Stop (`"0"`) or start kernel nfsd (NFSv3 and v4, as nfs-server.sh starts it).
 pub fn nfsd(threads: &str) {
     let ok = Command::new("rpc.nfsd")
-        .args(["-N", "3", threads])
+        .arg(threads)
         .status()
         .is_ok_and(|s| s.success());
     assert!(ok, "rpc.nfsd {threads}");

@@ -1,10 +1,11 @@
 # Sourced by guest scripts: start the kernel NFS server exporting a tmpfs at /srv/export to
-# 127.0.0.1 as the NFSv4 root (the overlay root itself cannot be exported, so the export is the
-# pseudo root, fsid=0: clients mount 127.0.0.1:/).
+# 127.0.0.1, over NFSv4 as the pseudo root (fsid=0: v4 clients mount 127.0.0.1:/) and over
+# NFSv3 by its path (127.0.0.1:/srv/export). The overlay root itself cannot be exported.
 nfs_server_start() {
     ip link set lo up
     modprobe nfsd
     modprobe nfsv4
+    modprobe nfsv3
     mkdir -p /srv/export /var/lib/nfs/v4recovery
     mountpoint -q /srv/export || mount -t tmpfs -o size=512m tmpfs /srv/export
     mountpoint -q /proc/fs/nfsd || mount -t nfsd nfsd /proc/fs/nfsd
@@ -13,8 +14,10 @@ nfs_server_start() {
     echo 10 >/proc/fs/nfsd/nfsv4leasetime
     echo "/srv/export 127.0.0.1(rw,sync,no_subtree_check,no_root_squash,fsid=0)" >/etc/exports
     exportfs -ra
-    pgrep -x rpc.mountd >/dev/null || rpc.mountd --no-udp -N 3
-    rpc.nfsd -N 3 4
+    # NFSv3 needs rpcbind (clients find mountd and nfsd through it); v4 does not.
+    pgrep -x rpcbind >/dev/null || rpcbind -w
+    pgrep -x rpc.mountd >/dev/null || rpc.mountd --no-udp
+    rpc.nfsd 4
     nfs_end_grace
 }
 
