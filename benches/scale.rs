@@ -1,7 +1,8 @@
 //! Benchmark: per-call latency as the number of existing volumes grows, and idle memory.
 //!
 //! Claims under test: Create/Delete/Publish touch only their own volume, so their latency stays
-//! flat from 10 to 10,000 existing volumes; the node process idles in well under 16 MiB.
+//! flat from 10 to 10,000 existing volumes; the node process idles in well under 16 MiB, and
+//! stays within its 64 MiB limit after 10,000 volumes went through it.
 //! Runs the real services (as the server wires them) with the real OS layer: real directories,
 //! fsync'd records and real bind mounts, so it must run as root. The volume root is on
 //! /dev/shm so disk noise does not drown the figures. Run: `cargo bench --bench scale`
@@ -199,6 +200,93 @@ fn idle_rss(mode: &str) -> Option<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
+/// Peak resident memory (VmHWM) of a real `pvdir serve --mode all` process, in KiB, after it
+/// has created `volumes` volumes, published and unpublished each, and listed them all: the
+/// figure the node plugin's memory limit is sized from.
+async fn loaded_peak_rss(volumes: usize) -> Option<u64> {
+    use pvdir::ctl::client::Client;
+    let dir = tempfile::tempdir_in("/dev/shm").ok()?;
+    let sock = dir.path().join("csi.sock");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pvdir"))
+        .args([
+            "serve",
+            "--mode",
+            "all",
+            "--node-id",
+            "bench",
+            "--local-root",
+        ])
+        .arg(dir.path().join("root"))
+        .arg("--local-endpoint")
+        .arg(format!("unix://{}", sock.display()))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .ok()?;
+    for _ in 0..100 {
+        if sock.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let endpoint = format!("unix://{}", sock.display()).parse().ok()?;
+    let client = Client::connect(&endpoint, Duration::from_secs(30))
+        .await
+        .ok()?;
+    let target = dir.path().join("target");
+    let mut ok = true;
+    for i in 0..volumes {
+        let created = client
+            .controller()
+            .create_volume(csi::CreateVolumeRequest {
+                name: format!("pvc-{i}"),
+                volume_capabilities: vec![cap()],
+                ..Default::default()
+            })
+            .await;
+        let Ok(created) = created else {
+            ok = false;
+            break;
+        };
+        let id = created
+            .into_inner()
+            .volume
+            .map(|v| v.volume_id)
+            .unwrap_or_default();
+        let published = client
+            .node()
+            .node_publish_volume(csi::NodePublishVolumeRequest {
+                volume_id: id.clone(),
+                target_path: target.to_string_lossy().into(),
+                volume_capability: Some(cap()),
+                ..Default::default()
+            })
+            .await;
+        let unpublished = client
+            .node()
+            .node_unpublish_volume(csi::NodeUnpublishVolumeRequest {
+                volume_id: id,
+                target_path: target.to_string_lossy().into(),
+            })
+            .await;
+        ok &= published.is_ok() && unpublished.is_ok();
+    }
+    let listed = client
+        .controller()
+        .list_volumes(csi::ListVolumesRequest::default())
+        .await
+        .map(|r| r.into_inner().entries.len());
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).ok();
+    let _ = child.kill();
+    let _ = child.wait();
+    if !ok || listed.ok()? != volumes {
+        return None;
+    }
+    status?
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
 fn main() {
     if !nix::unistd::geteuid().is_root() {
         eprintln!("the scale benchmark needs root (real bind mounts)");
@@ -226,5 +314,16 @@ fn main() {
             Some(kb) => println!("idle RSS, --mode {mode}: {:.1} MiB", kb as f64 / 1024.0),
             None => println!("idle RSS, --mode {mode}: could not measure"),
         }
+    }
+    let loaded = std::env::var("PVDIR_BENCH_LOADED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10_000);
+    match rt.block_on(loaded_peak_rss(loaded)) {
+        Some(kb) => println!(
+            "peak RSS of a serving process after {loaded} creates, publishes, unpublishes and one full listing: {:.1} MiB",
+            kb as f64 / 1024.0
+        ),
+        None => println!("peak RSS under load: could not measure"),
     }
 }
