@@ -5,12 +5,10 @@ use std::path::Path;
 
 use super::args::ShowArgs;
 use super::CtlError;
+use crate::domain::local::LocalBackend;
 use crate::domain::params::join_export;
 use crate::domain::volume_id::{LocalId, NfsId, OnDelete, VolumeId};
 use crate::os::{mountinfo, MountEntry, MountSource};
-
-/// Where a local backend keeps its volume directories, below its root.
-const VOLUMES: &str = "volumes";
 
 pub fn run(args: ShowArgs) -> Result<(), CtlError> {
     let id = VolumeId::parse(&args.volume_id).map_err(|source| CtlError::DecodeId {
@@ -46,7 +44,7 @@ fn line(label: &str, value: impl std::fmt::Display) {
 fn show_local(id: &LocalId, local_root: &Path, mounts: &[MountEntry]) -> Vec<String> {
     // Canonical, as the driver serves it and the kernel reports it; as given if it is not here.
     let root = std::fs::canonicalize(local_root).unwrap_or_else(|_| local_root.to_path_buf());
-    let dir = root.join(VOLUMES).join(id.key.as_str());
+    let dir = LocalBackend::volume_dir_in(&root, &id.key);
     line("backend", "local");
     line("node", &id.node);
     line("key", id.key.as_str());

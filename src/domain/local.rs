@@ -67,7 +67,13 @@ impl LocalBackend {
     }
 
     pub fn volume_dir(&self, key: &VolumeKey) -> PathBuf {
-        self.root.join(VOLUMES).join(key.as_str())
+        Self::volume_dir_in(&self.root, key)
+    }
+
+    /// Where a backend rooted at `root` keeps volume `key` (also for tools that only know the
+    /// root, such as `pvdir show`).
+    pub fn volume_dir_in(root: &Path, key: &VolumeKey) -> PathBuf {
+        root.join(VOLUMES).join(key.as_str())
     }
 
     fn record_name(key: &VolumeKey) -> String {

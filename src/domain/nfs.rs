@@ -28,8 +28,10 @@ use super::params::{from_map, NfsParams};
 use super::record::{Claim, RecordDir};
 use super::volume::{CreateSpec, Deleted, Volume};
 use super::volume_id::{owner_tag, validate_mount_option, NfsId, OnDelete, VolumeId};
-use crate::os::safe_fs::SafeFsError;
-use crate::os::{mountinfo, FsOp, FsReply, Medium, MountSource, MountSpec, Os, OsError, RelPath};
+use crate::os::{
+    mountinfo, probe_nfs_mount, FsOp, FsReply, Medium, MountSource, MountSpec, NfsMountProbe, Os,
+    OsError, RelPath,
+};
 
 /// pvdir's own state directory on each export.
 pub const RECORD_DIR: &str = ".pvdir";
@@ -51,13 +53,6 @@ struct NfsRecord {
 struct ExportMount {
     path: PathBuf,
     _hold: OwnedRwLockReadGuard<()>,
-}
-
-#[derive(Debug, PartialEq, Eq)]
-enum ShareMount {
-    Absent,
-    Healthy,
-    Stale,
 }
 
 /// A validated NFS CreateVolume: the volume it names and the directory mode.
@@ -141,7 +136,7 @@ impl NfsBackend {
             key: format!("mount of {device}"),
         };
         let shared = Arc::clone(&lock).try_read_owned().map_err(|_| busy())?;
-        if self.mount_state(&target, &device, volume).await? == ShareMount::Healthy {
+        if self.mount_state(&target, &device, volume).await? == NfsMountProbe::Answering {
             return Ok(ExportMount {
                 path: target,
                 _hold: shared,
@@ -151,14 +146,14 @@ impl NfsBackend {
         let exclusive = lock.try_write_owned().map_err(|_| busy())?;
         // Someone may have finished mounting between our look and our lock.
         match self.mount_state(&target, &device, volume).await? {
-            ShareMount::Healthy => {
+            NfsMountProbe::Answering => {
                 return Ok(ExportMount {
                     path: target,
                     _hold: exclusive.downgrade(),
                 })
             }
-            ShareMount::Absent => {}
-            ShareMount::Stale => {
+            NfsMountProbe::Gone => {}
+            NfsMountProbe::Stale => {
                 // The export was recreated on the server: every handle below the old mount is
                 // dead, and only a new mount sees the new export.
                 tracing::warn!(volume.name = volume, export = %device, "remounting an export whose file handle went stale");
@@ -196,14 +191,15 @@ impl NfsBackend {
         })
     }
 
-    /// Whether `device` (`server:/path`) is the topmost mount at `target`, and if so whether
-    /// the server still knows its file handle. A server that does not answer is an error.
+    /// Whether `device` (`server:/path`) is the topmost mount at `target` (`Gone` if not), and if
+    /// so whether the server still knows its file handle. A server that does not answer is an
+    /// error.
     async fn mount_state(
         &self,
         target: &std::path::Path,
         device: &str,
         volume: &str,
-    ) -> Result<ShareMount, ControllerError> {
+    ) -> Result<NfsMountProbe, ControllerError> {
         let mounts = self
             .os
             .mounts()
@@ -211,18 +207,11 @@ impl NfsBackend {
             .map_err(ControllerError::os("read mount table", volume))?;
         if !mountinfo::top_at(&mounts, target).is_some_and(|m| m.is_remote() && m.source == device)
         {
-            return Ok(ShareMount::Absent);
+            return Ok(NfsMountProbe::Gone);
         }
-        let probe = FsOp::StatfsNfs {
-            path: target.to_path_buf(),
-        };
-        match self.os.fs(probe, Medium::Remote).await {
-            Ok(_) => Ok(ShareMount::Healthy),
-            Err(e) if e.is_stale_handle() => Ok(ShareMount::Stale),
-            // Unmounted since we read the table: mount it again.
-            Err(OsError::Fs(SafeFsError::NotNfs { .. })) => Ok(ShareMount::Absent),
-            Err(e) => Err(ControllerError::os("check export mount", volume)(e)),
-        }
+        probe_nfs_mount(&*self.os, target)
+            .await
+            .map_err(ControllerError::os("check export mount", volume))
     }
 
     async fn remote(

@@ -19,7 +19,8 @@ use super::volume::{PublishSpec, VolumeHealth};
 use super::volume_id::{guard_key, VolumeId, VolumeIdError};
 use crate::os::safe_fs::SafeFsError;
 use crate::os::{
-    mountinfo, FsOp, FsReply, Medium, MountEntry, MountSource, MountSpec, Os, OsError,
+    mountinfo, probe_nfs_mount, FsOp, FsReply, Medium, MountEntry, MountSource, MountSpec,
+    NfsMountProbe, Os, OsError,
 };
 
 /// Errors that describe the volume's state rather than a failure of the call: the server did not
@@ -214,16 +215,26 @@ impl Node {
                     existing: format!("{} {} ro={}", top.fs_type, top.source, top.readonly),
                 });
             }
-            if !top.is_remote() || !self.is_stale(&target).await? {
+            if !top.is_remote() {
                 return Ok(()); // already published exactly like this
             }
-            // The server recreated the export (restore, failover, a new disk): this mount can
-            // never work again, and kubelet is asking because the pod needs it. Replace it.
-            tracing::warn!(volume.id = %spec.volume_id, target.path = %target.display(), "replacing a mount with a stale file handle");
-            self.os
-                .unmount(&target, true)
+            let probe = probe_nfs_mount(&*self.os, &target)
                 .await
-                .map_err(Self::os_err("unmount stale target", &target))?;
+                .map_err(Self::os_err("check existing mount", &target))?;
+            match probe {
+                NfsMountProbe::Answering => return Ok(()),
+                // Unmounted behind our back since we read the table: mount it again below.
+                NfsMountProbe::Gone => {}
+                // The server recreated the export (restore, failover, a new disk): this mount
+                // can never work again, and kubelet is asking because the pod needs it.
+                NfsMountProbe::Stale => {
+                    tracing::warn!(volume.id = %spec.volume_id, target.path = %target.display(), "replacing a mount with a stale file handle");
+                    self.os
+                        .unmount(&target, true)
+                        .await
+                        .map_err(Self::os_err("unmount stale target", &target))?;
+                }
+            }
         }
         if spec.capability.mode == AccessMode::SingleNodeSingleWriter {
             if let Some(other) = mounts
@@ -255,19 +266,6 @@ impl Node {
             .mount(&mount)
             .await
             .map_err(Self::os_err("mount volume", &target))
-    }
-
-    /// Whether the NFS mount at `target` has a stale file handle. A server that does not answer
-    /// is an error, not stale: a new mount would hang just the same.
-    async fn is_stale(&self, target: &Path) -> Result<bool, NodeError> {
-        let probe = FsOp::StatfsNfs {
-            path: target.to_path_buf(),
-        };
-        match self.os.fs(probe, Medium::Remote).await {
-            Ok(_) => Ok(false),
-            Err(e) if e.is_stale_handle() => Ok(true),
-            Err(e) => Err(Self::os_err("check existing mount", target)(e)),
-        }
     }
 
     /// Unmount everything at `target` and remove the directory. Succeeds when nothing is there,

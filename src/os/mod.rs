@@ -110,6 +110,32 @@ impl OsError {
     }
 }
 
+/// What an NFS mount at a path answers (see [`probe_nfs_mount`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NfsMountProbe {
+    /// The server answers for it.
+    Answering,
+    /// The server no longer knows its file handle (the export was recreated): only a new
+    /// mount can reach the export again.
+    Stale,
+    /// The path is not on NFS any more: the mount went away since the table was read.
+    Gone,
+}
+
+/// Ask the server about the NFS mount at `path`, within the remote bound. A server that does not
+/// answer is an error, not `Stale`: a new mount would hang just the same.
+pub async fn probe_nfs_mount(os: &dyn Os, path: &Path) -> Result<NfsMountProbe, OsError> {
+    let probe = FsOp::StatfsNfs {
+        path: path.to_path_buf(),
+    };
+    match os.fs(probe, Medium::Remote).await {
+        Ok(_) => Ok(NfsMountProbe::Answering),
+        Err(e) if e.is_stale_handle() => Ok(NfsMountProbe::Stale),
+        Err(OsError::Fs(safe_fs::SafeFsError::NotNfs { .. })) => Ok(NfsMountProbe::Gone),
+        Err(e) => Err(e),
+    }
+}
+
 /// The narrow interface to the machine. Implementations must be cheap to share across tasks.
 #[async_trait]
 pub trait Os: Send + Sync + 'static {
