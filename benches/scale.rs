@@ -171,11 +171,10 @@ async fn measure(size: usize, rounds: usize) {
     );
 }
 
-/// Resident memory of a freshly started node process after it has settled.
-fn idle_rss(mode: &str) -> Option<u64> {
-    let dir = tempfile::tempdir().ok()?;
-    let sock = dir.path().join("csi.sock");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pvdir"))
+/// A real `pvdir serve` process on the local backend below `dir`; returns it and its socket.
+fn spawn_server(dir: &Path, mode: &str) -> Option<(std::process::Child, PathBuf)> {
+    let sock = dir.join("csi.sock");
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_pvdir"))
         .args([
             "serve",
             "--mode",
@@ -184,55 +183,61 @@ fn idle_rss(mode: &str) -> Option<u64> {
             "bench",
             "--local-root",
         ])
-        .arg(dir.path().join("root"))
+        .arg(dir.join("root"))
         .arg("--local-endpoint")
         .arg(format!("unix://{}", sock.display()))
         .stderr(std::process::Stdio::null())
         .spawn()
         .ok()?;
-    std::thread::sleep(Duration::from_secs(2));
+    Some((child, sock))
+}
+
+/// A `kB` figure from `/proc/<pid>/status` (`VmRSS`, `VmHWM`), then the process is killed.
+fn kib_then_kill(mut child: std::process::Child, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).ok();
     let _ = child.kill();
     let _ = child.wait();
     status?
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// Resident memory of a freshly started node process after it has settled.
+fn idle_rss(mode: &str) -> Option<u64> {
+    let dir = tempfile::tempdir().ok()?;
+    let (child, _) = spawn_server(dir.path(), mode)?;
+    std::thread::sleep(Duration::from_secs(2));
+    kib_then_kill(child, "VmRSS")
 }
 
 /// Peak resident memory (VmHWM) of a real `pvdir serve --mode all` process, in KiB, after it
 /// has created `volumes` volumes, published and unpublished each, and listed them all: the
 /// figure the node plugin's memory limit is sized from.
 async fn loaded_peak_rss(volumes: usize) -> Option<u64> {
-    use pvdir::ctl::client::Client;
     let dir = tempfile::tempdir_in("/dev/shm").ok()?;
-    let sock = dir.path().join("csi.sock");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pvdir"))
-        .args([
-            "serve",
-            "--mode",
-            "all",
-            "--node-id",
-            "bench",
-            "--local-root",
-        ])
-        .arg(dir.path().join("root"))
-        .arg("--local-endpoint")
-        .arg(format!("unix://{}", sock.display()))
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .ok()?;
+    let (child, sock) = spawn_server(dir.path(), "all")?;
+    // Whatever happens below, the server is killed once its figure is read.
+    let worked = drive(&sock, &dir.path().join("target"), volumes).await;
+    let peak = kib_then_kill(child, "VmHWM");
+    worked.then_some(peak?)
+}
+
+/// `volumes` creates, publishes and unpublishes, then one full listing; whether all succeeded.
+async fn drive(sock: &Path, target: &Path, volumes: usize) -> bool {
+    use pvdir::ctl::client::Client;
     for _ in 0..100 {
         if sock.exists() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let endpoint = format!("unix://{}", sock.display()).parse().ok()?;
-    let client = Client::connect(&endpoint, Duration::from_secs(30))
-        .await
-        .ok()?;
-    let target = dir.path().join("target");
+    let Ok(endpoint) = format!("unix://{}", sock.display()).parse() else {
+        return false;
+    };
+    let Ok(client) = Client::connect(&endpoint, Duration::from_secs(30)).await else {
+        return false;
+    };
     let mut ok = true;
     for i in 0..volumes {
         let created = client
@@ -275,16 +280,7 @@ async fn loaded_peak_rss(volumes: usize) -> Option<u64> {
         .list_volumes(csi::ListVolumesRequest::default())
         .await
         .map(|r| r.into_inner().entries.len());
-    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).ok();
-    let _ = child.kill();
-    let _ = child.wait();
-    if !ok || listed.ok()? != volumes {
-        return None;
-    }
-    status?
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    ok && listed.is_ok_and(|n| n == volumes)
 }
 
 fn main() {
