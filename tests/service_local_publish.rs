@@ -75,7 +75,7 @@ async fn reader_only_mode_or_readonly_flag_mounts_read_only() {
     let table = rig.fake.table();
     for t in [&a, &b] {
         assert!(
-            table.iter().any(|m| &m.mount_point == t && m.readonly),
+            table.iter().any(|m| &m.mount_point == t && m.readonly()),
             "{t:?}"
         );
     }

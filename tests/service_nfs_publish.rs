@@ -164,5 +164,5 @@ async fn a_class_with_ro_mount_option_publishes_idempotently() {
         .fake
         .table()
         .iter()
-        .any(|m| m.mount_point == t && m.readonly));
+        .any(|m| m.mount_point == t && m.readonly()));
 }

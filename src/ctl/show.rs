@@ -15,11 +15,10 @@ pub fn run(args: ShowArgs) -> Result<(), CtlError> {
         id: args.volume_id.clone(),
         source,
     })?;
-    let text =
-        std::fs::read_to_string(&args.mountinfo).map_err(|source| CtlError::ReadMountinfo {
-            path: args.mountinfo.clone(),
-            source,
-        })?;
+    let text = std::fs::read(&args.mountinfo).map_err(|source| CtlError::ReadMountinfo {
+        path: args.mountinfo.clone(),
+        source,
+    })?;
     let mounts = mountinfo::parse(&text);
     line("volume id", &args.volume_id);
     let found = match &id {
@@ -106,12 +105,12 @@ fn show_nfs(id: &NfsId, mounts: &[MountEntry]) -> Vec<String> {
     // The same test the node uses: an NFS mount of exactly `server:/share/subdir`.
     mounts
         .iter()
-        .filter(|m| m.is_remote() && m.source == device)
+        .filter(|m| m.is_remote() && m.source_is(&device))
         .map(|m| describe(m, &m.fs_type))
         .collect()
 }
 
 fn describe(m: &MountEntry, what: &str) -> String {
-    let mode = if m.readonly { "ro" } else { "rw" };
+    let mode = if m.readonly() { "ro" } else { "rw" };
     format!("{} ({what}, {mode})", m.mount_point.display())
 }

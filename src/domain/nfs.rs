@@ -205,7 +205,7 @@ impl NfsBackend {
             .mounts()
             .await
             .map_err(ControllerError::os("read mount table", volume))?;
-        if !mountinfo::top_at(&mounts, target).is_some_and(|m| m.is_remote() && m.source == device)
+        if !mountinfo::top_at(&mounts, target).is_some_and(|m| m.is_remote() && m.source_is(device))
         {
             return Ok(NfsMountProbe::Gone);
         }

@@ -72,7 +72,7 @@ impl Identity {
             Identity::Bind(id) => id
                 .as_ref()
                 .is_some_and(|(dev, root)| &entry.device == dev && &entry.root == root),
-            Identity::Nfs(device) => entry.is_remote() && &entry.source == device,
+            Identity::Nfs(device) => entry.is_remote() && entry.source_is(device),
             Identity::AnyNfs => entry.is_remote(),
         }
     }
@@ -209,10 +209,15 @@ impl Node {
         let mounts = self.mounts(&target).await?;
         let identity = Identity::of(&source, &mounts);
         if let Some(top) = mountinfo::top_at(&mounts, &target) {
-            if !(identity.matches(top) && top.readonly == readonly) {
+            if !(identity.matches(top) && top.readonly() == readonly) {
                 return Err(NodeError::TargetBusy {
                     target,
-                    existing: format!("{} {} ro={}", top.fs_type, top.source, top.readonly),
+                    existing: format!(
+                        "{} {} ro={}",
+                        top.fs_type,
+                        top.source.to_string_lossy(),
+                        top.readonly()
+                    ),
                 });
             }
             if !top.is_remote() {

@@ -58,7 +58,8 @@ impl FakeOs {
                 device: FAKE_ROOT_DEVICE.into(),
                 root: "/".into(),
                 mount_point: "/".into(),
-                readonly: false,
+                flags: super::MountFlags::RELATIME,
+                shared: false,
                 fs_type: "ext4".into(),
                 source: "/dev/fake".into(),
             });
@@ -193,9 +194,14 @@ impl Os for FakeOs {
                 device,
                 root,
                 mount_point: spec.target.clone(),
-                readonly: spec.readonly,
+                flags: if spec.readonly {
+                    super::MountFlags::READ_ONLY
+                } else {
+                    super::MountFlags::empty()
+                },
+                shared: false,
                 fs_type,
-                source,
+                source: source.into(),
             });
             Ok(())
         })

@@ -9,6 +9,7 @@
 pub mod child;
 pub mod fake;
 pub mod fsop;
+pub mod mount_flags;
 pub mod mountinfo;
 pub mod real;
 pub mod relpath;
@@ -20,6 +21,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 pub use fsop::{FsOp, FsReply};
+pub use mount_flags::MountFlags;
 pub use mountinfo::MountEntry;
 pub use relpath::RelPath;
 

@@ -4,10 +4,15 @@
 //! the target: a stat on a mount of a dead NFS server blocks, reading mountinfo never does.
 
 use std::ffi::OsString;
-use std::os::unix::ffi::OsStringExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
-/// One line of mountinfo (see proc(5)).
+use super::mount_flags::MountFlags;
+
+/// One line of mountinfo (see proc(5)). Paths and the source are bytes, as the kernel gives
+/// them: anyone who can rename a directory that is bind-mounted somewhere (a pod renaming the
+/// source of a kubelet subPath mount) chooses bytes that appear here, and none of them may
+/// make the table unreadable.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MountEntry {
     pub id: u32,
@@ -17,9 +22,13 @@ pub struct MountEntry {
     /// The directory inside that filesystem which is mounted here (differs from `/` for binds).
     pub root: PathBuf,
     pub mount_point: PathBuf,
-    pub readonly: bool,
+    /// Per-mount flags (`ro`, `nosuid`, …).
+    pub flags: MountFlags,
+    /// Whether the mount is in a shared peer group (`shared:N`), so that mounts made below it
+    /// propagate to its peers.
+    pub shared: bool,
     pub fs_type: String,
-    pub source: String,
+    pub source: OsString,
 }
 
 impl MountEntry {
@@ -27,47 +36,63 @@ impl MountEntry {
     pub fn is_remote(&self) -> bool {
         matches!(self.fs_type.as_str(), "nfs" | "nfs4")
     }
+
+    pub fn readonly(&self) -> bool {
+        self.flags.contains(MountFlags::READ_ONLY)
+    }
+
+    /// Whether the mount source is exactly `source` (such as `server:/export/dir`).
+    pub fn source_is(&self, source: &str) -> bool {
+        self.source.as_bytes() == source.as_bytes()
+    }
 }
 
-/// Parse the whole table; lines that do not parse are skipped (the kernel format is stable, a
-/// bad line means a format we do not understand and must not make every RPC fail).
-pub fn parse(text: &str) -> Vec<MountEntry> {
-    text.lines().filter_map(parse_line).collect()
+/// Parse the whole table. A line that does not parse is skipped rather than failing the
+/// table: one odd mount somewhere on the node must not stop every call for every volume.
+pub fn parse(text: &[u8]) -> Vec<MountEntry> {
+    text.split(|b| *b == b'\n').filter_map(parse_line).collect()
 }
 
-fn parse_line(line: &str) -> Option<MountEntry> {
-    let (left, right) = line.split_once(" - ")?;
-    let mut l = left.split(' ');
-    let id = l.next()?.parse().ok()?;
-    let parent_id = l.next()?.parse().ok()?;
-    let device = l.next()?.to_string();
-    let root = unescape(l.next()?);
-    let mount_point = unescape(l.next()?);
-    let options = l.next()?;
-    let mut r = right.split(' ');
-    let fs_type = r.next()?.to_string();
-    let source =
-        String::from_utf8_lossy(unescape(r.next()?).as_os_str().as_encoded_bytes()).into_owned();
+fn parse_line(line: &[u8]) -> Option<MountEntry> {
+    let sep = line.windows(3).position(|w| w == b" - ")?;
+    let (left, right) = (&line[..sep], &line[sep + 3..]);
+    let mut l = left.split(|b| *b == b' ');
+    let id = ascii(l.next()?)?.parse().ok()?;
+    let parent_id = ascii(l.next()?)?.parse().ok()?;
+    let device = ascii(l.next()?)?.to_string();
+    let root = PathBuf::from(unescape(l.next()?));
+    let mount_point = PathBuf::from(unescape(l.next()?));
+    let flags = MountFlags::from_mountinfo(l.next()?);
+    // Optional fields (`shared:1 master:2`) run up to the separator.
+    let shared = l.any(|field| field.starts_with(b"shared:"));
+    let mut r = right.split(|b| *b == b' ');
+    let fs_type = unescape(r.next()?).to_string_lossy().into_owned();
+    let source = unescape(r.next()?);
     Some(MountEntry {
         id,
         parent_id,
         device,
         root,
         mount_point,
-        readonly: options.split(',').any(|o| o == "ro"),
+        flags,
+        shared,
         fs_type,
         source,
     })
 }
 
-/// The kernel escapes space, tab, newline and backslash as `\ooo` octal.
-fn unescape(field: &str) -> PathBuf {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
+fn ascii(field: &[u8]) -> Option<&str> {
+    std::str::from_utf8(field).ok()
+}
+
+/// The kernel escapes space, tab, newline and backslash as `\ooo` octal; every other byte,
+/// including bytes that are not UTF-8, is written as it is.
+fn unescape(field: &[u8]) -> OsString {
+    let mut out = Vec::with_capacity(field.len());
     let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\\' && i + 4 <= bytes.len() {
-            let oct = &bytes[i + 1..i + 4];
+    while i < field.len() {
+        if field[i] == b'\\' && i + 4 <= field.len() {
+            let oct = &field[i + 1..i + 4];
             if oct.iter().all(|b| (b'0'..=b'7').contains(b)) {
                 let v = oct
                     .iter()
@@ -79,10 +104,10 @@ fn unescape(field: &str) -> PathBuf {
                 }
             }
         }
-        out.push(bytes[i]);
+        out.push(field[i]);
         i += 1;
     }
-    PathBuf::from(OsString::from_vec(out))
+    OsString::from_vec(out)
 }
 
 /// The topmost mount at `path`, if `path` is a mount point. Later lines are mounted later, so
@@ -131,7 +156,7 @@ pub fn mounts_of_tree<'a>(
 mod tests {
     use super::*;
 
-    const TABLE: &str = "\
+    const TABLE: &[u8] = b"\
 22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
 30 22 0:40 / /var/lib/pvdir rw,nosuid shared:9 - tmpfs tmpfs rw,size=1024k
 41 22 0:40 /volumes/a /var/lib/kubelet/pods/x/mount ro,relatime shared:9 - tmpfs tmpfs rw
@@ -139,24 +164,52 @@ mod tests {
 bad line
 ";
 
+    fn os(bytes: &[u8]) -> PathBuf {
+        PathBuf::from(OsString::from_vec(bytes.to_vec()))
+    }
+
     #[test]
     fn parses_fields_and_escapes() {
         let e = parse(TABLE);
         assert_eq!(e.len(), 4);
         assert_eq!(e[2].root, PathBuf::from("/volumes/a"));
-        assert!(e[2].readonly);
-        assert!(!e[1].readonly);
+        assert!(e[2].readonly());
+        assert!(!e[1].readonly());
+        assert_eq!(e[1].flags, MountFlags::NOSUID);
+        assert!(e[1].shared && !e[3].shared);
         assert_eq!(e[3].mount_point, PathBuf::from("/mnt/with space"));
-        assert_eq!(e[3].source, "10.0.0.1:/export/a b");
+        assert!(e[3].source_is("10.0.0.1:/export/a b"));
         assert!(e[3].is_remote());
         assert!(!e[1].is_remote());
     }
 
     #[test]
     fn optional_fields_are_skipped() {
-        let e = parse("5 1 0:3 / /x rw shared:1 master:2 - proc proc rw\n");
+        let e = parse(b"5 1 0:3 / /x rw shared:1 master:2 - proc proc rw\n");
         assert_eq!(e[0].fs_type, "proc");
-        assert_eq!(e[0].source, "proc");
+        assert!(e[0].source_is("proc"));
+        assert!(e[0].shared);
+    }
+
+    /// A pod that renames the source of its subPath mount to a name that is not UTF-8 puts
+    /// those bytes into the plugin's mount table (the root field), and can do the same to a
+    /// mount point or a source. Every other line must still be read.
+    #[test]
+    fn bytes_that_are_not_utf8_are_kept_and_spoil_nothing() {
+        let mut table = TABLE.to_vec();
+        table.extend_from_slice(
+            b"60 22 0:40 /volumes/\xff /pods/\xfe/sub rw - tmpfs tmpfs\xff rw\n\
+              61 22 0:53 / /mnt/n rw - nfs4 srv:/export/\xc3\x28 rw\n\
+              \xff\xfe garbage \x00\n\
+              62 22 0:40 /volumes/b /pods/ok rw - tmpfs tmpfs rw\n",
+        );
+        let e = parse(&table);
+        assert_eq!(e.len(), 7, "{e:#?}");
+        assert_eq!(e[4].root, os(b"/volumes/\xff"));
+        assert_eq!(e[4].mount_point, os(b"/pods/\xfe/sub"));
+        assert_eq!(e[5].source.as_bytes(), b"srv:/export/\xc3\x28");
+        assert!(!e[5].source_is("srv:/export/\u{fffd}("), "no lossy matches");
+        assert_eq!(e[6].mount_point, PathBuf::from("/pods/ok"));
     }
 
     #[test]
@@ -172,8 +225,8 @@ bad line
     fn tree_mounts_include_subdirectory_binds_only() {
         let mut e = parse(TABLE);
         e.extend(parse(
-            "50 22 0:40 /volumes/a/sub /pods/y/subpath rw - tmpfs tmpfs rw\n\
-             51 22 0:40 /volumes/ab /pods/z rw - tmpfs tmpfs rw\n",
+            b"50 22 0:40 /volumes/a/sub /pods/y/subpath rw - tmpfs tmpfs rw\n\
+              51 22 0:40 /volumes/ab /pods/z rw - tmpfs tmpfs rw\n",
         ));
         let found: Vec<u32> = mounts_of_tree(&e, Path::new("/var/lib/pvdir/volumes/a"))
             .map(|m| m.id)
@@ -199,7 +252,8 @@ bad line
 
     #[test]
     fn truncated_escape_is_kept_literally() {
-        assert_eq!(unescape("a\\04"), PathBuf::from("a\\04"));
-        assert_eq!(unescape("\\"), PathBuf::from("\\"));
+        assert_eq!(unescape(b"a\\04"), OsString::from("a\\04"));
+        assert_eq!(unescape(b"\\"), OsString::from("\\"));
+        assert_eq!(unescape(b"\\777"), OsString::from("\\777"));
     }
 }

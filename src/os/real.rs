@@ -152,7 +152,8 @@ fn bind(source: &Path, target: &Path, readonly: bool, options: &[String]) -> Res
 #[async_trait]
 impl Os for RealOs {
     async fn mounts(&self) -> Result<Vec<MountEntry>, OsError> {
-        let text = tokio::fs::read_to_string("/proc/self/mountinfo")
+        // Bytes, not text: mount paths are whatever bytes someone gave a directory name.
+        let text = tokio::fs::read("/proc/self/mountinfo")
             .await
             .map_err(|source| OsError::ReadMountTable { source })?;
         Ok(mountinfo::parse(&text))

@@ -12,12 +12,14 @@ pub struct MountLine {
     pub root: PathBuf,
     pub mount_point: PathBuf,
     pub readonly: bool,
+    /// Per-mount options as the kernel lists them (`ro,nosuid,relatime`).
+    pub options: Vec<String>,
     pub fs_type: String,
 }
 
-/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
-fn unescape(field: &str) -> PathBuf {
-    let b = field.as_bytes();
+/// mountinfo escapes space, tab, newline and backslash as `\ooo`; other bytes (also ones that
+/// are not UTF-8) are written as they are.
+fn unescape(b: &[u8]) -> PathBuf {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
@@ -36,16 +38,23 @@ fn unescape(field: &str) -> PathBuf {
 }
 
 fn mount_table() -> Vec<MountLine> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").expect("read /proc/self/mountinfo");
-    text.lines()
+    let text = std::fs::read("/proc/self/mountinfo").expect("read /proc/self/mountinfo");
+    text.split(|b| *b == b'\n')
         .filter_map(|line| {
-            let (left, right) = line.split_once(" - ")?;
-            let f: Vec<&str> = left.split(' ').collect();
+            let sep = line.windows(3).position(|w| w == b" - ")?;
+            let f: Vec<&[u8]> = line[..sep].split(|b| *b == b' ').collect();
+            let options: Vec<String> = f
+                .get(5)?
+                .split(|b| *b == b',')
+                .map(|o| String::from_utf8_lossy(o).into_owned())
+                .collect();
             Some(MountLine {
                 root: unescape(f.get(3)?),
                 mount_point: unescape(f.get(4)?),
-                readonly: f.get(5)?.split(',').any(|o| o == "ro"),
-                fs_type: right.split(' ').next()?.to_string(),
+                readonly: options.iter().any(|o| o == "ro"),
+                options,
+                fs_type: String::from_utf8_lossy(line[sep + 3..].split(|b| *b == b' ').next()?)
+                    .into_owned(),
             })
         })
         .collect()
