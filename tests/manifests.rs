@@ -593,7 +593,7 @@ fn storage_classes_use_the_served_drivers_and_local_waits_for_the_pod() {
         };
         assert!(drivers.contains(&sc.provisioner.as_str()), "{}", o.name);
         for option in sc.mount_options.iter().flatten() {
-            let valid = pvdir::domain::volume_id::validate_mount_option(option);
+            let valid = pvdir::domain::access::check_mount_option(option);
             assert!(valid.is_ok(), "{}: {option}: {valid:?}", o.name);
         }
         seen.insert(

@@ -166,3 +166,37 @@ async fn a_class_with_ro_mount_option_publishes_idempotently() {
         .iter()
         .any(|m| m.mount_point == t && m.readonly()));
 }
+
+/// A PV's `mountOptions` reach the node unchecked by the controller (a static PV never passes
+/// CreateVolume). One option must stay one option: `hard,remount` would be joined into the
+/// `-o` list as two.
+#[tokio::test]
+async fn node_refuses_a_mount_option_that_smuggles_in_others() {
+    let rig = Rig::nfs();
+    for bad in [
+        "hard,remount",
+        "vers=4.2 sync",
+        "remount",
+        "make-shared",
+        "",
+    ] {
+        let t = rig.path().join("static");
+        let mut req = publish_req(
+            "my-static-pv",
+            &t,
+            Mode::MultiNodeMultiWriter,
+            false,
+            &[bad],
+        );
+        req.volume_context = HashMap::from([
+            ("server".to_string(), "nfs.example".to_string()),
+            ("share".to_string(), "/srv/nfs".to_string()),
+        ]);
+        assert_eq!(
+            code(rig.node.node_publish_volume(Request::new(req)).await),
+            Code::InvalidArgument,
+            "{bad:?}"
+        );
+    }
+    assert!(rig.fake.calls().is_empty(), "{:?}", rig.fake.calls());
+}

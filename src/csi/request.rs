@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use super::proto as csi;
-use crate::domain::access::{AccessMode, AccessType, Capability};
+use crate::domain::access::{check_mount_option, AccessMode, AccessType, Capability};
 use crate::domain::volume::{CreateSpec, PublishSpec};
 
 /// A request that is malformed; always INVALID_ARGUMENT.
@@ -47,14 +47,21 @@ fn access_mode(mode: Option<&csi::volume_capability::AccessMode>) -> Result<Acce
     }
 }
 
+/// Every capability of every request passes here, so a mount option is checked in this one
+/// place before the controller or the node sees it.
 pub fn capability(cap: &csi::VolumeCapability) -> Result<Capability, Invalid> {
     use csi::volume_capability::AccessType as Raw;
     let mode = access_mode(cap.access_mode.as_ref())?;
     let access = match &cap.access_type {
-        Some(Raw::Mount(m)) => AccessType::Mount {
-            fs_type: m.fs_type.clone(),
-            mount_flags: m.mount_flags.clone(),
-        },
+        Some(Raw::Mount(m)) => {
+            for option in &m.mount_flags {
+                check_mount_option(option).map_err(|e| Invalid(e.to_string()))?;
+            }
+            AccessType::Mount {
+                fs_type: m.fs_type.clone(),
+                mount_flags: m.mount_flags.clone(),
+            }
+        }
         Some(Raw::Block(_)) => AccessType::Block,
         None => return Err(Invalid("volume capability access_type is required".into())),
     };
@@ -313,6 +320,22 @@ mod tests {
         let mut noid = ok;
         noid.volume_id.clear();
         assert!(PublishSpec::try_from(noid).is_err());
+    }
+
+    #[test]
+    fn mount_options_are_checked_for_every_request() {
+        let mut cap = mount_cap(1);
+        if let Some(csi::volume_capability::AccessType::Mount(m)) = cap.access_type.as_mut() {
+            m.mount_flags = vec!["hard,remount".into()];
+        }
+        let publish = csi::NodePublishVolumeRequest {
+            volume_id: "v".into(),
+            target_path: "/t".into(),
+            volume_capability: Some(cap.clone()),
+            ..Default::default()
+        };
+        assert!(PublishSpec::try_from(publish).is_err());
+        assert!(create("a", vec![cap], None).is_err());
     }
 
     #[test]

@@ -75,6 +75,65 @@ pub const BIND_MOUNT_FLAGS: &[&str] = &[
     "relatime",
 ];
 
+/// Longest mount option accepted; real ones are a few dozen bytes.
+pub const MAX_MOUNT_OPTION_LEN: usize = 1024;
+
+/// Options that change what mount does rather than how the filesystem behaves: a PV author's
+/// `remount` or `move` would turn pvdir's mount into another operation on the target.
+const OPERATION_OPTIONS: &[&str] = &[
+    "remount",
+    "bind",
+    "rbind",
+    "move",
+    "shared",
+    "rshared",
+    "private",
+    "rprivate",
+    "slave",
+    "rslave",
+    "unbindable",
+    "runbindable",
+];
+
+/// Why a string cannot be passed as one mount option.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MountOptionError {
+    #[error("an empty mount option")]
+    Empty,
+    #[error("a mount option of {len} bytes (max {MAX_MOUNT_OPTION_LEN})")]
+    TooLong { len: usize },
+    /// A comma would split it into several options (`hard,remount`); control characters and
+    /// spaces have no place in an option and could forge log lines.
+    #[error(
+        "mount option {0:?} is not one option: it holds a comma, a space or a control character"
+    )]
+    NotOne(String),
+    #[error("mount option {0:?} changes the mount operation itself")]
+    Operation(String),
+}
+
+/// The one check of a mount option, for StorageClass and PV `mountOptions` alike, wherever they
+/// arrive (CreateVolume, NodePublishVolume, a volume ID): each is passed on as one option.
+pub fn check_mount_option(option: &str) -> Result<(), MountOptionError> {
+    if option.is_empty() {
+        return Err(MountOptionError::Empty);
+    }
+    if option.len() > MAX_MOUNT_OPTION_LEN {
+        return Err(MountOptionError::TooLong { len: option.len() });
+    }
+    if option
+        .chars()
+        .any(|c| c == ',' || c.is_whitespace() || c.is_control())
+    {
+        return Err(MountOptionError::NotOne(option.to_string()));
+    }
+    let word = option.split('=').next().unwrap_or(option);
+    if OPERATION_OPTIONS.contains(&word) || word.starts_with("make-") {
+        return Err(MountOptionError::Operation(option.to_string()));
+    }
+    Ok(())
+}
+
 /// Why a capability cannot be served, or `None` when it can.
 pub fn unsupported_reason(kind: BackendKind, cap: &Capability) -> Option<String> {
     if cap.access == AccessType::Block {
@@ -168,6 +227,37 @@ mod tests {
             unsupported_reason(BackendKind::Nfs, &cap(AccessMode::SingleNodeWriter)),
             None
         );
+    }
+
+    #[test]
+    fn mount_options_are_one_option_each() {
+        for good in [
+            "hard",
+            "nfsvers=4.2",
+            "sec=krb5p",
+            "ro",
+            "nosuid",
+            "timeo=600",
+        ] {
+            assert_eq!(check_mount_option(good), Ok(()), "{good}");
+        }
+        assert_eq!(check_mount_option(""), Err(MountOptionError::Empty));
+        for bad in ["hard,remount", "a b", "x\ny", "tab\t", "nul\0"] {
+            assert!(
+                matches!(check_mount_option(bad), Err(MountOptionError::NotOne(_))),
+                "{bad:?}"
+            );
+        }
+        for bad in ["remount", "bind", "move", "rshared", "make-private"] {
+            assert!(
+                matches!(check_mount_option(bad), Err(MountOptionError::Operation(_))),
+                "{bad}"
+            );
+        }
+        assert!(matches!(
+            check_mount_option(&"x".repeat(MAX_MOUNT_OPTION_LEN + 1)),
+            Err(MountOptionError::TooLong { .. })
+        ));
     }
 
     #[test]

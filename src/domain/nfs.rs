@@ -27,7 +27,7 @@ use super::error::ControllerError;
 use super::params::{from_map, NfsParams};
 use super::record::{Claim, RecordDir};
 use super::volume::{CreateSpec, Deleted, Volume};
-use super::volume_id::{owner_tag, validate_mount_option, NfsId, OnDelete, VolumeId};
+use super::volume_id::{owner_tag, NfsId, OnDelete, VolumeId};
 use crate::os::{
     mountinfo, probe_nfs_mount, FsOp, FsReply, Medium, MountSource, MountSpec, NfsMountProbe, Os,
     OsError, RelPath,
@@ -245,7 +245,8 @@ impl NfsBackend {
         {
             return Err(ControllerError::UnsupportedCapability { reason });
         }
-        let mount_options = mount_options(&spec.capabilities)?;
+        // Each option was checked when the request was parsed (csi::request::capability).
+        let mount_options = merged_mount_flags(&spec.capabilities);
         Ok(NfsPlan {
             mode: resolved.mode,
             reuse_existing: resolved.reuse_existing,
@@ -455,7 +456,7 @@ impl NfsBackend {
         let params: NfsParams = from_map(parameters)?;
         // Capacity is per export; the subdirectory template needs PVC metadata it lacks here.
         let share = params.export()?;
-        let options = mount_options(caps)?;
+        let options = merged_mount_flags(caps);
         // Held until this function returns: no remount under our feet.
         let export = self
             .share_mount(&params.server, &share, &options, "*")
@@ -488,16 +489,6 @@ fn check_same(existing: &NfsRecord, wanted: &NfsRecord) -> Result<(), Controller
         });
     }
     Ok(())
-}
-
-fn mount_options(caps: &[Capability]) -> Result<Vec<String>, ControllerError> {
-    let options = merged_mount_flags(caps);
-    for option in &options {
-        validate_mount_option(option).map_err(|e| ControllerError::UnsupportedCapability {
-            reason: e.to_string(),
-        })?;
-    }
-    Ok(options)
 }
 
 #[cfg(test)]

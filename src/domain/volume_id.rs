@@ -18,6 +18,7 @@ use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, CONTRO
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+use super::access::check_mount_option;
 use crate::os::relpath::{RelPath, RelPathError};
 
 const PREFIX: &str = "v1";
@@ -196,14 +197,8 @@ pub fn validate_share(share: &str) -> Result<(), VolumeIdError> {
         .map_err(|e| bad("share", format!("{share:?}: {e}")))
 }
 
-pub fn validate_mount_option(option: &str) -> Result<(), VolumeIdError> {
-    if option.is_empty() || option.contains(['\0', ',', '\n']) {
-        return Err(bad(
-            "mountOptions",
-            format!("{option:?} is not one mount option"),
-        ));
-    }
-    Ok(())
+fn validate_mount_option(option: &str) -> Result<(), VolumeIdError> {
+    check_mount_option(option).map_err(|e| bad("mountOptions", e.to_string()))
 }
 
 impl VolumeId {
