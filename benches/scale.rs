@@ -22,6 +22,7 @@ use pvdir::domain::controller::Controller;
 use pvdir::domain::guard::InFlight;
 use pvdir::domain::local::LocalBackend;
 use pvdir::domain::node::Node;
+use pvdir::os::mount::MountApi;
 use pvdir::os::real::RealOs;
 use tonic::Request;
 
@@ -41,11 +42,16 @@ struct Services {
     node: NodeService,
 }
 
-fn services(root: &Path) -> Services {
+async fn services(root: &Path) -> Services {
     let os = Arc::new(RealOs::new(
         PathBuf::from(env!("CARGO_BIN_EXE_pvdir")),
         Duration::from_secs(30),
+        root.join("mounts"),
+        MountApi::Auto,
     ));
+    os.prepare()
+        .await
+        .expect("prepare the mount staging directory");
     let backend = LocalBackend::new(root.to_path_buf(), "bench".into(), os.clone());
     for d in backend.layout_dirs() {
         std::fs::create_dir_all(d).expect("layout");
@@ -107,7 +113,7 @@ async fn measure(size: usize, rounds: usize) {
     let root = dir.path().join("root");
     let pods = dir.path().join("pods");
     std::fs::create_dir_all(&pods).expect("pods");
-    let s = services(&root);
+    let s = services(&root).await;
     let fill = Instant::now();
     for i in 0..size {
         create(&s, &format!("existing-{i:05}")).await;
@@ -184,6 +190,8 @@ fn spawn_server(dir: &Path, mode: &str) -> Option<(std::process::Child, PathBuf)
             "--local-root",
         ])
         .arg(dir.join("root"))
+        .arg("--mount-staging-dir")
+        .arg(dir.join("mounts"))
         .arg("--local-endpoint")
         .arg(format!("unix://{}", sock.display()))
         .stderr(std::process::Stdio::null())

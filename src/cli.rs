@@ -47,6 +47,8 @@ pub enum Command {
 pub enum Internal {
     /// Run one directory operation (JSON) and print the result as JSON.
     Fs { op: String },
+    /// Run one mount operation (JSON) and print the result as JSON.
+    Mount { op: String },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -126,6 +128,21 @@ pub struct ServeArgs {
         env = "PVDIR_NFS_STAGING_DIR"
     )]
     pub nfs_staging_dir: PathBuf,
+
+    /// Where mounts are finished before they are attached to a target (a private mount of
+    /// its own, made at start-up; what a crashed run left there is removed).
+    #[arg(
+        long,
+        default_value = "/run/pvdir/mounts",
+        env = "PVDIR_MOUNT_STAGING_DIR"
+    )]
+    pub mount_staging_dir: PathBuf,
+
+    /// Mount API: `auto` uses open_tree/mount_setattr/move_mount (Linux 5.12) and falls back
+    /// to the classic one on older kernels; `classic` always uses mount(2) with MS_MOVE (for
+    /// seccomp profiles that refuse the new syscalls).
+    #[arg(long, value_enum, default_value = "auto", env = "PVDIR_MOUNT_API")]
+    pub mount_api: crate::os::mount::MountApi,
 
     /// Bound, in seconds, on every operation that can block on an NFS server.
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600), env = "PVDIR_NFS_TIMEOUT")]

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use clap::Parser;
 use pvdir::cli::{Cli, Command, Internal, LogFormat, ServeArgs};
 use pvdir::ctl;
-use pvdir::os::real::{run_internal_fs, RealOs};
+use pvdir::os::real::{run_internal_fs, run_internal_mount, RealOs};
 use tokio::signal::unix::{signal, SignalKind};
 
 fn init_logging(args: &ServeArgs) {
@@ -47,7 +47,19 @@ fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let os = Arc::new(RealOs::new(helper, args.nfs_timeout()));
+    let staging = match pvdir::server::prepare_dir(&args.mount_staging_dir) {
+        Ok(dir) => dir,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot prepare the mount staging directory");
+            return ExitCode::FAILURE;
+        }
+    };
+    let os = Arc::new(RealOs::new(
+        helper,
+        args.nfs_timeout(),
+        staging,
+        args.mount_api,
+    ));
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -59,6 +71,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
+        os.prepare().await?;
         let plugins = pvdir::server::assemble(&args, os)?;
         pvdir::server::serve(plugins, terminated()).await
     });
@@ -90,6 +103,9 @@ fn main() -> ExitCode {
         Command::Delete(args) => ctl::block_on(ctl::volume::delete(args)),
         Command::Internal(Internal::Fs { op }) => {
             ExitCode::from(u8::try_from(run_internal_fs(&op)).unwrap_or(1))
+        }
+        Command::Internal(Internal::Mount { op }) => {
+            ExitCode::from(u8::try_from(run_internal_mount(&op)).unwrap_or(1))
         }
     }
 }

@@ -48,6 +48,8 @@ pub enum ServerError {
     Serve(#[from] tonic::transport::Error),
     #[error("cannot determine the node id; pass --node-id")]
     NoNodeId,
+    #[error("preparing the OS layer: {0}")]
+    Os(#[from] crate::os::OsError),
 }
 
 impl std::fmt::Display for Endpoint {
@@ -87,7 +89,8 @@ pub struct Plugin {
     pub node: Option<NodeService>,
 }
 
-fn prepare_dir(path: &Path) -> Result<PathBuf, ServerError> {
+/// Create `path` if missing and return it canonical.
+pub fn prepare_dir(path: &Path) -> Result<PathBuf, ServerError> {
     std::fs::create_dir_all(path).map_err(|source| ServerError::Prepare {
         path: path.to_path_buf(),
         source,

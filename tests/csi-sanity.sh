@@ -32,6 +32,7 @@ trap cleanup EXIT
 [ -x "$sanity" ] || { echo "csi-sanity not found (go install github.com/kubernetes-csi/csi-test/v5/cmd/csi-sanity@v5.4.0)"; exit 1; }
 
 "$bin" serve --mode all --local-endpoint "unix://$work/csi.sock" --local-root "$work/root" \
+    --mount-staging-dir "$work/mounts" \
     --node-id sanity-node --log-format json 2>"$work/driver.log" &
 driver_pid=$!
 for _ in $(seq 100); do [ -S "$work/csi.sock" ] && break; sleep 0.1; done

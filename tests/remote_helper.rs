@@ -6,12 +6,20 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use pvdir::os::mount::MountApi;
 use pvdir::os::real::RealOs;
 use pvdir::os::safe_fs::{RemoveOutcome, SafeFsError};
 use pvdir::os::{FsOp, FsReply, Medium, Os, OsError, RelPath};
 
 fn os(timeout: Duration) -> RealOs {
-    RealOs::new(PathBuf::from(env!("CARGO_BIN_EXE_pvdir")), timeout)
+    // Directory work only: the staging directory is never prepared or used.
+    let unused = std::env::temp_dir().join("pvdir-remote-helper-unused");
+    RealOs::new(
+        PathBuf::from(env!("CARGO_BIN_EXE_pvdir")),
+        timeout,
+        unused,
+        MountApi::Auto,
+    )
 }
 
 fn helpers_running_for(marker: &str) -> usize {

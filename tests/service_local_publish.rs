@@ -16,6 +16,7 @@ use std::sync::Arc;
 use common::service::*;
 use pvdir::csi::proto as csi;
 use pvdir::csi::proto::node_server::Node as _;
+use pvdir::os::MountFlags;
 use tonic::{Code, Request};
 
 use csi::volume_capability::access_mode::Mode;
@@ -233,12 +234,12 @@ async fn local_bind_mounts_carry_the_class_mount_flags() {
         .node_publish_volume(Request::new(req))
         .await
         .unwrap();
-    assert!(rig
-        .fake
-        .calls()
-        .last()
-        .unwrap()
-        .ends_with("opts=nosuid,noexec"));
+    let mounted = rig.fake.table();
+    let at = mounted.iter().find(|m| m.mount_point == t).unwrap();
+    assert!(
+        at.flags.contains(MountFlags::NOSUID | MountFlags::NOEXEC),
+        "{at:?}"
+    );
     let bad = publish_req(
         &v.volume_id,
         &rig.path().join("u"),

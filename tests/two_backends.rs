@@ -54,6 +54,8 @@ async fn each_backend_has_its_own_name_capabilities_and_topology() {
             .arg(dir.path().join("root"))
             .arg("--nfs-staging-dir")
             .arg(dir.path().join("staging"))
+            .arg("--mount-staging-dir")
+            .arg(dir.path().join("mounts"))
             .arg("--local-endpoint")
             .arg(format!("unix://{}", sock.display()))
             .arg("--nfs-endpoint")

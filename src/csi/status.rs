@@ -9,6 +9,7 @@ use tonic::{Code, Status};
 
 use super::request::Invalid;
 use crate::domain::error::{ControllerError, NodeError};
+use crate::os::mount::MountError;
 use crate::os::safe_fs::SafeFsError;
 use crate::os::OsError;
 
@@ -38,14 +39,24 @@ pub fn fs_code(e: &SafeFsError) -> Code {
     }
 }
 
+pub fn mount_code(e: &MountError) -> Code {
+    match e {
+        // A symlink or a file planted where a directory was made: someone must look.
+        MountError::Target { errno, .. } if matches!(*errno, libc::ENOTDIR | libc::ELOOP) => {
+            Code::FailedPrecondition
+        }
+        MountError::Target { .. } | MountError::Step { .. } => Code::Internal,
+    }
+}
+
 pub fn os_code(e: &OsError) -> Code {
     match e {
         // A server that does not answer in time: the sidecar retries later.
         OsError::TimedOut { .. } => Code::Unavailable,
         OsError::Fs(fs) => fs_code(fs),
+        OsError::MountCall(m) => mount_code(m),
         OsError::ReadMountTable { .. }
         | OsError::Mount { .. }
-        | OsError::Unmount { .. }
         | OsError::Spawn { .. }
         | OsError::Helper { .. } => Code::Internal,
     }

@@ -29,8 +29,8 @@ use super::record::{Claim, RecordDir};
 use super::volume::{CreateSpec, Deleted, Volume};
 use super::volume_id::{owner_tag, NfsId, OnDelete, VolumeId};
 use crate::os::{
-    mountinfo, probe_nfs_mount, FsOp, FsReply, Medium, MountSource, MountSpec, NfsMountProbe, Os,
-    OsError, RelPath,
+    mountinfo, probe_nfs_mount, FsOp, FsReply, Medium, MountFlags, MountSource, MountSpec,
+    NfsMountProbe, Os, OsError, RelPath,
 };
 
 /// pvdir's own state directory on each export.
@@ -178,7 +178,9 @@ impl NfsBackend {
                 path: share.to_string(),
             },
             target: target.clone(),
-            readonly: false,
+            // The controller only makes and removes directories there: whatever a pod with a
+            // static PV of the share root planted is never run or opened as a device here.
+            flags: MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
             options,
         };
         self.os

@@ -19,8 +19,8 @@ use super::volume::{PublishSpec, VolumeHealth};
 use super::volume_id::{guard_key, VolumeId, VolumeIdError};
 use crate::os::safe_fs::SafeFsError;
 use crate::os::{
-    mountinfo, probe_nfs_mount, FsOp, FsReply, Medium, MountEntry, MountSource, MountSpec,
-    NfsMountProbe, Os, OsError,
+    mountinfo, probe_nfs_mount, FsOp, FsReply, Medium, MountEntry, MountFlags, MountSource,
+    MountSpec, NfsMountProbe, Os, OsError,
 };
 
 /// Errors that describe the volume's state rather than a failure of the call: the server did not
@@ -204,19 +204,29 @@ impl Node {
                 reason: "not a pvdir volume and no server in the volume context".into(),
             });
         };
-        let readonly = spec.mount_readonly();
+        let asked = spec.mount_flags();
         let target = Self::canonical(&spec.target).await;
         let mounts = self.mounts(&target).await?;
         let identity = Identity::of(&source, &mounts);
+        // What a finished publish shows: a bind keeps every flag of the mount its source is
+        // on (the OS layer only ever adds), an NFS mount has just the asked ones.
+        let wanted = match &source {
+            MountSource::Bind(dir) => asked
+                .over(mountinfo::containing(&mounts, dir).map_or(MountFlags::empty(), |m| m.flags)),
+            MountSource::Nfs { .. } => asked.over(MountFlags::empty()),
+        };
         if let Some(top) = mountinfo::top_at(&mounts, &target) {
-            if !(identity.matches(top) && top.readonly() == readonly) {
+            // The spec's ALREADY_EXISTS for a target published with another source, access
+            // mode or flags. pvdir never leaves a half-made mount at a target (see
+            // os::mount), so a mismatch is never its own unfinished publish.
+            if !(identity.matches(top) && top.flags.matches(wanted)) {
                 return Err(NodeError::TargetBusy {
                     target,
                     existing: format!(
-                        "{} {} ro={}",
+                        "{} {} ({}; wanted {wanted})",
                         top.fs_type,
                         top.source.to_string_lossy(),
-                        top.readonly()
+                        top.flags
                     ),
                 });
             }
@@ -261,11 +271,16 @@ impl Node {
             )
             .await
             .map_err(Self::os_err("create target directory", &target))?;
+        let options = match &source {
+            MountSource::Nfs { .. } => spec.capability.mount_flags().to_vec(),
+            // A bind takes per-mount flags only, and `asked` holds them all.
+            MountSource::Bind(_) => Vec::new(),
+        };
         let mount = MountSpec {
             source,
             target: target.clone(),
-            readonly,
-            options: spec.capability.mount_flags().to_vec(),
+            flags: asked,
+            options,
         };
         self.os
             .mount(&mount)

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use super::access::Capability;
 use super::volume_id::VolumeId;
+use crate::os::MountFlags;
 
 /// Topology key of local volumes: the node that holds the directory.
 pub const TOPOLOGY_KEY: &str = "topology.pvdir.io/node";
@@ -56,12 +57,16 @@ pub struct PublishSpec {
 }
 
 impl PublishSpec {
-    /// Read-only when the CO says so, when the access mode only reads, or when the class's
-    /// mount options carry `ro` (the mount will be read-only then, so publish must expect it).
-    pub fn mount_readonly(&self) -> bool {
-        self.readonly
-            || self.capability.mode.is_read_only()
-            || self.capability.mount_flags().iter().any(|f| f == "ro")
+    /// The per-mount flags this publish asks for: those named among the mount options, and
+    /// `ro` when the CO says so or the access mode only reads.
+    pub fn mount_flags(&self) -> MountFlags {
+        let named =
+            MountFlags::from_names(self.capability.mount_flags().iter().map(String::as_str));
+        if self.readonly || self.capability.mode.is_read_only() {
+            named | MountFlags::READ_ONLY
+        } else {
+            named
+        }
     }
 }
 

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 
 use super::fsop::{self, FsOp, FsReply};
 use super::safe_fs::SafeFsError;
-use super::{Medium, MountEntry, MountSource, MountSpec, Os, OsError};
+use super::{Medium, MountEntry, MountFlags, MountSource, MountSpec, Os, OsError};
 
 #[derive(Default)]
 struct State {
@@ -58,7 +58,7 @@ impl FakeOs {
                 device: FAKE_ROOT_DEVICE.into(),
                 root: "/".into(),
                 mount_point: "/".into(),
-                flags: super::MountFlags::RELATIME,
+                flags: MountFlags::RELATIME,
                 shared: false,
                 fs_type: "ext4".into(),
                 source: "/dev/fake".into(),
@@ -157,24 +157,29 @@ impl Os for FakeOs {
         let mut paused = self.paused.subscribe();
         let _ = paused.wait_for(|p| !*p).await;
         self.with(|s| {
-            let (fs_type, source, root, device) = match &spec.source {
+            // As the kernel does: a bind keeps the flags of the mount its source is on and
+            // gains the asked ones; a new NFS mount starts from relatime.
+            let (fs_type, source, root, device, holder) = match &spec.source {
                 MountSource::Bind(p) => (
                     "ext4".to_string(),
                     "/dev/fake".to_string(),
                     p.clone(),
                     FAKE_ROOT_DEVICE.to_string(),
+                    super::mountinfo::containing(&s.table, p)
+                        .map_or(MountFlags::RELATIME, |m| m.flags),
                 ),
                 MountSource::Nfs { server, path } => (
                     "nfs4".to_string(),
                     MountSource::nfs_device(server, path),
                     PathBuf::from("/"),
                     format!("0:{}", s.next_id),
+                    MountFlags::RELATIME,
                 ),
             };
             s.calls.push(format!(
                 "mount {fs_type} {source} -> {} ro={} opts={}",
                 spec.target.display(),
-                spec.readonly,
+                spec.flags.contains(MountFlags::READ_ONLY),
                 spec.options.join(",")
             ));
             if let Some(message) = s.fail_next_mount.take() {
@@ -194,11 +199,7 @@ impl Os for FakeOs {
                 device,
                 root,
                 mount_point: spec.target.clone(),
-                flags: if spec.readonly {
-                    super::MountFlags::READ_ONLY
-                } else {
-                    super::MountFlags::empty()
-                },
+                flags: spec.flags.over(holder),
                 shared: false,
                 fs_type,
                 source: source.into(),
@@ -216,10 +217,11 @@ impl Os for FakeOs {
                     s.table.remove(i);
                     Ok(())
                 }
-                None => Err(OsError::Unmount {
-                    target: target.to_path_buf(),
-                    message: "not mounted".into(),
-                }),
+                None => Err(OsError::MountCall(super::mount::MountError::Step {
+                    step: "unmount".into(),
+                    path: target.to_path_buf(),
+                    errno: libc::EINVAL,
+                })),
             }
         })
     }

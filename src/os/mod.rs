@@ -9,6 +9,7 @@
 pub mod child;
 pub mod fake;
 pub mod fsop;
+pub mod mount;
 pub mod mount_flags;
 pub mod mountinfo;
 pub mod real;
@@ -49,9 +50,13 @@ impl MountSource {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MountSpec {
     pub source: MountSource,
+    /// A directory; a symlink there is refused, never followed.
     pub target: PathBuf,
-    pub readonly: bool,
-    /// NFS: options for mount.nfs (`mountOptions`). Bind: per-mount flags such as `nosuid`.
+    /// Per-mount flags to add. A bind keeps every flag of the mount its source is on and
+    /// gains these; for NFS they are passed to mount.nfs among the options.
+    pub flags: MountFlags,
+    /// NFS only: options for mount.nfs (`mountOptions`), each one option (see
+    /// `domain::access::MountOption`).
     pub options: Vec<String>,
 }
 
@@ -81,8 +86,8 @@ pub enum OsError {
     ReadMountTable { source: std::io::Error },
     #[error("mounting {target}: {message}")]
     Mount { target: PathBuf, message: String },
-    #[error("unmounting {target}: {message}")]
-    Unmount { target: PathBuf, message: String },
+    #[error(transparent)]
+    MountCall(#[from] mount::MountError),
     #[error("starting helper {program}: {source}")]
     Spawn {
         program: String,

@@ -39,6 +39,11 @@ pub struct Driver {
     generation: u32,
     /// `Some(bound)`: serve the NFS backend with this `--nfs-timeout-secs`; else the local one.
     nfs_timeout_secs: Option<u64>,
+    /// More `serve` flags for the next spawns.
+    extra_args: Vec<String>,
+    /// `Some(args)`: the next spawn runs under `strace -f` with these arguments (fault
+    /// injection), logging to `strace-<generation>.log`.
+    strace: Option<Vec<String>>,
 }
 
 impl Driver {
@@ -72,6 +77,8 @@ impl Driver {
             channel: None,
             generation: 0,
             nfs_timeout_secs,
+            extra_args: Vec::new(),
+            strace: None,
         };
         setup(&driver.base);
         driver.spawn().await;
@@ -94,6 +101,22 @@ impl Driver {
         self.path(&format!("driver-{generation}.log"))
     }
 
+    /// The strace log of the driver process started last (see [`Driver::trace_next`]).
+    pub fn strace_log(&self) -> PathBuf {
+        self.path(&format!("strace-{}.log", self.generation))
+    }
+
+    /// Give the next spawns these extra `serve` flags.
+    pub fn set_args(&mut self, args: &[&str]) {
+        self.extra_args = args.iter().map(|a| a.to_string()).collect();
+    }
+
+    /// Run the next spawn under `strace -f` with `args` (for example syscall fault
+    /// injection); `None` runs it plainly again.
+    pub fn trace_next(&mut self, args: Option<&[&str]>) {
+        self.strace = args.map(|a| a.iter().map(|s| s.to_string()).collect());
+    }
+
     /// `<root>/volumes/<key>` of a local volume ID.
     pub fn volume_dir(&self, volume_id: &str) -> PathBuf {
         self.root().join("volumes").join(key_of(volume_id))
@@ -112,7 +135,18 @@ impl Driver {
         assert!(self.child.is_none(), "a driver is already running");
         self.generation += 1;
         let log = File::create(self.log_path(self.generation)).expect("create driver log");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_pvdir"));
+        let mut cmd = match &self.strace {
+            None => Command::new(env!("CARGO_BIN_EXE_pvdir")),
+            Some(args) => {
+                let mut c = Command::new("strace");
+                c.args(["-f", "-qq", "-o"])
+                    .arg(self.strace_log())
+                    .args(args)
+                    .arg("--")
+                    .arg(env!("CARGO_BIN_EXE_pvdir"));
+                c
+            }
+        };
         cmd.arg("serve");
         match self.nfs_timeout_secs {
             None => cmd
@@ -128,7 +162,10 @@ impl Driver {
                 .arg("--nfs-timeout-secs")
                 .arg(secs.to_string()),
         };
-        cmd.arg("--node-id")
+        cmd.args(&self.extra_args)
+            .arg("--mount-staging-dir")
+            .arg(self.path("mounts"))
+            .arg("--node-id")
             .arg(NODE_ID)
             .arg("--mode")
             .arg("all")
@@ -227,11 +264,41 @@ impl Driver {
     }
 
     /// SIGKILL the driver, as an OOM kill or a node crash would: no chance to clean up.
+    /// Under strace, the traced driver is killed, not only strace.
     pub fn kill(&mut self) {
         let mut child = self.child.take().expect("driver is running");
+        if self.strace.is_some() {
+            if let Some(pid) = self.traced_pid() {
+                let _ = kill(pid, Signal::SIGKILL);
+            }
+        }
         let _ = child.kill();
         let _ = child.wait();
         self.channel = None;
+    }
+
+    /// The pid of the driver traced by strace: the first pid in its log.
+    fn traced_pid(&self) -> Option<Pid> {
+        let log = std::fs::read_to_string(self.strace_log()).ok()?;
+        let first = log.lines().next()?.split_whitespace().next()?;
+        first.parse().ok().map(Pid::from_raw)
+    }
+
+    /// Wait (at most `limit`) until the strace log shows a call whose line contains `needle`
+    /// and that has not returned yet (a delayed call in progress).
+    pub async fn wait_for_pending_call(&self, needle: &str, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            let log = std::fs::read_to_string(self.strace_log()).unwrap_or_default();
+            if log
+                .lines()
+                .any(|l| l.contains(needle) && !l.contains(") = "))
+            {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
     }
 
     fn read_log(&self, generation: u32) -> String {
@@ -261,6 +328,12 @@ fn stop_blocking(mut child: Child) {
 impl Drop for Driver {
     fn drop(&mut self) {
         self.channel = None;
+        if self.child.is_some() && self.strace.is_some() {
+            // A driver under strace outlives a killed strace: end it first.
+            if let Some(pid) = self.traced_pid() {
+                let _ = kill(pid, Signal::SIGKILL);
+            }
+        }
         if let Some(child) = self.child.take() {
             stop_blocking(child);
         }

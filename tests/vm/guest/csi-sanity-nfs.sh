@@ -16,6 +16,7 @@ mountPermissions: "0777"
 PARAMS
 
 "$bin" serve --mode all --nfs-endpoint "unix://$work/csi.sock" --nfs-staging-dir "$work/staging" \
+    --mount-staging-dir "$work/mounts" \
     --node-id vm-node --nfs-timeout-secs 30 --log-format json 2>"$work/driver.log" &
 driver=$!
 for _ in $(seq 100); do [ -S "$work/csi.sock" ] && break; sleep 0.1; done

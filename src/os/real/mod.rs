@@ -1,0 +1,257 @@
+//! The real machine: binds through the mount API (see [`crate::os::mount`]), the kernel NFS
+//! client through `mount.nfs`, and directory work either on the blocking pool or in
+//! `pvdir internal` child processes ([`helper`]).
+
+pub mod helper;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::process::Command;
+
+use super::fsop::{self, FsOp, FsReply};
+use super::mount::op::{MountOp, Unmount};
+use super::mount::staging::Staging;
+use super::mount::{self, ApiChoice, MountApi, MountError};
+use super::safe_fs::SafeFsError;
+use super::{child, mountinfo, Medium, MountEntry, MountSource, MountSpec, Os, OsError};
+use helper::{INTERNAL_FS_ARGS, INTERNAL_MOUNT_ARGS};
+
+pub use helper::{run_internal_fs, run_internal_mount};
+
+/// The programs the driver runs, found on PATH. The container image must provide them
+/// (Dockerfile; checked in tests/image.rs). Unmounting needs no program: pvdir's own helper
+/// makes the syscall, so that it can refuse to follow a symlink at the target.
+pub const MOUNT_NFS: &str = "mount.nfs";
+pub const EXTERNAL_PROGRAMS: &[&str] = &[MOUNT_NFS];
+
+pub struct RealOs {
+    /// The pvdir binary, re-executed as the killable helper for remote work.
+    helper: PathBuf,
+    /// Bound on every operation that can block on an NFS server.
+    remote_timeout: Duration,
+    /// Where mounts are finished before they are attached (see [`crate::os::mount`]).
+    staging: Arc<Staging>,
+    api: Arc<ApiChoice>,
+}
+
+impl RealOs {
+    /// `staging_dir` must be absolute and free of symlinks; call [`RealOs::prepare`] before
+    /// the first mount.
+    pub fn new(
+        helper: PathBuf,
+        remote_timeout: Duration,
+        staging_dir: PathBuf,
+        api: MountApi,
+    ) -> Self {
+        Self {
+            helper,
+            remote_timeout,
+            staging: Arc::new(Staging::new(staging_dir)),
+            api: Arc::new(ApiChoice::new(api)),
+        }
+    }
+
+    /// Make the staging directory a private mount of its own, and clear what an earlier
+    /// process left there (a crash between making a mount and attaching it).
+    pub async fn prepare(&self) -> Result<(), OsError> {
+        let mounts = self.mounts().await?;
+        let staging = Arc::clone(&self.staging);
+        let left = Self::blocking(move || staging.prepare(&mounts).map_err(OsError::from)).await?;
+        for m in left {
+            tracing::warn!(target.path = %m.mount_point.display(), "removing a mount an earlier run left half-made");
+            if let Err(e) = self.unmount(&m.mount_point, m.is_remote()).await {
+                tracing::warn!(target.path = %m.mount_point.display(), error = %e, "could not remove a leftover staging mount");
+            }
+        }
+        let staging = Arc::clone(&self.staging);
+        Self::blocking(move || {
+            staging.clear();
+            Ok(())
+        })
+        .await
+    }
+
+    /// Local work on the blocking pool. Never spawn helpers from here: pool threads exit when
+    /// idle, and a helper's parent-death signal is tied to the thread that spawned it (see
+    /// child::die_with_parent).
+    async fn blocking<T: Send + 'static>(
+        f: impl FnOnce() -> Result<T, OsError> + Send + 'static,
+    ) -> Result<T, OsError> {
+        // Local work is awaited to the end: callers hold their per-volume guard until it is done.
+        tokio::task::spawn_blocking(f)
+            .await
+            .map_err(|e| OsError::Helper {
+                what: "blocking task".into(),
+                message: e.to_string(),
+            })?
+    }
+
+    /// One mount operation in the killable helper, under the remote bound.
+    async fn in_helper(&self, op: MountOp) -> Result<(), OsError> {
+        let reply: Result<(), MountError> = helper::call(
+            &self.helper,
+            INTERNAL_MOUNT_ARGS,
+            &op,
+            op.name(),
+            self.remote_timeout,
+        )
+        .await?;
+        reply.map_err(OsError::from)
+    }
+
+    /// Gentlest first. A plain unmount flushes what the pod wrote and harms no one. Only when
+    /// it cannot finish in time (a dead server with data to flush) is it forced: MNT_FORCE
+    /// aborts every in-flight call on the NFS superblock, which the kernel shares between all
+    /// mounts of one server and export (on the node: every pod's), so a forced unmount on a
+    /// server that answers would fail other pods' I/O. A mount that is merely busy (a stats
+    /// call still in it) is detached lazily instead, which aborts nothing. Between steps the
+    /// table is read again: a step that was killed may still have done its work.
+    async fn unmount_remote(&self, target: &Path) -> Result<(), OsError> {
+        let top = |mounts: &[MountEntry]| mountinfo::top_at(mounts, target).map(|m| m.id);
+        let before = top(&self.mounts().await?);
+        let step = |how| MountOp::Unmount {
+            target: target.to_path_buf(),
+            how,
+        };
+        let Err(first) = self.in_helper(step(Unmount::Plain)).await else {
+            return Ok(());
+        };
+        if top(&self.mounts().await?) != before {
+            return Ok(());
+        }
+        let escalation: &[Unmount] = match first {
+            OsError::TimedOut { .. } => &[Unmount::Force, Unmount::Detach],
+            _ => &[Unmount::Detach],
+        };
+        let mut last = first;
+        for how in escalation {
+            tracing::warn!(target.path = %target.display(), error = %last,
+                "unmount did not complete; escalating to {how:?}");
+            match self.in_helper(step(*how)).await {
+                Ok(()) => return Ok(()),
+                Err(e) => last = e,
+            }
+            if top(&self.mounts().await?) != before {
+                return Ok(());
+            }
+        }
+        Err(last)
+    }
+
+    /// mount.nfs on a fresh staging point, then a move onto the target. mount.nfs resolves
+    /// the path it is given (realpath) and mounts that string after talking to the server, so
+    /// it is only ever given a point of pvdir's own.
+    async fn mount_nfs(&self, server: &str, path: &str, spec: &MountSpec) -> Result<(), OsError> {
+        let point = self.staging.point()?;
+        let mut options = spec.options.clone();
+        for name in spec.flags.names() {
+            if !options.iter().any(|o| o == name) {
+                options.push(name.into());
+            }
+        }
+        // mount.nfs directly, not mount(8): a direct child dies with the driver (see
+        // child::die_with_parent), a grandchild would not.
+        let mut cmd = Command::new(MOUNT_NFS);
+        cmd.arg(MountSource::nfs_device(server, path))
+            .arg(point.path());
+        if !options.is_empty() {
+            cmd.arg("-o").arg(options.join(","));
+        }
+        let mounted = match child::run(cmd, "mount.nfs", self.remote_timeout).await {
+            Ok(done) if done.success => Ok(()),
+            Ok(done) => Err(OsError::Mount {
+                target: spec.target.clone(),
+                message: format!("mount.nfs exited {:?}: {}", done.code, done.stderr_text()),
+            }),
+            Err(e) => Err(e),
+        };
+        let result = match mounted {
+            Ok(()) => {
+                let op = MountOp::Move {
+                    from: point.path().to_path_buf(),
+                    to: spec.target.clone(),
+                    api: self.api.current(),
+                };
+                self.in_helper(op).await
+            }
+            Err(e) => Err(e),
+        };
+        // Whatever failed (a killed mount.nfs may still have mounted), nothing stays staged.
+        let staged = self
+            .mounts()
+            .await
+            .map(|m| mountinfo::top_at(&m, point.path()).is_some());
+        match staged {
+            Ok(false) => point.remove(),
+            Ok(true) => match self.unmount_remote(point.path()).await {
+                Ok(()) => point.remove(),
+                Err(e) => {
+                    tracing::warn!(target.path = %point.path().display(), error = %e, "could not remove a staged NFS mount; the next start retries")
+                }
+            },
+            Err(e) => tracing::warn!(error = %e, "could not check the staging point"),
+        }
+        result
+    }
+}
+
+#[async_trait]
+impl Os for RealOs {
+    async fn mounts(&self) -> Result<Vec<MountEntry>, OsError> {
+        // Bytes, not text: mount paths are whatever bytes someone gave a directory name.
+        let text = tokio::fs::read("/proc/self/mountinfo")
+            .await
+            .map_err(|source| OsError::ReadMountTable { source })?;
+        Ok(mountinfo::parse(&text))
+    }
+
+    async fn mount(&self, spec: &MountSpec) -> Result<(), OsError> {
+        match &spec.source {
+            MountSource::Bind(source) => {
+                let (source, target, flags) = (source.clone(), spec.target.clone(), spec.flags);
+                let (api, staging) = (Arc::clone(&self.api), Arc::clone(&self.staging));
+                Self::blocking(move || {
+                    mount::bind(&source, &target, flags, &api, &staging).map_err(OsError::from)
+                })
+                .await
+            }
+            MountSource::Nfs { server, path } => self.mount_nfs(server, path, spec).await,
+        }
+    }
+
+    async fn unmount(&self, target: &Path, remote: bool) -> Result<(), OsError> {
+        if remote {
+            self.unmount_remote(target).await
+        } else {
+            let target = target.to_path_buf();
+            Self::blocking(move || {
+                mount::op::execute(&MountOp::Unmount {
+                    target,
+                    how: Unmount::Plain,
+                })
+                .map_err(OsError::from)
+            })
+            .await
+        }
+    }
+
+    async fn fs(&self, op: FsOp, medium: Medium) -> Result<FsReply, OsError> {
+        match medium {
+            Medium::Local => Self::blocking(move || fsop::execute(&op).map_err(OsError::Fs)).await,
+            Medium::Remote => {
+                let reply: Result<FsReply, SafeFsError> = helper::call(
+                    &self.helper,
+                    INTERNAL_FS_ARGS,
+                    &op,
+                    op.name(),
+                    self.remote_timeout,
+                )
+                .await?;
+                reply.map_err(OsError::Fs)
+            }
+        }
+    }
+}
