@@ -1,7 +1,7 @@
 //! The remote medium for real: directory operations run in `pvdir internal fs` child processes,
 //! results and errors cross the process boundary as JSON, and a helper that blocks is killed
-//! within the bound. A FIFO stands in for a dead NFS server: opening it for reading blocks in
-//! the kernel exactly like an NFS call that never gets an answer.
+//! within the bound. A statfs held by strace's delay injection stands in for a dead NFS server:
+//! the helper waits in the syscall exactly as it would for a server that never answers.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -12,14 +12,13 @@ use pvdir::os::safe_fs::{RemoveOutcome, SafeFsError};
 use pvdir::os::{FsOp, FsReply, Medium, Os, OsError, RelPath};
 
 fn os(timeout: Duration) -> RealOs {
+    os_with_helper(PathBuf::from(env!("CARGO_BIN_EXE_pvdir")), timeout)
+}
+
+fn os_with_helper(helper: PathBuf, timeout: Duration) -> RealOs {
     // Directory work only: the staging directory is never prepared or used.
     let unused = std::env::temp_dir().join("pvdir-remote-helper-unused");
-    RealOs::new(
-        PathBuf::from(env!("CARGO_BIN_EXE_pvdir")),
-        timeout,
-        unused,
-        MountApi::Auto,
-    )
+    RealOs::new(helper, timeout, unused, MountApi::Auto)
 }
 
 fn helpers_running_for(marker: &str) -> usize {
@@ -98,14 +97,27 @@ async fn typed_errors_cross_the_process_boundary() {
 #[tokio::test]
 async fn a_blocked_helper_is_killed_within_the_bound() {
     let dir = tempfile::Builder::new()
-        .prefix("pvdir-fifo-test")
+        .prefix("pvdir-hung-test")
         .tempdir()
         .unwrap();
-    std::fs::create_dir(dir.path().join("meta")).unwrap();
-    let fifo = dir.path().join("meta/record.json");
-    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
-    let bound = Duration::from_millis(800);
-    let os = os(bound);
+    // The real helper, held for a minute in its statfs call.
+    let wrapper = dir.path().join("helper.sh");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nexec strace -f -qq -o /dev/null -e trace=statfs \
+             -e inject=statfs:delay_enter=60000000 {} \"$@\"\n",
+            env!("CARGO_BIN_EXE_pvdir")
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let bound = Duration::from_millis(1500);
+    let os = os_with_helper(wrapper, bound);
     let marker = dir
         .path()
         .file_name()
@@ -113,19 +125,57 @@ async fn a_blocked_helper_is_killed_within_the_bound() {
         .to_string_lossy()
         .into_owned();
     let started = Instant::now();
-    let op = FsOp::ReadRecords {
-        base: dir.path().into(),
-        dir: RelPath::parse("meta").unwrap(),
-        names: vec!["record.json".into()],
+    let op = FsOp::Statfs {
+        path: dir.path().into(),
     };
     let err = os.fs(op, Medium::Remote).await.unwrap_err();
     let took = started.elapsed();
     assert!(matches!(err, OsError::TimedOut { .. }), "{err:?}");
     // Bound plus the reap grace, never an open-ended wait.
     assert!(took < bound + Duration::from_secs(3), "took {took:?}");
-    assert_eq!(
-        helpers_running_for(&marker),
-        0,
-        "the stuck helper was left running"
-    );
+    // The group kill is delivered at once; give the kernel a moment to finish the processes.
+    let mut left = helpers_running_for(&marker);
+    for _ in 0..50 {
+        if left == 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        left = helpers_running_for(&marker);
+    }
+    assert_eq!(left, 0, "the stuck helper was left running");
+}
+
+/// A static PV of the share root lets a pod put anything where the controller reads records:
+/// a FIFO (the old helper waited on it until killed at the bound) or a sparse file claiming
+/// gigabytes (the old helper read it whole, and the driver read its reply whole again).
+#[tokio::test]
+async fn things_planted_as_records_are_refused_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let meta = dir.path().join("meta");
+    std::fs::create_dir(&meta).unwrap();
+    nix::unistd::mkfifo(
+        &meta.join("fifo.json"),
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )
+    .unwrap();
+    std::fs::File::create(meta.join("huge.json"))
+        .unwrap()
+        .set_len(4 << 30)
+        .unwrap();
+    let bound = Duration::from_secs(2);
+    let os = os(bound);
+    for name in ["fifo.json", "huge.json"] {
+        let started = Instant::now();
+        let op = FsOp::ReadRecords {
+            base: dir.path().into(),
+            dir: RelPath::parse("meta").unwrap(),
+            names: vec![name.into()],
+        };
+        let err = os.fs(op, Medium::Remote).await.unwrap_err();
+        assert!(
+            matches!(err, OsError::Fs(SafeFsError::BadRecord { .. })),
+            "{name}: {err:?}"
+        );
+        assert!(started.elapsed() < bound, "{name}: {:?}", started.elapsed());
+    }
 }

@@ -18,6 +18,7 @@ pub fn fs_code(e: &SafeFsError) -> Code {
         // A volume directory that has been tampered with (a link or a mount planted in it) is
         // not something a retry fixes: an operator must look.
         SafeFsError::SymlinkInPath { .. }
+        | SafeFsError::BadRecord { .. }
         | SafeFsError::CrossesMount { .. }
         | SafeFsError::NotADirectory { .. }
         | SafeFsError::NotEmpty { .. } => Code::FailedPrecondition,

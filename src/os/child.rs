@@ -4,20 +4,27 @@
 //! Invariant: a helper that overruns is killed, never abandoned. Each helper gets its own process
 //! group so that grandchildren (mount.nfs forks, `mount` execs helpers) die with it, and the
 //! child is reaped before we return. NFS waits are TASK_KILLABLE, so SIGKILL does end a helper
-//! stuck on a dead server.
+//! stuck on a dead server. What a helper writes is bounded too: one that writes more than
+//! [`MAX_STDOUT`] or [`MAX_STDERR`] is killed, so a reply inflated by whatever it found on an
+//! export cannot grow the driver's memory.
 
 use std::process::Stdio;
 use std::time::Duration;
 
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::Command;
 
 use super::OsError;
 
 /// After SIGKILL, how long we wait to reap before leaving the zombie to tokio's orphan reaper.
 const REAP_GRACE: Duration = Duration::from_secs(5);
+/// Most a helper may write to stdout: its JSON reply (a listing of a large state directory is
+/// a few MiB).
+pub const MAX_STDOUT: u64 = 32 << 20;
+/// Most a helper may write to stderr: diagnostics.
+pub const MAX_STDERR: u64 = 64 << 10;
 
 #[derive(Debug)]
 pub struct Finished {
@@ -97,44 +104,49 @@ pub async fn run(mut cmd: Command, what: &str, limit: Duration) -> Result<Finish
             .and_then(|p| i32::try_from(p).ok())
             .map(Pid::from_raw),
     );
-    let mut out = child.stdout.take();
-    let mut err = child.stderr.take();
+    let out = child.stdout.take();
+    let err = child.stderr.take();
     let work = async {
-        let mut stdout = Vec::new();
-        let mut stderr = Vec::new();
-        let read_out = async {
-            if let Some(o) = out.as_mut() {
-                let _ = o.read_to_end(&mut stdout).await;
-            }
-        };
-        let read_err = async {
-            if let Some(e) = err.as_mut() {
-                let _ = e.read_to_end(&mut stderr).await;
-            }
-        };
-        let (status, _, _) = tokio::join!(child.wait(), read_out, read_err);
-        (status, stdout, stderr)
+        let (stdout, stderr) = tokio::try_join!(capped(out, MAX_STDOUT), capped(err, MAX_STDERR))?;
+        Ok::<_, u64>((child.wait().await, stdout, stderr))
     };
-    match tokio::time::timeout(limit, work).await {
-        Ok((status, stdout, stderr)) => {
+    let failure = match tokio::time::timeout(limit, work).await {
+        Ok(Ok((status, stdout, stderr))) => {
             killer.disarm();
             let status = status.map_err(|source| OsError::Spawn { program, source })?;
-            Ok(Finished {
+            return Ok(Finished {
                 success: status.success(),
                 code: status.code(),
                 stdout,
                 stderr,
-            })
+            });
         }
-        Err(_) => {
-            killer.kill();
-            let _ = child.start_kill();
-            let _ = tokio::time::timeout(REAP_GRACE, child.wait()).await;
-            Err(OsError::TimedOut {
-                what: what.to_string(),
-                after: limit,
-            })
-        }
+        Ok(Err(cap)) => OsError::Helper {
+            what: what.to_string(),
+            message: format!("wrote more than {cap} bytes; killed"),
+        },
+        Err(_) => OsError::TimedOut {
+            what: what.to_string(),
+            after: limit,
+        },
+    };
+    killer.kill();
+    let _ = child.start_kill();
+    let _ = tokio::time::timeout(REAP_GRACE, child.wait()).await;
+    Err(failure)
+}
+
+/// Everything `pipe` yields until it closes, unless that is more than `cap` bytes: then the cap
+/// as the error. A pipe that fails to read simply ends the output.
+async fn capped(pipe: Option<impl AsyncRead + Unpin>, cap: u64) -> Result<Vec<u8>, u64> {
+    let mut buf = Vec::new();
+    if let Some(pipe) = pipe {
+        let _ = pipe.take(cap + 1).read_to_end(&mut buf).await;
+    }
+    if buf.len() as u64 > cap {
+        Err(cap)
+    } else {
+        Ok(buf)
     }
 }
 
@@ -245,6 +257,21 @@ mod tests {
         .join()
         .unwrap();
         assert!(grandchild_gone(&pidfile), "the helper outlived its parent");
+    }
+
+    #[tokio::test]
+    async fn a_helper_that_writes_too_much_is_killed_at_the_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("grandchild");
+        let mut c = Command::new("sh");
+        // Endless output from a grandchild: without the cap, memory grows until the bound.
+        c.arg("-c")
+            .arg(format!("yes pvdir & echo $! > {}; wait", pidfile.display()));
+        let started = std::time::Instant::now();
+        let e = run(c, "chatty", Duration::from_secs(60)).await.unwrap_err();
+        assert!(matches!(e, OsError::Helper { .. }), "{e:?}");
+        assert!(started.elapsed() < Duration::from_secs(30));
+        assert!(grandchild_gone(&pidfile), "the writer survived the cap");
     }
 
     #[tokio::test]

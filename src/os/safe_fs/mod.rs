@@ -39,7 +39,7 @@ use super::relpath::RelPath;
 pub use archive::{archive, MAX_ARCHIVE_SUFFIX};
 pub use ensure::{ensure_dir, OWNED_MARKER};
 pub use prune::prune_owned_parents;
-pub use record::{list_records, read_records, remove_record, write_record};
+pub use record::{list_records, read_records, remove_record, write_record, MAX_RECORD_BYTES};
 pub use remove::{remove_tree, MAX_DEPTH};
 pub use walk::has_entries;
 
@@ -84,6 +84,13 @@ pub enum SafeFsError {
     },
     #[error("invalid name {name:?}")]
     InvalidName { name: String },
+    /// Something that cannot be a record of pvdir's sits where one should be.
+    #[error("{path:?} is not a record pvdir wrote: {reason}")]
+    BadRecord {
+        #[serde(serialize_with = "serialize_path_lossy")]
+        path: PathBuf,
+        reason: String,
+    },
     /// `step` is a static description on construction; it is a `Cow` only so that the error
     /// can be deserialised on the far side of a process boundary.
     #[error("{step} {path:?}: {} (errno {errno})", Errno::from_raw(*errno))]

@@ -5,6 +5,12 @@
 //! Writes are atomic (temp file, fsync, rename or link, fsync of the directory). An exclusive
 //! write publishes with link(2), which fails if the record exists even on NFS, so two creators
 //! racing for one record cannot both win.
+//!
+//! Reads trust nothing about what they find: whoever can write the state directory (on an
+//! export, anyone with a static PV of the share root) may put a FIFO, a device node or a file of
+//! many gigabytes where a record should be. A record is looked at through an `O_PATH`
+//! descriptor first and only opened for reading if it is a regular file of at most
+//! [`MAX_RECORD_BYTES`]; the read itself is bounded too, in case it grows meanwhile.
 
 use std::ffi::OsStr;
 use std::io::{Read, Write};
@@ -14,7 +20,7 @@ use std::path::{Path, PathBuf};
 use nix::dir::Dir;
 use nix::errno::Errno;
 use nix::fcntl::{openat, renameat, AtFlags, OFlag};
-use nix::sys::stat::Mode;
+use nix::sys::stat::{fstat, FileStat, Mode, SFlag};
 use nix::unistd::{fsync, linkat, unlinkat, UnlinkatFlags};
 
 use super::walk::open_leaf;
@@ -34,22 +40,75 @@ fn open_dir(base: &Path, dir: &RelPath) -> Result<Option<(OwnedFd, PathBuf)>, Sa
     Ok(open_leaf(base, dir)?.map(|leaf| (leaf.fd, leaf.path)))
 }
 
+/// Largest record accepted. Records are a few hundred bytes of JSON.
+pub const MAX_RECORD_BYTES: u64 = 64 * 1024;
+
 fn read_one(dir: BorrowedFd<'_>, path: &Path, name: &str) -> Result<Option<Vec<u8>>, SafeFsError> {
-    let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let record = path.join(name);
+    // O_PATH opens nothing: a FIFO is not waited on and a device's driver is not called.
+    let look = OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let probe = match openat(dir, name, look, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(Errno::ENOENT) => return Ok(None),
+        Err(e) => return Err(io("open record", &record, e)),
+    };
+    let seen = check_record(
+        &record,
+        &fstat(probe.as_fd()).map_err(|e| io("stat record", &record, e))?,
+    )?;
+    let flags = OFlag::O_RDONLY
+        | OFlag::O_NOFOLLOW
+        | OFlag::O_NONBLOCK
+        | OFlag::O_NOCTTY
+        | OFlag::O_CLOEXEC;
     let fd = match openat(dir, name, flags, Mode::empty()) {
         Ok(fd) => fd,
         Err(Errno::ENOENT) => return Ok(None),
-        Err(e) => return Err(io("open record", &path.join(name), e)),
+        Err(e) => return Err(io("open record", &record, e)),
     };
+    // The name may have been swapped for something else since it was looked at.
+    let opened = fstat(fd.as_fd()).map_err(|e| io("stat record", &record, e))?;
+    if (opened.st_dev, opened.st_ino) != seen {
+        return Err(io("open record", &record, Errno::ESTALE));
+    }
+    check_record(&record, &opened)?;
     let mut buf = Vec::new();
-    std::fs::File::from(fd).read_to_end(&mut buf).map_err(|e| {
-        io(
-            "read record",
-            &path.join(name),
-            Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
-        )
-    })?;
+    std::fs::File::from(fd)
+        .take(MAX_RECORD_BYTES + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| {
+            io(
+                "read record",
+                &record,
+                Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+            )
+        })?;
+    if buf.len() as u64 > MAX_RECORD_BYTES {
+        return Err(SafeFsError::BadRecord {
+            path: record,
+            reason: format!("grew past {MAX_RECORD_BYTES} bytes while being read"),
+        });
+    }
     Ok(Some(buf))
+}
+
+/// A record must be a regular file of at most [`MAX_RECORD_BYTES`]; returns its identity.
+fn check_record(record: &Path, st: &FileStat) -> Result<(u64, u64), SafeFsError> {
+    let kind = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT;
+    if kind != SFlag::S_IFREG {
+        return Err(SafeFsError::BadRecord {
+            path: record.to_path_buf(),
+            reason: format!("not a regular file (mode {:o})", st.st_mode),
+        });
+    }
+    let size = u64::try_from(st.st_size).unwrap_or(u64::MAX);
+    if size > MAX_RECORD_BYTES {
+        return Err(SafeFsError::BadRecord {
+            path: record.to_path_buf(),
+            reason: format!("{size} bytes, more than a record can be ({MAX_RECORD_BYTES})"),
+        });
+    }
+    Ok((st.st_dev, st.st_ino))
 }
 
 /// The records `names` in `base/dir`, `None` for each that does not exist.
@@ -252,6 +311,45 @@ mod tests {
             b"keep"
         );
         assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 1);
+    }
+
+    /// Reads `name` on another thread; `None` if it did not answer within two seconds (the
+    /// old code waited for ever on a FIFO).
+    fn read_bounded(base: &Path, name: &str) -> Option<Result<Vec<Option<Vec<u8>>>, SafeFsError>> {
+        let (base, name) = (base.to_path_buf(), name.to_string());
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(read_records(&base, &rel("meta"), &[name]));
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(2)).ok()
+    }
+
+    #[test]
+    fn what_is_not_a_small_regular_file_is_never_read() {
+        let base = tmp();
+        let meta = base.path().join("meta");
+        std::fs::create_dir(&meta).unwrap();
+        nix::unistd::mkfifo(&meta.join("fifo"), Mode::from_bits_truncate(0o644)).unwrap();
+        // Sparse: claims 8 GiB, occupies nothing.
+        let huge = std::fs::File::create(meta.join("huge")).unwrap();
+        huge.set_len(8 << 30).unwrap();
+        std::fs::create_dir(meta.join("dir")).unwrap();
+        std::fs::write(meta.join("max"), vec![b' '; MAX_RECORD_BYTES as usize]).unwrap();
+        for name in ["fifo", "huge", "dir"] {
+            let got = read_bounded(base.path(), name)
+                .unwrap_or_else(|| panic!("reading {name} did not return"));
+            assert!(
+                matches!(got, Err(SafeFsError::BadRecord { .. })),
+                "{name}: {got:?}"
+            );
+        }
+        let max = read_bounded(base.path(), "max")
+            .expect("answers")
+            .expect("read");
+        assert_eq!(
+            max[0].as_ref().map(Vec::len),
+            Some(MAX_RECORD_BYTES as usize)
+        );
     }
 
     #[test]
