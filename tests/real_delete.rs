@@ -17,7 +17,8 @@
 //! Assertions are on gRPC status codes, never on message text.
 //!
 //! This file: DeleteVolume under attack: symlinks, mounts planted in or over the volume,
-//! escaping IDs, a volume still published, and a subdirectory mounted elsewhere (subPath).
+//! escaping IDs, a volume still published, a subdirectory mounted elsewhere (subPath), and a
+//! tree deeper than anything a path can name.
 
 #[allow(dead_code)]
 mod common;
@@ -332,4 +333,41 @@ async fn delete_refuses_a_volume_whose_subdirectory_is_mounted() {
         "delete once unmounted",
     );
     assert!(!d.volume_dir(&id).exists());
+}
+
+/// A pod can nest directories without end (mkdir d && cd d, over and over: no path is ever
+/// longer than PATH_MAX). The old code refused trees deeper than 4096 levels with
+/// FAILED_PRECONDITION on every retry, and the PV stayed Released until someone cleaned up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_removes_a_tree_of_any_depth() {
+    require_root!();
+    let d = Driver::start().await;
+    let id = create_volume(&d, "pvc-deep", Mode::SingleNodeWriter).await;
+    let dir = d.volume_dir(&id);
+    // What the pod does, relative to its current directory, with names of the longest kind.
+    let name = "d".repeat(255);
+    let mut cur = std::fs::File::open(&dir).unwrap();
+    for level in 0..20_000 {
+        use std::os::fd::AsFd;
+        let mode = nix::sys::stat::Mode::from_bits_truncate(0o755);
+        nix::sys::stat::mkdirat(cur.as_fd(), name.as_str(), mode).unwrap();
+        let flags = nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY;
+        let next = nix::fcntl::openat(cur.as_fd(), name.as_str(), flags, mode).unwrap();
+        if level % 1000 == 0 {
+            let f = nix::fcntl::OFlag::O_WRONLY | nix::fcntl::OFlag::O_CREAT;
+            drop(nix::fcntl::openat(next.as_fd(), "data", f, mode).unwrap());
+        }
+        cur = std::fs::File::from(next);
+    }
+    drop(cur);
+    let deleted = d.controller().delete_volume(delete_request(&id)).await;
+    if deleted.is_err() {
+        // Leave nothing the temporary directory's own (recursive) cleanup would choke on.
+        let volumes = d.root().join("volumes");
+        let key = pvdir::os::RelPath::parse(key_of(&id)).unwrap();
+        pvdir::os::safe_fs::remove_tree(&volumes, &key).unwrap();
+    }
+    expect_ok(deleted, "delete of a 20000-level tree");
+    assert!(!dir.exists(), "the volume directory is gone");
+    assert!(!d.record(&id).exists(), "and its record");
 }

@@ -179,3 +179,47 @@ async fn things_planted_as_records_are_refused_at_once() {
         assert!(started.elapsed() < bound, "{name}: {:?}", started.elapsed());
     }
 }
+
+/// The NFS path deletes in the helper. However deep the tree, the helper needs a bounded number
+/// of descriptors and bounded memory: here it runs with 100 descriptors and 256 MiB of address
+/// space and removes a chain 5000 levels deep (past the old limit of 4096).
+#[tokio::test]
+async fn a_deep_tree_is_removed_within_small_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let wrapper = dir.path().join("helper.sh");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nulimit -n 100 && ulimit -v 262144 && exec {} \"$@\"\n",
+            env!("CARGO_BIN_EXE_pvdir")
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let vol = dir.path().join("vol");
+    std::fs::create_dir(&vol).unwrap();
+    let mut cur = std::fs::File::open(&vol).unwrap();
+    for _ in 0..5000 {
+        use std::os::fd::AsFd;
+        let mode = nix::sys::stat::Mode::from_bits_truncate(0o755);
+        nix::sys::stat::mkdirat(cur.as_fd(), "d", mode).unwrap();
+        let flags = nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY;
+        cur = std::fs::File::from(nix::fcntl::openat(cur.as_fd(), "d", flags, mode).unwrap());
+    }
+    drop(cur);
+    let os = os_with_helper(wrapper, Duration::from_secs(60));
+    let op = FsOp::RemoveTree {
+        base: dir.path().into(),
+        rel: RelPath::parse("vol").unwrap(),
+        prune_parents: false,
+    };
+    assert_eq!(
+        os.fs(op, Medium::Remote).await.unwrap(),
+        FsReply::Removed(RemoveOutcome::Removed)
+    );
+    assert!(!vol.exists());
+}

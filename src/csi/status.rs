@@ -22,8 +22,6 @@ pub fn fs_code(e: &SafeFsError) -> Code {
         | SafeFsError::CrossesMount { .. }
         | SafeFsError::NotADirectory { .. }
         | SafeFsError::NotEmpty { .. } => Code::FailedPrecondition,
-        // A tree deeper than the removal bound needs an operator, not endless retries.
-        SafeFsError::TooDeep { .. } => Code::FailedPrecondition,
         SafeFsError::InvalidName { .. } => Code::Internal,
         // A mount went away while the call looked at it (a concurrent unmount): look again.
         SafeFsError::NotNfs { .. } => Code::Aborted,

@@ -9,8 +9,10 @@
 //! - Removal never crosses into another mount: every directory is checked against the tree's
 //!   `st_dev` and against statx's `STATX_ATTR_MOUNT_ROOT` (the only way to see a bind mount
 //!   from the same filesystem); a mount is left alone and reported as `CrossesMount`.
-//! - Removal is iterative with bounded depth (`MAX_DEPTH`) and a bounded number of open
-//!   descriptors (`FD_WINDOW`), so a crafted tree cannot overflow the stack or exhaust fds.
+//! - Removal is iterative with a bounded number of open directories and bounded memory, and
+//!   finishes for a tree of any depth: what lies deeper than it holds open is first moved up
+//!   inside the tree, so no crafted tree can overflow the stack, exhaust fds or make a volume
+//!   undeletable.
 //! - Pruning only removes directories holding nothing but `OWNED_MARKER`, which `ensure_dir`
 //!   writes solely into parents it created itself; `base` is never removed or chmodded.
 //!
@@ -40,7 +42,7 @@ pub use archive::{archive, MAX_ARCHIVE_SUFFIX};
 pub use ensure::{ensure_dir, OWNED_MARKER};
 pub use prune::prune_owned_parents;
 pub use record::{list_records, read_records, remove_record, write_record, MAX_RECORD_BYTES};
-pub use remove::{remove_tree, MAX_DEPTH};
+pub use remove::remove_tree;
 pub use walk::has_entries;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
@@ -64,11 +66,6 @@ pub enum SafeFsError {
     },
     #[error("{path:?} is on another mount; refusing to cross into it")]
     CrossesMount {
-        #[serde(serialize_with = "serialize_path_lossy")]
-        path: PathBuf,
-    },
-    #[error("directory tree at {path:?} is nested deeper than {MAX_DEPTH} levels")]
-    TooDeep {
         #[serde(serialize_with = "serialize_path_lossy")]
         path: PathBuf,
     },

@@ -1,11 +1,15 @@
-//! `remove_tree`: a directory and everything in it.
+//! `remove_tree`: a directory and everything in it, whatever a pod built inside.
 //!
-//! Invariants: removal is iterative over an explicit stack of at most `MAX_DEPTH` frames, of
-//! which at most `FD_WINDOW` hold an open descriptor (older ones are closed and reopened via
-//! "..", checked by device and inode), and directories are read `READ_BATCH` entries at a
-//! time, so a crafted tree can exhaust neither stack, fds nor memory. Symlinks and other
-//! non-directories are unlinked, never followed; every directory descended into is checked
-//! with `check_same_mount`, and a mount found anywhere (even over a file) is `CrossesMount`.
+//! Invariants: removal is iterative over an explicit stack of at most `MAX_FRAMES` open
+//! directories, and directories are read `READ_BATCH` entries at a time, so no tree can exhaust
+//! the stack, descriptors or memory. There is no depth at which it gives up: a directory found
+//! below the deepest frame is first renamed up into the tree's root (all within the tree being
+//! deleted, on one mount), which a later pass finds and descends into from the top. A chain of
+//! any depth is so cut into pieces of at most `MAX_FRAMES` levels, and a removal cut short (a
+//! killed helper, a crash) leaves only a smaller tree that the next call continues. Symlinks
+//! and other non-directories are unlinked, never followed; every directory descended into is
+//! checked with `check_same_mount`, and a mount found anywhere (even over a file) is
+//! `CrossesMount`.
 
 use std::ffi::{CStr, CString, OsStr};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -14,55 +18,41 @@ use std::path::{Path, PathBuf};
 
 use nix::dir::{Dir, Type};
 use nix::errno::Errno;
-use nix::fcntl::openat;
-use nix::sys::stat::{fstat, FileStat, Mode};
+use nix::fcntl::renameat;
 use nix::unistd::{unlinkat, UnlinkatFlags};
 
-use super::walk::{check_same_mount, dir_flags, is_mount_root, open_dir_at, open_leaf, rmdir_at};
+use super::walk::{check_same_mount, is_mount_root, open_dir_at, open_leaf, rmdir_at};
 use super::{io, RemoveOutcome, SafeFsError};
 use crate::os::relpath::RelPath;
 
-/// Deepest directory nesting `remove_tree` will descend into.
-pub const MAX_DEPTH: usize = 4096;
-/// Directory descriptors `remove_tree` keeps open at once; ancestors beyond this are closed
-/// and reopened through "..", because containers commonly run with RLIMIT_NOFILE = 1024.
-const FD_WINDOW: usize = 64;
+/// Directories `remove_tree` holds open at once, and so the most levels it descends before
+/// moving what is deeper up to the root. Containers commonly run with RLIMIT_NOFILE = 1024.
+const MAX_FRAMES: usize = 64;
 /// Entries read per readdir pass; bounds memory on huge directories.
 const READ_BATCH: usize = 256;
 /// How often a concurrent writer may refill a directory before `remove_tree` gives up.
 const MAX_REFILLS: u32 = 16;
+/// Names tried for one directory moved up to the root before giving up (a name is taken only
+/// if the tree already holds an entry of that name that is not an empty directory).
+const MAX_NAME_TRIES: u32 = 64;
 
-/// One directory on `remove_tree`'s explicit stack.
+/// One open directory on `remove_tree`'s explicit stack.
 struct Frame {
-    /// `None` once closed to stay within `FD_WINDOW`; reopened through "..".
-    dir: Option<Dir>,
+    dir: Dir,
     /// Name within the parent frame's directory.
     name: CString,
-    dev: u64,
-    ino: u64,
 }
 
-impl Frame {
-    fn new(fd: OwnedFd, name: CString, st: &FileStat, path: &Path) -> Result<Frame, SafeFsError> {
-        let dir = Dir::from_fd(fd).map_err(|e| io("read directory", path, e))?;
-        Ok(Frame {
-            dir: Some(dir),
-            name,
-            dev: st.st_dev,
-            ino: st.st_ino,
-        })
-    }
-}
-
-/// Removes directory `rel` and everything in it, never following symlinks, never entering
-/// another mount, and never descending more than `MAX_DEPTH` levels.
+/// Removes directory `rel` and everything in it, never following symlinks and never entering
+/// another mount.
 pub fn remove_tree(base: &Path, rel: &RelPath) -> Result<RemoveOutcome, SafeFsError> {
     let Some(leaf) = open_leaf(base, rel)? else {
         return Ok(RemoveOutcome::AlreadyGone);
     };
     let name =
         CString::new(rel.file_name()).map_err(|_| io("remove", &leaf.path, Errno::EINVAL))?;
-    let mut stack = vec![Frame::new(leaf.fd, name, &leaf.st, &leaf.path)?];
+    let dir = Dir::from_fd(leaf.fd).map_err(|e| io("read directory", &leaf.path, e))?;
+    let mut stack = vec![Frame { dir, name }];
     empty_tree(&mut stack, leaf.path.clone(), leaf.st.st_dev)?;
     drop(stack);
     rmdir_at(leaf.parent.as_fd(), rel.file_name(), &leaf.path)?;
@@ -73,12 +63,14 @@ pub fn remove_tree(base: &Path, rel: &RelPath) -> Result<RemoveOutcome, SafeFsEr
 /// Each pass re-reads the top directory from the start: everything already handled is gone,
 /// so no per-frame entry lists are kept that a wide, deep tree could blow up.
 fn empty_tree(stack: &mut Vec<Frame>, mut path: PathBuf, dev: u64) -> Result<(), SafeFsError> {
+    let root_path = path.clone();
     let mut refills = 0;
+    let mut moved_up = 0u64;
     loop {
-        let Some(dir) = stack.last_mut().and_then(|f| f.dir.as_mut()) else {
+        let Some(top) = stack.last_mut() else {
             return Err(io("read directory", &path, Errno::EBADF));
         };
-        let batch = read_batch(dir, &path)?;
+        let batch = read_batch(&mut top.dir, &path)?;
         if batch.is_empty() {
             if stack.len() == 1 {
                 return Ok(());
@@ -91,7 +83,7 @@ fn empty_tree(stack: &mut Vec<Frame>, mut path: PathBuf, dev: u64) -> Result<(),
             path.pop();
             continue;
         }
-        let dir_fd = dir.as_fd();
+        let dir_fd = top.dir.as_fd();
         let mut child = None;
         for (name, kind) in batch {
             // An unknown or stale d_type is settled by unlinkat's EISDIR.
@@ -103,22 +95,51 @@ fn empty_tree(stack: &mut Vec<Frame>, mut path: PathBuf, dev: u64) -> Result<(),
                 break;
             }
         }
-        if let Some(frame) = child {
-            let name = OsStr::from_bytes(frame.name.to_bytes());
-            if stack.len() >= MAX_DEPTH {
-                return Err(SafeFsError::TooDeep {
-                    path: path.join(name),
-                });
-            }
-            path.push(name);
+        let Some(frame) = child else { continue };
+        if stack.len() < MAX_FRAMES {
+            path.push(OsStr::from_bytes(frame.name.to_bytes()));
             stack.push(frame);
-            if let Some(old) = stack.len().checked_sub(FD_WINDOW + 1) {
-                if let Some(f) = stack.get_mut(old) {
-                    f.dir = None;
-                }
-            }
+            continue;
+        }
+        // Too deep to hold open: move it up into the root, whose next pass descends into it.
+        let (Some(root), Some(parent)) = (stack.first(), stack.last()) else {
+            return Err(io("read directory", &path, Errno::EBADF));
+        };
+        move_up(
+            parent.dir.as_fd(),
+            &frame.name,
+            root.dir.as_fd(),
+            &path,
+            &root_path,
+            &mut moved_up,
+        )?;
+    }
+}
+
+/// Renames directory `name` in `parent` (whose path is `path`) into `root` under a name of
+/// pvdir's, trying others while one is taken. Everything involved is inside the tree being
+/// removed and on its one mount (checked on the way down); a mount point refuses to move.
+fn move_up(
+    parent: BorrowedFd<'_>,
+    name: &CStr,
+    root: BorrowedFd<'_>,
+    path: &Path,
+    root_path: &Path,
+    counter: &mut u64,
+) -> Result<(), SafeFsError> {
+    let from = || path.join(OsStr::from_bytes(name.to_bytes()));
+    for _ in 0..MAX_NAME_TRIES {
+        *counter += 1;
+        let to = format!(".pvdir-deep-{:x}-{counter}", std::process::id());
+        match renameat(parent, name, root, to.as_str()) {
+            Ok(()) => return Ok(()),
+            // Taken by something the tree already holds: try another name.
+            Err(Errno::EEXIST | Errno::ENOTEMPTY | Errno::ENOTDIR | Errno::EISDIR) => {}
+            Err(Errno::EBUSY) => return Err(SafeFsError::CrossesMount { path: from() }),
+            Err(e) => return Err(io("move up to", &root_path.join(to), e)),
         }
     }
+    Err(io("move up", &from(), Errno::EEXIST))
 }
 
 /// Reads up to `READ_BATCH` entries other than "." and ".."; the iterator rewinds on drop.
@@ -162,7 +183,7 @@ fn open_subdir(
     dev: u64,
 ) -> Result<Option<Frame>, SafeFsError> {
     let os_name = OsStr::from_bytes(name.to_bytes());
-    let fd = match open_dir_at(dir, dir_path, os_name) {
+    let fd: OwnedFd = match open_dir_at(dir, dir_path, os_name) {
         Ok(Some(fd)) => fd,
         Ok(None) => return Ok(None),
         // Swapped for a symlink or file since readdir: unlink it as a non-directory.
@@ -175,35 +196,18 @@ fn open_subdir(
         }
         Err(e) => return Err(e),
     };
-    let st = check_same_mount(fd.as_fd(), dev, dir_path, os_name)?;
-    let path = dir_path.join(os_name);
-    Frame::new(fd, name, &st, &path).map(Some)
+    check_same_mount(fd.as_fd(), dev, dir_path, os_name)?;
+    let dir = Dir::from_fd(fd).map_err(|e| io("read directory", &dir_path.join(os_name), e))?;
+    Ok(Some(Frame { dir, name }))
 }
 
-/// Pops the (now empty) top frame, whose path is `path`, and removes it from its parent,
-/// reopening the parent via ".." if it was closed.
+/// Pops the (now empty) top frame, whose path is `path`, and removes it from its parent.
 fn pop_frame(stack: &mut Vec<Frame>, path: &Path) -> Result<(), SafeFsError> {
-    let (Some(child), Some(parent)) = (stack.pop(), stack.last_mut()) else {
+    let (Some(child), Some(parent)) = (stack.pop(), stack.last()) else {
         return Err(io("remove directory", path, Errno::EBADF));
     };
-    let parent_dir = match (parent.dir.as_ref(), child.dir.as_ref()) {
-        (Some(dir), _) => dir,
-        (None, Some(child_dir)) => {
-            let fd = openat(child_dir.as_fd(), "..", dir_flags(), Mode::empty())
-                .map_err(|e| io("reopen parent of", path, e))?;
-            let st = fstat(fd.as_fd()).map_err(|e| io("stat parent of", path, e))?;
-            // ".." is only trustworthy if it is still the directory we descended from; a
-            // rename racing with us could otherwise lead the walk out of the tree.
-            if st.st_dev != parent.dev || st.st_ino != parent.ino {
-                return Err(io("reopen parent of", path, Errno::ESTALE));
-            }
-            let dir = Dir::from_fd(fd).map_err(|e| io("read directory", path, e))?;
-            parent.dir.insert(dir)
-        }
-        (None, None) => return Err(io("reopen parent of", path, Errno::EBADF)),
-    };
     drop(child.dir);
-    rmdir_at(parent_dir.as_fd(), child.name.as_c_str(), path).map(drop)
+    rmdir_at(parent.dir.as_fd(), child.name.as_c_str(), path).map(drop)
 }
 
 #[cfg(test)]

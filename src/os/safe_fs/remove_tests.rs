@@ -1,14 +1,16 @@
 //! Tests for `remove_tree`: symlinks inside and above the tree, mounts
 //! (tmpfs, same-filesystem binds, file binds) inside and at the tree, and trees deeper than
-//! `FD_WINDOW`, wider than `READ_BATCH`, and deeper than `MAX_DEPTH`.
+//! `MAX_FRAMES`, wider than `READ_BATCH`, and of any depth.
 
 use std::fs;
 use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 
-use nix::fcntl::OFlag;
+use nix::fcntl::{openat, OFlag};
 use nix::sys::stat::mkdirat;
+use nix::sys::stat::Mode;
 
 use super::super::test_support::{bind_mount, is_root, mount_tmpfs, rel, tmp, write};
+use super::super::walk::dir_flags;
 use super::*;
 
 /// Builds a `depth`-level chain of directories "d/d/d/..." below `dir` via descriptors,
@@ -201,7 +203,7 @@ fn remove_tree_refuses_rel_that_is_a_mount_point() {
 }
 
 #[test]
-fn remove_tree_handles_deep_tree_beyond_fd_window() {
+fn remove_tree_handles_deep_tree_beyond_max_frames() {
     let base = tmp();
     fs::create_dir(base.path().join("vol")).expect("mkdir");
     deep_chain(&base.path().join("vol"), 300);
@@ -231,27 +233,44 @@ fn remove_tree_handles_wide_directories() {
     assert!(!v.exists());
 }
 
+/// A pod can build a chain of any depth (mkdir and cd, relative paths never hit PATH_MAX).
+/// The old code gave up past 4096 levels, and the PV stayed Released for ever.
 #[test]
-fn remove_tree_stops_at_max_depth() {
+fn remove_tree_removes_a_chain_of_any_depth() {
     let base = tmp();
     let v = base.path().join("vol");
     fs::create_dir(&v).expect("mkdir");
-    deep_chain(&v, MAX_DEPTH + 1);
-    let err = remove_tree(base.path(), &rel("vol")).expect_err("too deep");
-    assert!(matches!(err, SafeFsError::TooDeep { .. }), "{err}");
-    // The refusal leaves the tree intact below the limit; split it to clean up.
-    let mut cur = nix::fcntl::open(&v, dir_flags(), Mode::empty()).expect("open");
-    for _ in 0..MAX_DEPTH / 2 {
-        cur = openat(cur.as_fd(), "d", dir_flags(), Mode::empty()).expect("open");
-    }
-    let base_fd = nix::fcntl::open(base.path(), dir_flags(), Mode::empty()).expect("open");
-    nix::fcntl::renameat(cur.as_fd(), "d", base_fd.as_fd(), "lower").expect("rename");
-    assert_eq!(
-        remove_tree(base.path(), &rel("lower")),
-        Ok(RemoveOutcome::Removed)
-    );
+    deep_chain(&v, 20_000);
     assert_eq!(
         remove_tree(base.path(), &rel("vol")),
         Ok(RemoveOutcome::Removed)
     );
+    assert_eq!(fs::read_dir(base.path()).expect("ls").count(), 0);
+}
+
+/// The names chosen for directories moved up may already exist in the tree (a pod can guess
+/// them); taken names are skipped, an empty directory of that name is simply replaced.
+#[test]
+fn remove_tree_moves_deep_directories_past_names_already_taken() {
+    let base = tmp();
+    let v = base.path().join("vol");
+    fs::create_dir(&v).expect("mkdir");
+    let pid = std::process::id();
+    for n in 1..=5 {
+        let taken = v.join(format!(".pvdir-deep-{pid:x}-{n}"));
+        match n % 3 {
+            0 => write(&taken),
+            1 => {
+                fs::create_dir(&taken).expect("mkdir");
+                write(&taken.join("inside"));
+            }
+            _ => fs::create_dir(&taken).expect("mkdir"),
+        }
+    }
+    deep_chain(&v, MAX_FRAMES * 3 + 5);
+    assert_eq!(
+        remove_tree(base.path(), &rel("vol")),
+        Ok(RemoveOutcome::Removed)
+    );
+    assert!(!v.exists());
 }
