@@ -99,21 +99,40 @@ pub fn node_code(e: &NodeError) -> Code {
     }
 }
 
+/// Longest status message sent. The message travels in an HTTP/2 trailer, and paths inside a
+/// pod's volume (names of 255 bytes, nested deep) could make it too big for the peer's header
+/// limit: the client then sees a broken connection (GOAWAY) instead of the error. The log line
+/// at the boundary keeps the whole message.
+pub const MAX_MESSAGE: usize = 1024;
+
+/// `message` cut to [`MAX_MESSAGE`] bytes at a character boundary, marked as cut.
+pub fn bounded(mut message: String) -> String {
+    if message.len() > MAX_MESSAGE {
+        let mut end = MAX_MESSAGE - 3;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+        message.push_str("...");
+    }
+    message
+}
+
 impl From<Invalid> for Status {
     fn from(e: Invalid) -> Self {
-        Status::invalid_argument(e.0)
+        Status::invalid_argument(bounded(e.0))
     }
 }
 
 impl From<ControllerError> for Status {
     fn from(e: ControllerError) -> Self {
-        Status::new(controller_code(&e), e.to_string())
+        Status::new(controller_code(&e), bounded(e.to_string()))
     }
 }
 
 impl From<NodeError> for Status {
     fn from(e: NodeError) -> Self {
-        Status::new(node_code(&e), e.to_string())
+        Status::new(node_code(&e), bounded(e.to_string()))
     }
 }
 
@@ -121,6 +140,23 @@ impl From<NodeError> for Status {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn messages_are_bounded_at_a_character_boundary() {
+        assert_eq!(bounded("short".into()), "short");
+        let long = format!("{}é{}", "x".repeat(MAX_MESSAGE - 4), "y".repeat(5000));
+        let cut = bounded(long);
+        assert!(
+            cut.len() <= MAX_MESSAGE && cut.ends_with("..."),
+            "{}",
+            cut.len()
+        );
+        let deep = ControllerError::CorruptRecord {
+            path: "/d".repeat(100_000).into(),
+            reason: String::new(),
+        };
+        assert!(Status::from(deep).message().len() <= MAX_MESSAGE);
+    }
 
     #[test]
     fn retryable_conditions_map_to_retry_codes() {
