@@ -19,7 +19,7 @@ use crate::csi::proto::{
 use crate::domain::backend::Backend;
 use crate::domain::controller::Controller;
 use crate::domain::local::LocalBackend;
-use crate::domain::nfs::NfsBackend;
+use crate::domain::nfs::{ClaimPolicy, NfsBackend};
 use crate::domain::node::Node;
 use crate::os::Os;
 
@@ -172,7 +172,11 @@ pub fn assemble(args: &ServeArgs, os: Arc<dyn Os>) -> Result<Vec<Plugin>, Server
             &endpoint,
             &args.nfs_driver_name,
             nfs_mode,
-            Backend::Nfs(NfsBackend::new(staging, Arc::clone(&os))),
+            Backend::Nfs(NfsBackend::new(
+                staging,
+                Arc::clone(&os),
+                ClaimPolicy::new(ClaimPolicy::expiry_for(args.nfs_timeout())),
+            )),
         )?;
     }
     Ok(plugins)

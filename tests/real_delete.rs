@@ -23,6 +23,7 @@
 #[allow(dead_code)]
 mod common;
 
+use common::names_in;
 use common::real::driver::*;
 use common::real::mounts::*;
 use common::real::requests::*;

@@ -24,6 +24,7 @@ mod common;
 
 use std::collections::HashSet;
 
+use common::names_in;
 use common::real::driver::*;
 use common::real::mounts::*;
 use common::real::requests::*;

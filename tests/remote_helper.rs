@@ -21,6 +21,23 @@ fn os_with_helper(helper: PathBuf, timeout: Duration) -> RealOs {
     RealOs::new(helper, timeout, unused, MountApi::Auto)
 }
 
+/// A helper program in `dir` that runs `sh` `prelude` and then execs the real helper with
+/// `runner` before it (for strace, say), passing its arguments on.
+fn wrapped_helper(dir: &std::path::Path, prelude: &str, runner: &str) -> PathBuf {
+    let wrapper = dir.join("helper.sh");
+    let script = format!(
+        "#!/bin/sh\n{prelude}\nexec {runner} {} \"$@\"\n",
+        env!("CARGO_BIN_EXE_pvdir")
+    );
+    std::fs::write(&wrapper, script).unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    wrapper
+}
+
 fn helpers_running_for(marker: &str) -> usize {
     let mut n = 0;
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
@@ -101,21 +118,11 @@ async fn a_blocked_helper_is_killed_within_the_bound() {
         .tempdir()
         .unwrap();
     // The real helper, held for a minute in its statfs call.
-    let wrapper = dir.path().join("helper.sh");
-    std::fs::write(
-        &wrapper,
-        format!(
-            "#!/bin/sh\nexec strace -f -qq -o /dev/null -e trace=statfs \
-             -e inject=statfs:delay_enter=60000000 {} \"$@\"\n",
-            env!("CARGO_BIN_EXE_pvdir")
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(
-        &wrapper,
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    let wrapper = wrapped_helper(
+        dir.path(),
+        "",
+        "strace -f -qq -o /dev/null -e trace=statfs -e inject=statfs:delay_enter=60000000",
+    );
     let bound = Duration::from_millis(1500);
     let os = os_with_helper(wrapper, bound);
     let marker = dir
@@ -186,20 +193,7 @@ async fn things_planted_as_records_are_refused_at_once() {
 #[tokio::test]
 async fn a_deep_tree_is_removed_within_small_limits() {
     let dir = tempfile::tempdir().unwrap();
-    let wrapper = dir.path().join("helper.sh");
-    std::fs::write(
-        &wrapper,
-        format!(
-            "#!/bin/sh\nulimit -n 100 && ulimit -v 262144 && exec {} \"$@\"\n",
-            env!("CARGO_BIN_EXE_pvdir")
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(
-        &wrapper,
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    let wrapper = wrapped_helper(dir.path(), "ulimit -n 100 && ulimit -v 262144", "");
     let vol = dir.path().join("vol");
     std::fs::create_dir(&vol).unwrap();
     let mut cur = std::fs::File::open(&vol).unwrap();

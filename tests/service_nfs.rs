@@ -271,32 +271,6 @@ async fn nfs_parameters_are_validated_before_anything_happens() {
 }
 
 #[tokio::test]
-async fn nfs_crash_after_archive_is_completed_by_the_retry() {
-    let rig = Rig::nfs();
-    let v = rig
-        .create(seed_claim(0, "archive"))
-        .await
-        .unwrap()
-        .volume_id;
-    let export = rig.export_dir();
-    std::fs::write(export.join("default/www-web-0/data"), b"d").unwrap();
-    // The rename happened, the record removal did not.
-    std::fs::rename(
-        export.join("default/www-web-0"),
-        export.join("default/archived-www-web-0"),
-    )
-    .unwrap();
-    rig.delete(&v).await.unwrap();
-    assert_eq!(
-        std::fs::read(export.join("default/archived-www-web-0/data")).unwrap(),
-        b"d"
-    );
-    let mut again = seed_claim(0, "archive");
-    again.name = "pvc-0-new".into();
-    assert!(rig.create(again).await.is_ok(), "the record was removed");
-}
-
-#[tokio::test]
 async fn nfs_list_volumes_is_unimplemented_as_not_advertised() {
     let rig = Rig::nfs();
     assert_eq!(code(list_code(&rig).await), Code::Unimplemented);

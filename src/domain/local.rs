@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::access::{unsupported_reason, BackendKind};
 use super::error::ControllerError;
 use super::params::{from_map, parse_mode, LocalParams};
-use super::record::{Claim, RecordDir};
+use super::record::{Claim, RecordDir, RECORD_SUFFIX};
 use super::volume::{CreateSpec, Deleted, Volume, TOPOLOGY_KEY};
 use super::volume_id::{LocalId, VolumeId, VolumeKey};
 use crate::os::{mountinfo, FsOp, FsReply, Medium, Os, OsError, RelPath};
@@ -26,7 +26,6 @@ fn meta_dir() -> RelPath {
     // A constant plain segment always parses; the fallback only keeps this panic-free.
     RelPath::parse(META).unwrap_or_else(|_| unreachable!("\"meta\" is a valid RelPath"))
 }
-const RECORD_SUFFIX: &str = ".json";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct LocalRecord {
@@ -173,7 +172,8 @@ impl LocalBackend {
             mount_permissions: mode,
         };
         let name = Self::record_name(&key);
-        if let Claim::Conflict(existing) = self.records().claim(&name, &wanted, &spec.name).await? {
+        let claimed = self.records().claim(&name, &wanted, &spec.name).await?;
+        if let Claim::Existing(existing) = claimed.filter_same(&wanted) {
             return Err(ControllerError::NameConflict {
                 name: spec.name.clone(),
                 difference: format!(

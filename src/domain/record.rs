@@ -15,11 +15,23 @@ use crate::os::{FsOp, FsReply, Medium, Os, OsError, RelPath};
 pub enum Claim<T> {
     /// There was no record; ours is now stored.
     Fresh,
-    /// An identical record exists (an idempotent retry).
-    Matching,
-    /// A different record exists; it is returned.
-    Conflict(T),
+    /// A record exists (ours from an earlier call, or someone else's); it is returned.
+    Existing(T),
 }
+
+impl<T: PartialEq> Claim<T> {
+    /// `Fresh` also when the existing record equals `wanted` (an idempotent retry).
+    pub fn filter_same(self, wanted: &T) -> Claim<T> {
+        match self {
+            Claim::Existing(e) if e == *wanted => Claim::Fresh,
+            other => other,
+        }
+    }
+}
+
+/// File names of records in a state directory; other entries (temporary files of an
+/// interrupted write) are not records.
+pub const RECORD_SUFFIX: &str = ".json";
 
 /// One state directory: `base/dir`, reached without following symlinks.
 pub struct RecordDir {
@@ -43,8 +55,8 @@ impl RecordDir {
         self.base.join(self.dir.as_str())
     }
 
-    fn decode<T: DeserializeOwned>(&self, name: &str, bytes: &[u8]) -> Result<T, ControllerError> {
-        serde_json::from_slice(bytes).map_err(|e| ControllerError::CorruptRecord {
+    fn decode<T: DeserializeOwned>(&self, name: &str, text: &str) -> Result<T, ControllerError> {
+        serde_json::from_str(text).map_err(|e| ControllerError::CorruptRecord {
             path: self.path().join(name),
             reason: e.to_string(),
         })
@@ -123,7 +135,7 @@ impl RecordDir {
 
     /// Store `wanted` as `name` unless a record is there already. Exclusive, so of two
     /// racing creators exactly one stores and the other sees its record.
-    pub async fn claim<T: Serialize + DeserializeOwned + PartialEq>(
+    pub async fn claim<T: Serialize + DeserializeOwned>(
         &self,
         name: &str,
         wanted: &T,
@@ -133,8 +145,7 @@ impl RecordDir {
         // (a concurrent delete); one more round settles the first case.
         for _ in 0..2 {
             match self.load::<T>(name, volume).await? {
-                Some(existing) if existing == *wanted => return Ok(Claim::Matching),
-                Some(existing) => return Ok(Claim::Conflict(existing)),
+                Some(existing) => return Ok(Claim::Existing(existing)),
                 None if self.store(name, wanted, true, volume).await? => return Ok(Claim::Fresh),
                 None => {}
             }
@@ -156,6 +167,27 @@ impl RecordDir {
             .await
             .map_err(ControllerError::os("remove volume record", volume))?;
         Ok(())
+    }
+
+    /// Every record in the directory with its file name, in name order. One listing and one
+    /// batched read.
+    pub async fn load_all<T: DeserializeOwned>(
+        &self,
+        volume: &str,
+    ) -> Result<Vec<(String, T)>, ControllerError> {
+        let names: Vec<String> = self
+            .names()
+            .await?
+            .into_iter()
+            .filter(|n| n.ends_with(RECORD_SUFFIX) && !n.starts_with('.'))
+            .collect();
+        let found: Vec<Option<T>> = self.load_many(&names, volume).await?;
+        // A record deleted between listing and reading is simply gone.
+        Ok(names
+            .into_iter()
+            .zip(found)
+            .filter_map(|(n, r)| Some((n, r?)))
+            .collect())
     }
 
     /// Every name in the directory, sorted.

@@ -20,9 +20,9 @@ use super::OsError;
 
 /// After SIGKILL, how long we wait to reap before leaving the zombie to tokio's orphan reaper.
 const REAP_GRACE: Duration = Duration::from_secs(5);
-/// Most a helper may write to stdout: its JSON reply (a listing of a large state directory is
-/// a few MiB).
-pub const MAX_STDOUT: u64 = 32 << 20;
+/// Most a helper may write to stdout: its JSON reply. The largest is every record of an export
+/// (a reuseExisting create reads them all), a few hundred bytes each: about 200,000 records.
+pub const MAX_STDOUT: u64 = 64 << 20;
 /// Most a helper may write to stderr: diagnostics.
 pub const MAX_STDERR: u64 = 64 << 10;
 

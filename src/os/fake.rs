@@ -20,6 +20,8 @@ struct State {
     /// IDs of mounts whose file handle the server no longer knows (see `make_stale`).
     stale: Vec<u32>,
     fail_next_mount: Option<String>,
+    /// Directory operations (by name) whose next call fails with this errno.
+    fail_fs: Vec<(&'static str, i32)>,
     calls: Vec<String>,
 }
 
@@ -120,6 +122,12 @@ impl FakeOs {
                 .iter()
                 .any(|e| s.stale.contains(&e.id) && path.starts_with(&e.mount_point))
         })
+    }
+
+    /// Make the next directory operation named `op` (see [`FsOp::name`]) fail with `errno`, as
+    /// a server or disk failing at that step would; with several, each fails once, in turn.
+    pub fn fail_next_fs(&self, op: &'static str, errno: i32) {
+        self.with(|s| s.fail_fs.push((op, errno)));
     }
 
     pub fn fail_next_mount(&self, message: &str) {
@@ -233,6 +241,17 @@ impl Os for FakeOs {
         }
         if medium == Medium::Remote && self.with(|s| s.server_dead) {
             return Err(Self::timed_out(op.name()));
+        }
+        let injected = self.with(|s| {
+            let i = s.fail_fs.iter().position(|(name, _)| *name == op.name())?;
+            Some(s.fail_fs.remove(i).1)
+        });
+        if let Some(errno) = injected {
+            return Err(OsError::Fs(SafeFsError::Io {
+                step: op.name().into(),
+                path: op.path().to_path_buf(),
+                errno,
+            }));
         }
         // Fake NFS mounts are plain directories: an NFS statfs is answered for real when the
         // path is at or below one, and refused like the real one when it is not.

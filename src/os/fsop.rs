@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::relpath::RelPath;
-use super::safe_fs::{self, ArchiveOutcome, EnsureOutcome, RemoveOutcome, SafeFsError};
+use super::safe_fs::{self, EnsureOutcome, RemoveOutcome, RenameOutcome, SafeFsError};
 use super::FsStats;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,11 +34,11 @@ pub enum FsOp {
         rel: RelPath,
         prune_parents: bool,
     },
-    /// Rename `base/rel` to `archived_name` beside it.
-    Archive {
+    /// Rename `base/rel` to `to` beside it, never over anything with content.
+    RenameAside {
         base: PathBuf,
         rel: RelPath,
-        archived_name: String,
+        to: String,
     },
     /// Read the state files `base/dir/<name>`; absent ones are `None`.
     ReadRecords {
@@ -75,8 +75,9 @@ pub enum FsReply {
     Stats(FsStats),
     Ensured(EnsureOutcome),
     Removed(RemoveOutcome),
-    Archived(ArchiveOutcome),
-    Records(Vec<Option<Vec<u8>>>),
+    Renamed(RenameOutcome),
+    /// Record contents, which are UTF-8 JSON (a record that is not is refused when read).
+    Records(Vec<Option<String>>),
     /// Whether a record write stored it (false: exclusive and one existed).
     Written(bool),
     /// Whether a directory has entries (`None`: it does not exist).
@@ -95,7 +96,7 @@ impl FsOp {
             | FsOp::RemoveTarget { path } => path,
             FsOp::EnsureDir { base, .. }
             | FsOp::RemoveTree { base, .. }
-            | FsOp::Archive { base, .. }
+            | FsOp::RenameAside { base, .. }
             | FsOp::ReadRecords { base, .. }
             | FsOp::WriteRecord { base, .. }
             | FsOp::RemoveRecord { base, .. }
@@ -111,7 +112,7 @@ impl FsOp {
             FsOp::StatfsNfs { .. } => "statfs-nfs",
             FsOp::EnsureDir { .. } => "ensure-dir",
             FsOp::RemoveTree { .. } => "remove-tree",
-            FsOp::Archive { .. } => "archive",
+            FsOp::RenameAside { .. } => "rename-aside",
             FsOp::ReadRecords { .. } => "read-records",
             FsOp::WriteRecord { .. } => "write-record",
             FsOp::RemoveRecord { .. } => "remove-record",
@@ -150,11 +151,9 @@ pub fn execute(op: &FsOp) -> Result<FsReply, SafeFsError> {
             }
             Ok(FsReply::Removed(outcome))
         }
-        FsOp::Archive {
-            base,
-            rel,
-            archived_name,
-        } => safe_fs::archive(base, rel, archived_name).map(FsReply::Archived),
+        FsOp::RenameAside { base, rel, to } => {
+            safe_fs::rename_aside(base, rel, to).map(FsReply::Renamed)
+        }
         FsOp::ReadRecords { base, dir, names } => {
             safe_fs::read_records(base, dir, names).map(FsReply::Records)
         }

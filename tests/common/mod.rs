@@ -3,3 +3,38 @@
 
 pub mod real;
 pub mod service;
+
+use std::path::Path;
+
+/// The names in `dir`, sorted.
+pub fn names_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("list {}: {e}", dir.display()))
+        .map(|e| {
+            e.expect("directory entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+/// The names in `dir` but the marker pvdir leaves in parent directories it made.
+pub fn names_but_markers(dir: &Path) -> Vec<String> {
+    let mut names = names_in(dir);
+    names.retain(|n| n != pvdir::os::safe_fs::OWNED_MARKER);
+    names
+}
+
+/// The start time of process `pid` (`/proc/<pid>/stat` field 22), as a claim names it.
+pub fn start_time(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    stat[stat.rfind(')').unwrap() + 1..]
+        .split_whitespace()
+        .nth(19)
+        .unwrap()
+        .parse()
+        .unwrap()
+}

@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use pvdir::csi::controller::ControllerService;
 use pvdir::csi::node::NodeService;
@@ -14,7 +15,7 @@ use pvdir::domain::backend::Backend;
 use pvdir::domain::controller::Controller;
 use pvdir::domain::guard::InFlight;
 use pvdir::domain::local::LocalBackend;
-use pvdir::domain::nfs::NfsBackend;
+use pvdir::domain::nfs::{ClaimPolicy, NfsBackend};
 use pvdir::domain::node::Node;
 use pvdir::os::fake::FakeOs;
 use tonic::{Code, Request};
@@ -47,11 +48,16 @@ impl Rig {
     }
 
     pub fn nfs() -> Self {
+        Self::nfs_with_claim_expiry(Duration::from_secs(600))
+    }
+
+    /// An NFS rig whose claims of other processes expire after `expiry`.
+    pub fn nfs_with_claim_expiry(expiry: Duration) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let fake = FakeOs::new();
         let staging = dir.path().canonicalize().unwrap().join("staging");
         std::fs::create_dir_all(&staging).unwrap();
-        let backend = NfsBackend::new(staging, Arc::new(fake.clone()));
+        let backend = NfsBackend::new(staging, Arc::new(fake.clone()), ClaimPolicy::new(expiry));
         Self::wire(fake, dir, Backend::Nfs(backend), &["hard"])
     }
 

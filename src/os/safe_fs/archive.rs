@@ -1,82 +1,71 @@
-//! `archive`: renaming a volume's directory aside (within its parent) instead of deleting it.
+//! `rename_aside`: renaming a volume's directory to a given name beside it (the archive of
+//! `onDelete: archive`), never over anything with content.
 //!
-//! Invariants: an archive never replaces anything. The name is taken with renameat2's
-//! RENAME_NOREPLACE where the filesystem supports it; the Linux NFS client rejects every
-//! renameat2 flag with EINVAL, so there the name is first claimed atomically with mkdir and
-//! the rename goes onto that (empty, ours) directory. The archived name must be a single
-//! valid component, and a symlink, file or mount at the leaf is refused as `walk` reports it.
+//! Invariants: the new name is a single valid component; a symlink, file or mount at the leaf
+//! is refused as `walk` reports it. Where the filesystem has renameat2's RENAME_NOREPLACE the
+//! rename never replaces anything. The Linux NFS client rejects every renameat2 flag, so there
+//! the name is looked up first and a plain rename follows: rename(2) cannot replace a file or a
+//! directory with content, so the most it can replace is an empty directory that appeared in
+//! between. The caller makes sure no volume can be at that name (it holds the name's record),
+//! so no placeholder directory is ever made, which a crash could leave looking like a volume.
 
 use std::ffi::CString;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::path::Path;
 
 use nix::errno::Errno;
-use nix::sys::stat::{mkdirat, Mode};
-use nix::unistd::{unlinkat, UnlinkatFlags};
+use nix::fcntl::AtFlags;
+use nix::sys::stat::fstatat;
 
 use super::walk::open_leaf;
-use super::{io, ArchiveOutcome, SafeFsError};
+use super::{io, RenameOutcome, SafeFsError};
 use crate::os::relpath::RelPath;
 
-/// Highest numeric suffix `archive` tries when the archived name is taken.
-pub const MAX_ARCHIVE_SUFFIX: u32 = 1000;
-
-/// Renames the leaf of `rel` within its parent to `archived_name`, or to
-/// `archived_name-N` (N = 2..=`MAX_ARCHIVE_SUFFIX`) if taken; never replaces anything.
-pub fn archive(
-    base: &Path,
-    rel: &RelPath,
-    archived_name: &str,
-) -> Result<ArchiveOutcome, SafeFsError> {
-    archive_with(base, rel, archived_name, true)
+/// Renames the leaf of `rel` within its parent to `to`.
+pub fn rename_aside(base: &Path, rel: &RelPath, to: &str) -> Result<RenameOutcome, SafeFsError> {
+    rename_with(base, rel, to, true)
 }
 
-fn archive_with(
+fn rename_with(
     base: &Path,
     rel: &RelPath,
-    archived_name: &str,
-    mut native_noreplace: bool,
-) -> Result<ArchiveOutcome, SafeFsError> {
-    let invalid = |name: &str| SafeFsError::InvalidName {
-        name: name.to_owned(),
+    to: &str,
+    native_noreplace: bool,
+) -> Result<RenameOutcome, SafeFsError> {
+    let invalid = || SafeFsError::InvalidName {
+        name: to.to_owned(),
     };
-    match RelPath::parse(archived_name) {
+    match RelPath::parse(to) {
         Ok(p) if p.parent().is_none() => {}
-        _ => return Err(invalid(archived_name)),
+        _ => return Err(invalid()),
     }
     let Some(leaf) = open_leaf(base, rel)? else {
-        return Ok(ArchiveOutcome::AlreadyGone);
+        return Ok(RenameOutcome::SourceGone);
     };
     drop(leaf.fd);
     let dir = leaf.parent.as_fd();
-    let mut n = 1;
-    while n <= MAX_ARCHIVE_SUFFIX {
-        let candidate = match n {
-            1 => archived_name.to_owned(),
-            _ => format!("{archived_name}-{n}"),
+    let mut result = if native_noreplace {
+        rename_noreplace(dir, rel.file_name(), to)
+    } else {
+        Err(Errno::EINVAL)
+    };
+    // The Linux NFS client rejects every renameat2 flag with EINVAL.
+    if matches!(result, Err(Errno::EINVAL | Errno::ENOSYS)) {
+        result = match fstatat(dir, to, AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(_) => Err(Errno::EEXIST),
+            Err(Errno::ENOENT) => nix::fcntl::renameat(dir, rel.file_name(), dir, to),
+            Err(e) => Err(e),
         };
-        // Re-validating also rejects a suffixed name longer than NAME_MAX.
-        let to = rel
-            .parent()
-            .map_or_else(|| RelPath::parse(&candidate), |p| p.join(&candidate))
-            .map_err(|_| invalid(&candidate))?;
-        let result = if native_noreplace {
-            rename_noreplace(dir, rel.file_name(), &candidate)
-        } else {
-            claim_and_rename(dir, rel.file_name(), &candidate)
-        };
-        match result {
-            Ok(()) => return Ok(ArchiveOutcome::Archived { to }),
-            Err(Errno::EEXIST | Errno::ENOTEMPTY) => n += 1,
-            Err(Errno::ENOENT) => return Ok(ArchiveOutcome::AlreadyGone),
-            // The Linux NFS client rejects every renameat2 flag with EINVAL: fall back and
-            // retry the same candidate.
-            Err(Errno::EINVAL | Errno::ENOSYS) if native_noreplace => native_noreplace = false,
-            Err(Errno::EBUSY) => return Err(SafeFsError::CrossesMount { path: leaf.path }),
-            Err(e) => return Err(io("rename", &leaf.path, e)),
-        }
     }
-    Err(io("rename", &leaf.path, Errno::EEXIST))
+    match result {
+        Ok(()) => Ok(RenameOutcome::Renamed),
+        Err(Errno::EEXIST | Errno::ENOTEMPTY | Errno::ENOTDIR | Errno::EISDIR) => {
+            Ok(RenameOutcome::TargetTaken)
+        }
+        Err(Errno::ENOENT) => Ok(RenameOutcome::SourceGone),
+        Err(Errno::EBUSY) => Err(SafeFsError::CrossesMount { path: leaf.path }),
+        Err(e) => Err(io("rename", &leaf.path, e)),
+    }
 }
 
 /// renameat2(RENAME_NOREPLACE) via libc, which (unlike nix's wrapper) also exists on musl.
@@ -91,16 +80,6 @@ fn rename_noreplace(dir: BorrowedFd<'_>, from: &str, to: &str) -> Result<(), Err
     Errno::result(rc).map(drop)
 }
 
-/// No-replace rename for filesystems without RENAME_NOREPLACE: claim `to` atomically with
-/// mkdir, then rename onto the claimed (empty) directory, which rename may replace.
-fn claim_and_rename(dir: BorrowedFd<'_>, from: &str, to: &str) -> Result<(), Errno> {
-    mkdirat(dir, to, Mode::from_bits_truncate(0o700))?;
-    nix::fcntl::renameat(dir, from, dir, to).inspect_err(|_| {
-        // Best effort: if someone wrote into the claim it is no longer ours to remove.
-        let _ = unlinkat(dir, to, UnlinkatFlags::RemoveDir);
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::super::ensure_dir;
@@ -109,66 +88,58 @@ mod tests {
     use std::fs;
     use std::os::unix::fs::symlink;
 
-    fn check_archive(native: bool) {
+    fn check_rename(native: bool) {
         let base = tmp();
         let b = base.path();
         ensure_dir(b, &rel("ns/vol"), None).expect("ensure");
         write(&b.join("ns/vol/data"));
-        let got = archive_with(b, &rel("ns/vol"), "archived-vol", native).expect("archive");
-        assert_eq!(
-            got,
-            ArchiveOutcome::Archived {
-                to: rel("ns/archived-vol")
-            }
-        );
+        let got = rename_with(b, &rel("ns/vol"), "archived-vol", native).expect("rename");
+        assert_eq!(got, RenameOutcome::Renamed);
         assert!(b.join("ns/archived-vol/data").is_file());
         assert!(!b.join("ns/vol").exists());
-        let again = archive_with(b, &rel("ns/vol"), "archived-vol", native);
-        assert_eq!(again, Ok(ArchiveOutcome::AlreadyGone));
+        // A retry after the rename (a crash before the record went) finds the source gone.
+        let again = rename_with(b, &rel("ns/vol"), "archived-vol", native);
+        assert_eq!(again, Ok(RenameOutcome::SourceGone));
 
-        for expected in ["ns/archived-vol-2", "ns/archived-vol-3"] {
-            ensure_dir(b, &rel("ns/vol"), None).expect("ensure");
-            let got = archive_with(b, &rel("ns/vol"), "archived-vol", native).expect("archive");
-            assert_eq!(got, ArchiveOutcome::Archived { to: rel(expected) });
+        // A name with content, a file or a symlink there is never replaced.
+        ensure_dir(b, &rel("ns/vol"), None).expect("ensure");
+        write(&b.join("ns/file"));
+        symlink("/", b.join("ns/link")).expect("symlink");
+        for taken in ["archived-vol", "file", "link"] {
+            let got = rename_with(b, &rel("ns/vol"), taken, native).expect("rename");
+            assert_eq!(got, RenameOutcome::TargetTaken, "{taken}");
         }
         assert!(b.join("ns/archived-vol/data").is_file(), "never replaced");
-        let got = archive_with(b, &rel("ns"), "old-ns", native).expect("archive top");
-        assert_eq!(got, ArchiveOutcome::Archived { to: rel("old-ns") });
+        assert!(b.join("ns/vol").is_dir());
     }
 
     #[test]
-    fn archive_renames_without_replacing() {
-        check_archive(true);
+    fn rename_aside_never_replaces_content() {
+        check_rename(true);
     }
 
     #[test]
-    fn archive_fallback_for_filesystems_without_noreplace() {
-        check_archive(false);
+    fn rename_aside_without_noreplace_never_replaces_content() {
+        check_rename(false);
     }
 
     #[test]
-    fn archive_rejects_bad_names_symlinks_and_files() {
+    fn rename_aside_rejects_bad_names_symlinks_and_files() {
         let base = tmp();
         let outside = tmp();
         ensure_dir(base.path(), &rel("vol"), None).expect("ensure");
         for bad in ["", "a/b", ".", "..", "x\0y", "/abs", &"x".repeat(256)] {
-            let err = archive(base.path(), &rel("vol"), bad).expect_err("bad name");
+            let err = rename_aside(base.path(), &rel("vol"), bad).expect_err("bad name");
             assert!(
                 matches!(err, SafeFsError::InvalidName { .. }),
                 "{bad:?}: {err}"
             );
         }
-        let err = archive(base.path(), &rel("vol"), &"x".repeat(254)).expect("fits");
-        assert!(matches!(err, ArchiveOutcome::Archived { .. }));
-        ensure_dir(base.path(), &rel("vol"), None).expect("ensure");
-        let err = archive(base.path(), &rel("vol"), &"x".repeat(254)).expect_err("no room");
-        assert!(matches!(err, SafeFsError::InvalidName { .. }), "{err}");
-
         symlink(outside.path(), base.path().join("link")).expect("symlink");
-        let err = archive(base.path(), &rel("link"), "old").expect_err("symlink");
+        let err = rename_aside(base.path(), &rel("link"), "old").expect_err("symlink");
         assert!(matches!(err, SafeFsError::SymlinkInPath { .. }), "{err}");
         write(&base.path().join("file"));
-        let err = archive(base.path(), &rel("file"), "old").expect_err("file");
+        let err = rename_aside(base.path(), &rel("file"), "old").expect_err("file");
         assert!(matches!(err, SafeFsError::NotADirectory { .. }), "{err}");
         assert_eq!(fs::read_dir(outside.path()).expect("ls").count(), 0);
     }

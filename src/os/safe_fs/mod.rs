@@ -17,7 +17,7 @@
 //!   writes solely into parents it created itself; `base` is never removed or chmodded.
 //!
 //! Layout: `walk` opens components safely and checks mounts (shared by all operations);
-//! `ensure`, `remove`, `prune` and `archive` each own one operation. This file holds the
+//! `ensure`, `remove`, `prune`, `archive` and `record` each own one operation. This file holds the
 //! error and outcome types that cross the process boundary to `fsop`'s helper.
 
 mod archive;
@@ -36,9 +36,7 @@ use std::path::{Path, PathBuf};
 use nix::errno::Errno;
 use serde::{Deserialize, Serialize, Serializer};
 
-use super::relpath::RelPath;
-
-pub use archive::{archive, MAX_ARCHIVE_SUFFIX};
+pub use archive::rename_aside;
 pub use ensure::{ensure_dir, OWNED_MARKER};
 pub use prune::prune_owned_parents;
 pub use record::{list_records, read_records, remove_record, write_record, MAX_RECORD_BYTES};
@@ -135,10 +133,13 @@ pub enum RemoveOutcome {
     AlreadyGone,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum ArchiveOutcome {
-    Archived { to: RelPath },
-    AlreadyGone,
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RenameOutcome {
+    Renamed,
+    /// The directory to rename is not there (renamed before, or never made).
+    SourceGone,
+    /// The new name is taken by something that is not an empty directory.
+    TargetTaken,
 }
 
 /// The `Io` error for `step` on `path`.

@@ -264,12 +264,21 @@ impl Driver {
     }
 
     /// SIGKILL the driver, as an OOM kill or a node crash would: no chance to clean up.
-    /// Under strace, the traced driver is killed, not only strace.
+    /// Under strace, the traced driver is killed, and strace only once every process it
+    /// traced has finished or has its SIGKILL pending (a process held in a syscall stays held
+    /// until strace lets go, then dies without running the syscall). A dying strace detaches
+    /// the processes it holds: a helper whose parent-death SIGKILL is not yet queued would then
+    /// run its held syscall, which no real crash does.
     pub fn kill(&mut self) {
         let mut child = self.child.take().expect("driver is running");
         if self.strace.is_some() {
-            if let Some(pid) = self.traced_pid() {
-                let _ = kill(pid, Signal::SIGKILL);
+            let traced = self.traced_pids();
+            if let Some(driver) = traced.first() {
+                let _ = kill(*driver, Signal::SIGKILL);
+            }
+            let deadline = Instant::now() + SHUTDOWN_TIMEOUT;
+            while Instant::now() < deadline && traced.iter().any(|p| !doomed(*p)) {
+                std::thread::sleep(Duration::from_millis(20));
             }
         }
         let _ = child.kill();
@@ -277,11 +286,20 @@ impl Driver {
         self.channel = None;
     }
 
-    /// The pid of the driver traced by strace: the first pid in its log.
-    fn traced_pid(&self) -> Option<Pid> {
-        let log = std::fs::read_to_string(self.strace_log()).ok()?;
-        let first = log.lines().next()?.split_whitespace().next()?;
-        first.parse().ok().map(Pid::from_raw)
+    /// The processes strace logged, the driver first.
+    fn traced_pids(&self) -> Vec<Pid> {
+        let log = std::fs::read_to_string(self.strace_log()).unwrap_or_default();
+        let mut pids: Vec<Pid> = Vec::new();
+        for pid in log
+            .lines()
+            .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+            .map(Pid::from_raw)
+        {
+            if !pids.contains(&pid) {
+                pids.push(pid);
+            }
+        }
+        pids
     }
 
     /// Wait (at most `limit`) until the strace log shows a call whose line contains `needle`
@@ -307,6 +325,24 @@ impl Driver {
     }
 }
 
+/// Whether process `pid` has finished (gone, or a zombie) or has SIGKILL pending.
+fn doomed(pid: Pid) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return true;
+    };
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(str::trim)
+            .unwrap_or_default()
+            .to_string()
+    };
+    let sigkill = 1u64 << (libc::SIGKILL - 1);
+    let pending = |name| u64::from_str_radix(&field(name), 16).is_ok_and(|m| m & sigkill != 0);
+    field("State:").starts_with(['Z', 'X']) || pending("ShdPnd:") || pending("SigPnd:")
+}
+
 fn pid_of(child: &Child) -> Pid {
     Pid::from_raw(i32::try_from(child.id()).expect("pid fits in i32"))
 }
@@ -330,8 +366,8 @@ impl Drop for Driver {
         self.channel = None;
         if self.child.is_some() && self.strace.is_some() {
             // A driver under strace outlives a killed strace: end it first.
-            if let Some(pid) = self.traced_pid() {
-                let _ = kill(pid, Signal::SIGKILL);
+            if let Some(pid) = self.traced_pids().first() {
+                let _ = kill(*pid, Signal::SIGKILL);
             }
         }
         if let Some(child) = self.child.take() {

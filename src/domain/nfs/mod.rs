@@ -1,0 +1,350 @@
+//! The NFS backend: one subdirectory per volume on an export, provisioned centrally.
+//!
+//! The controller mounts each export it is asked about once, under its staging directory
+//! ([`export`]), and works below that mount. Everything that touches the export runs as
+//! [`Medium::Remote`]: in a killable child under a time bound, so a dead server costs one
+//! bounded call and never a hung thread. Who owns which directory is recorded on the export
+//! itself ([`claims`]); `onDelete: archive` moves a directory aside under a claimed name
+//! ([`archive`]).
+//!
+//! DeleteVolume acts only while the record still names the ID's owner: a late retry for a
+//! volume whose directory has since been taken by a new volume touches nothing. Calls for one
+//! directory are serialised in this process (a create of one volume name never runs beside a
+//! create or delete of another for the same directory), which is what lets a claim of this
+//! process that is not being worked on be recognised as abandoned.
+
+mod archive;
+mod claims;
+mod export;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::access::{merged_mount_flags, unsupported_reason, BackendKind, Capability};
+use super::error::ControllerError;
+use super::guard::{InFlight, InFlightGuard};
+use super::params::{from_map, NfsParams};
+use super::record::{Claim, RecordDir};
+use super::volume::{CreateSpec, Deleted, Volume};
+use super::volume_id::{owner_tag, NfsId, OnDelete, VolumeId};
+use crate::os::{FsOp, FsReply, Medium, Os, OsError, RelPath};
+use claims::{claimed_by, record_name, NfsRecord, Placement};
+use export::Exports;
+
+pub use claims::{ClaimPolicy, RECORD_DIR};
+
+/// A validated NFS CreateVolume: the volume it names and the directory mode.
+pub struct NfsPlan {
+    pub id: NfsId,
+    mode: Option<u32>,
+    reuse_existing: bool,
+}
+
+pub struct NfsBackend {
+    exports: Exports,
+    os: Arc<dyn Os>,
+    claims: ClaimPolicy,
+    /// Directories with a create or delete in flight in this process.
+    dirs: InFlight,
+}
+
+impl NfsBackend {
+    pub fn new(staging: PathBuf, os: Arc<dyn Os>, claims: ClaimPolicy) -> Self {
+        Self {
+            exports: Exports::new(staging, Arc::clone(&os)),
+            os,
+            claims,
+            dirs: InFlight::default(),
+        }
+    }
+
+    fn records(&self, mount: &Path) -> RecordDir {
+        // RECORD_DIR is a constant single segment; see meta_dir in local.rs.
+        let dir = RelPath::parse(RECORD_DIR).unwrap_or_else(|_| unreachable!("valid segment"));
+        RecordDir::new(
+            Arc::clone(&self.os),
+            Medium::Remote,
+            mount.to_path_buf(),
+            dir,
+        )
+    }
+
+    /// The in-flight guard of `id`'s directory (its export and path, whoever the owner).
+    fn claim_dir(&self, id: &NfsId) -> Result<InFlightGuard, ControllerError> {
+        let key = format!("{}\0{}\0{}", id.server, id.share, id.subdir);
+        self.dirs
+            .try_claim(&key)
+            .ok_or_else(|| ControllerError::InFlight {
+                key: format!("directory {} on {}:{}", id.subdir, id.server, id.share),
+            })
+    }
+
+    async fn remote(
+        &self,
+        op: FsOp,
+        step: &'static str,
+        volume: &str,
+    ) -> Result<FsReply, ControllerError> {
+        self.os
+            .fs(op, Medium::Remote)
+            .await
+            .map_err(ControllerError::os(step, volume))
+    }
+
+    /// Validate a CreateVolume request and work out the volume it names, touching nothing.
+    pub fn plan(&self, spec: &CreateSpec) -> Result<NfsPlan, ControllerError> {
+        let params: NfsParams = from_map(&spec.parameters)?;
+        let resolved = params.resolve(&spec.name)?;
+        if resolved.subdir.segments().next() == Some(RECORD_DIR) {
+            return Err(ControllerError::Parameters(
+                super::params::ParamsError::Value {
+                    key: "subDir",
+                    reason: format!("{RECORD_DIR} is pvdir's own state directory"),
+                },
+            ));
+        }
+        if let Some(reason) = spec
+            .capabilities
+            .iter()
+            .find_map(|c| unsupported_reason(BackendKind::Nfs, c))
+        {
+            return Err(ControllerError::UnsupportedCapability { reason });
+        }
+        // Each option was checked when the request was parsed (csi::request::capability).
+        let mount_options = merged_mount_flags(&spec.capabilities);
+        Ok(NfsPlan {
+            mode: resolved.mode,
+            reuse_existing: resolved.reuse_existing,
+            id: NfsId {
+                server: resolved.server,
+                share: resolved.share,
+                subdir: resolved.subdir,
+                on_delete: resolved.on_delete,
+                mount_options,
+                owner: owner_tag(&spec.name),
+            },
+        })
+    }
+
+    /// An existing record of this volume decides an idempotent retry. Otherwise the directory
+    /// must be free (see [`claims`]): the claim is made `creating`, the directory is made, the
+    /// placement is checked again, and only then is the record made ready and the ID returned.
+    pub async fn create(
+        &self,
+        spec: &CreateSpec,
+        plan: NfsPlan,
+    ) -> Result<Volume, ControllerError> {
+        let started = Instant::now();
+        let (id, mode, reuse) = (plan.id, plan.mode, plan.reuse_existing);
+        let volume = spec.name.as_str();
+        let _dir = self.claim_dir(&id)?;
+        // Held until this function returns: no remount under our feet.
+        let export = self
+            .exports
+            .mount(&id.server, &id.share, &id.mount_options, volume)
+            .await?;
+        let records = self.records(&export.path);
+        let placement = Placement {
+            records: &records,
+            os: &*self.os,
+            mount: &export.path,
+            volume,
+        };
+        let own = record_name(&id.subdir);
+        let wanted = NfsRecord {
+            name: spec.name.clone(),
+            capacity_bytes: spec.capacity_bytes,
+            subdir: id.subdir.to_string(),
+            on_delete: id.on_delete,
+            mount_permissions: mode,
+            creating: Some(self.claims.creating()),
+            archive_of: None,
+        };
+        let mine = match records.load::<NfsRecord>(&own, volume).await? {
+            Some(existing) if existing.is_volume() && existing.name == wanted.name => {
+                check_same(&existing, &wanted)?;
+                if existing.creating.is_some() {
+                    // A retry of a create that never finished: renew the claim, so no one
+                    // takes it over while this call works.
+                    records.store(&own, &wanted, false, volume).await?;
+                }
+                existing
+            }
+            Some(existing) if self.claims.abandoned(&existing) => {
+                placement.check(&id.subdir, reuse).await?;
+                tracing::warn!(volume.name = volume, previous = %existing.name,
+                    "taking over the claim of a create that never finished");
+                records.store(&own, &wanted, false, volume).await?;
+                wanted.clone()
+            }
+            Some(existing) => return Err(claimed_by(&existing, &id.subdir)),
+            None => {
+                placement.check(&id.subdir, reuse).await?;
+                match records.claim(&own, &wanted, volume).await? {
+                    Claim::Fresh => wanted.clone(),
+                    Claim::Existing(e) if e.is_volume() && e.name == wanted.name => {
+                        check_same(&e, &wanted)?;
+                        e
+                    }
+                    Claim::Existing(e) => return Err(claimed_by(&e, &id.subdir)),
+                }
+            }
+        };
+        let op = FsOp::EnsureDir {
+            base: export.path.clone(),
+            rel: id.subdir.clone(),
+            mode,
+        };
+        let made = self.remote(op, "create volume directory", volume).await;
+        if mine.creating.is_none() {
+            made?;
+        } else {
+            // Check again now that the claim and the directory exist: a racing create of an
+            // enclosing or enclosed volume may have claimed in between.
+            let checked = match made {
+                Ok(_) => placement.check(&id.subdir, reuse).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = checked {
+                // No volume was returned for this claim: give the directory back. Should that
+                // fail too, the claim is abandoned and a later create takes it over.
+                if let Err(release) = records.remove(&own, volume).await {
+                    tracing::warn!(volume.name = volume, error = %release, "could not release the claim of a failed create");
+                }
+                return Err(e);
+            }
+            self.mark_ready(&records, &own, &wanted, started).await?;
+        }
+        Ok(Volume {
+            id: VolumeId::Nfs(id),
+            capacity_bytes: spec.capacity_bytes,
+            node: None,
+        })
+    }
+
+    /// Make the claim `own` ready, after which the volume ID may be returned.
+    async fn mark_ready(
+        &self,
+        records: &RecordDir,
+        own: &str,
+        wanted: &NfsRecord,
+        started: Instant,
+    ) -> Result<(), ControllerError> {
+        let volume = wanted.name.as_str();
+        // Past half the expiry another controller may soon take this claim over: hand nothing
+        // out. The provisioner's retry resumes (or, much later, someone takes it over).
+        if self.claims.past_deadline(started) {
+            return Err(ControllerError::InFlight {
+                key: format!("create of {volume} (took too long; a retry resumes it)"),
+            });
+        }
+        match records.load::<NfsRecord>(own, volume).await? {
+            Some(r) if r.is_volume() && r.name == wanted.name => {}
+            Some(r) => {
+                let subdir = RelPath::parse(&wanted.subdir)
+                    .map_err(|_| ControllerError::InFlight { key: own.into() })?;
+                return Err(claimed_by(&r, &subdir));
+            }
+            None => return Err(ControllerError::InFlight { key: own.into() }),
+        }
+        records
+            .store(own, &wanted.clone().ready(), false, volume)
+            .await
+            .map(drop)
+    }
+
+    /// Acts only while the record names this ID's owner. The record goes last, so a retry
+    /// after a crash finds it and finishes; once it is gone the volume is gone, whatever now
+    /// lives in the directory.
+    pub async fn delete(&self, id: &NfsId, raw: &str) -> Result<Deleted, ControllerError> {
+        let _dir = self.claim_dir(id)?;
+        // Held until this function returns: no remount under our feet.
+        let export = self
+            .exports
+            .mount(&id.server, &id.share, &id.mount_options, raw)
+            .await?;
+        let records = self.records(&export.path);
+        let name = record_name(&id.subdir);
+        let record = match records.load::<NfsRecord>(&name, raw).await? {
+            Some(r) if r.is_volume() && owner_tag(&r.name) == id.owner => r,
+            _ => return Ok(Deleted::NothingToDo),
+        };
+        let done = match id.on_delete {
+            OnDelete::Retain => Deleted::Retained,
+            OnDelete::Delete => {
+                let op = FsOp::RemoveTree {
+                    base: export.path.clone(),
+                    rel: id.subdir.clone(),
+                    prune_parents: true,
+                };
+                self.remote(op, "remove volume directory", raw).await?;
+                Deleted::Removed
+            }
+            OnDelete::Archive => {
+                archive::archive(&records, &*self.os, &export.path, id, &record, raw).await?;
+                Deleted::Archived
+            }
+        };
+        records.remove(&name, raw).await?;
+        Ok(done)
+    }
+
+    pub async fn exists(&self, id: &NfsId, raw: &str) -> Result<bool, ControllerError> {
+        // Held until this function returns: no remount under our feet.
+        let export = self
+            .exports
+            .mount(&id.server, &id.share, &id.mount_options, raw)
+            .await?;
+        let record: Option<NfsRecord> = self
+            .records(&export.path)
+            .load(&record_name(&id.subdir), raw)
+            .await?;
+        Ok(record.is_some_and(|r| r.is_volume() && owner_tag(&r.name) == id.owner))
+    }
+
+    /// Free bytes on the export named by StorageClass parameters, mounted with the mount
+    /// options of the capabilities asked about (the class's mountOptions).
+    pub async fn available_bytes(
+        &self,
+        parameters: &HashMap<String, String>,
+        caps: &[Capability],
+    ) -> Result<i64, ControllerError> {
+        // Without parameters no export is named (csi-sanity asks so; the spec makes them
+        // optional): there is no storage to report on.
+        if parameters.is_empty() {
+            return Ok(0);
+        }
+        let params: NfsParams = from_map(parameters)?;
+        // Capacity is per export; the subdirectory template needs PVC metadata it lacks here.
+        let share = params.export()?;
+        let options = merged_mount_flags(caps);
+        // Held until this function returns: no remount under our feet.
+        let export = self
+            .exports
+            .mount(&params.server, &share, &options, "*")
+            .await?;
+        let op = FsOp::StatfsNfs {
+            path: export.path.clone(),
+        };
+        match self.remote(op, "statfs export", "*").await? {
+            FsReply::Stats(s) => Ok(i64::try_from(s.available_bytes).unwrap_or(i64::MAX)),
+            other => Err(ControllerError::os("statfs export", "*")(
+                OsError::unexpected_reply("statfs", &other),
+            )),
+        }
+    }
+}
+
+/// An existing record of this volume must have been asked for the same way.
+fn check_same(existing: &NfsRecord, wanted: &NfsRecord) -> Result<(), ControllerError> {
+    if existing.same_request(wanted) {
+        Ok(())
+    } else {
+        Err(ControllerError::NameConflict {
+            name: wanted.name.clone(),
+            difference: format!("existing {existing:?}, requested {wanted:?}"),
+        })
+    }
+}

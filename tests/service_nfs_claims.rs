@@ -1,0 +1,254 @@
+//! Service tier (fake mount table, real directories; see tests/service_nfs.rs): claims on an
+//! NFS export that no volume was ever returned for, and `reuseExisting` never enclosing another
+//! volume.
+//!
+//! A create writes its claim first. When it dies after that (a crash, or a server that stopped
+//! answering, so that the release failed too), the claim stays. The PVC is then deleted and
+//! re-created: same namespace and name, so with `subDir: ${namespace}/${name}` the same
+//! directory, but a new PV name. The old code answered ALREADY_EXISTS to that for ever.
+//! Failures are injected into the fake between the steps of a create.
+
+#[allow(dead_code)]
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::service::*;
+use common::start_time;
+use pvdir::csi::proto as csi;
+use sha2::{Digest, Sha256};
+use tonic::Code;
+
+/// The record of `subdir` on the rig's export.
+fn record_path(export: &Path, subdir: &str) -> PathBuf {
+    let hash = hex::encode(Sha256::digest(subdir.as_bytes()));
+    export.join(".pvdir").join(format!("{}.json", &hash[..32]))
+}
+
+fn record(export: &Path, subdir: &str) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(record_path(export, subdir)).unwrap()).unwrap()
+}
+
+/// The seed's claim www-web-0 in `default`, provisioned as PV `pv`.
+fn claim_as(pv: &str) -> csi::CreateVolumeRequest {
+    let mut req = seed_claim(0, "delete");
+    req.name = pv.into();
+    req.parameters
+        .insert("csi.storage.k8s.io/pv/name".into(), pv.into());
+    req
+}
+
+const DIR: &str = "default/www-web-0";
+
+/// A create of `pv` that dies after its claim: the directory cannot be made and the claim
+/// cannot be released (the server answers with I/O errors).
+async fn orphan_claim(rig: &Rig, pv: &str) {
+    rig.fake.fail_next_fs("ensure-dir", libc::EIO);
+    rig.fake.fail_next_fs("remove-record", libc::EIO);
+    assert_eq!(code(rig.create(claim_as(pv)).await), Code::Unavailable);
+}
+
+#[tokio::test]
+async fn a_claim_no_volume_was_returned_for_does_not_block_its_directory() {
+    let rig = Rig::nfs();
+    // The export mount exists from an earlier volume.
+    rig.create(seed_claim(9, "delete")).await.unwrap();
+    orphan_claim(&rig, "pvc-first").await;
+    let export = rig.export_dir();
+    let left = record(&export, DIR);
+    assert_eq!(left["name"], "pvc-first");
+    assert!(
+        left["creating"].is_object(),
+        "left as an unfinished claim: {left}"
+    );
+
+    // The PVC is re-created: a new PV name for the same directory.
+    let v = rig.create(claim_as("pvc-second")).await.unwrap();
+    let now = record(&export, DIR);
+    assert_eq!(now["name"], "pvc-second");
+    assert!(now.get("creating").is_none(), "complete: {now}");
+    assert!(export.join(DIR).is_dir());
+    // The first create's retry (had the provisioner kept it) finds the directory taken, and
+    // the volume that owns it is untouched.
+    assert_eq!(
+        code(rig.create(claim_as("pvc-first")).await),
+        Code::AlreadyExists
+    );
+    // A complete volume is never taken over.
+    assert_eq!(
+        code(rig.create(claim_as("pvc-third")).await),
+        Code::AlreadyExists
+    );
+    rig.delete(&v.volume_id).await.unwrap();
+    assert!(!export.join(DIR).exists());
+}
+
+#[tokio::test]
+async fn the_same_create_retried_resumes_its_own_claim() {
+    let rig = Rig::nfs();
+    rig.create(seed_claim(9, "delete")).await.unwrap();
+    orphan_claim(&rig, "pvc-first").await;
+    let v = rig.create(claim_as("pvc-first")).await.unwrap();
+    assert_eq!(record(&rig.export_dir(), DIR)["name"], "pvc-first");
+    assert!(record(&rig.export_dir(), DIR).get("creating").is_none());
+    rig.delete(&v.volume_id).await.unwrap();
+}
+
+/// What a process leaves behind: its claim, naming it. `claimant` overrides fields of this
+/// process's own claim (host, boot, pid, start, since).
+fn plant_claim(export: &Path, pv: &str, claimant: serde_json::Value) {
+    let start = start_time(std::process::id());
+    let host = nix::unistd::gethostname().unwrap().into_string().unwrap();
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut creating = serde_json::json!({
+        "host": host, "boot": boot.trim(), "pid": std::process::id(), "start": start, "since": now,
+    });
+    for (k, v) in claimant.as_object().unwrap() {
+        creating[k] = v.clone();
+    }
+    let rec = serde_json::json!({
+        "name": pv, "capacity_bytes": 1i64 << 30, "subdir": DIR, "on_delete": "delete",
+        "mount_permissions": 0o770, "creating": creating,
+    });
+    std::fs::create_dir_all(export.join(".pvdir")).unwrap();
+    std::fs::write(record_path(export, DIR), rec.to_string()).unwrap();
+}
+
+#[tokio::test]
+async fn a_claim_of_a_process_that_may_still_run_waits_for_its_expiry() {
+    let rig = Rig::nfs();
+    rig.create(seed_claim(9, "delete")).await.unwrap();
+    let export = rig.export_dir();
+    // Another host's controller (during a leader handover) may still be working on it.
+    plant_claim(
+        &export,
+        "pvc-elsewhere",
+        serde_json::json!({"host": "another-host"}),
+    );
+    assert_eq!(
+        code(rig.create(claim_as("pvc-mine")).await),
+        Code::AlreadyExists
+    );
+    // Once older than the expiry (600 s in the rig) it is taken over.
+    plant_claim(
+        &export,
+        "pvc-elsewhere",
+        serde_json::json!({"host": "another-host", "since": 1}),
+    );
+    rig.create(claim_as("pvc-mine")).await.unwrap();
+    assert_eq!(record(&export, DIR)["name"], "pvc-mine");
+}
+
+#[tokio::test]
+async fn a_claim_of_a_driver_that_died_on_this_host_is_taken_over_at_once() {
+    let rig = Rig::nfs();
+    rig.create(seed_claim(9, "delete")).await.unwrap();
+    let export = rig.export_dir();
+    // The driver before a restart: same host and boot, its process is gone.
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let pid = child.id();
+    child.wait().unwrap();
+    plant_claim(&export, "pvc-before-crash", serde_json::json!({"pid": pid}));
+    rig.create(claim_as("pvc-after-crash")).await.unwrap();
+    assert_eq!(record(&export, DIR)["name"], "pvc-after-crash");
+    // A live process of this host (pid 1 with its real start time) is honoured.
+    let stat = std::fs::read_to_string("/proc/1/stat").unwrap();
+    let start: u64 = stat[stat.rfind(')').unwrap() + 1..]
+        .split_whitespace()
+        .nth(19)
+        .unwrap()
+        .parse()
+        .unwrap();
+    plant_claim(
+        &export,
+        "pvc-live",
+        serde_json::json!({"pid": 1, "start": start}),
+    );
+    assert_eq!(
+        code(rig.create(claim_as("pvc-other")).await),
+        Code::AlreadyExists
+    );
+}
+
+#[tokio::test]
+async fn creates_of_one_directory_run_one_at_a_time() {
+    let rig = std::sync::Arc::new(Rig::nfs());
+    rig.create(seed_claim(9, "delete")).await.unwrap();
+    rig.fake.pause_remote();
+    let first = {
+        let rig = std::sync::Arc::clone(&rig);
+        tokio::spawn(async move { rig.create(claim_as("pvc-first")).await })
+    };
+    // The first create holds the directory while its record read is held.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(
+        code(rig.create(claim_as("pvc-second")).await),
+        Code::Aborted
+    );
+    rig.fake.resume_remote();
+    first.await.unwrap().unwrap();
+    assert_eq!(record(&rig.export_dir(), DIR)["name"], "pvc-first");
+}
+
+#[tokio::test]
+async fn a_create_past_half_its_claim_expiry_hands_nothing_out() {
+    // An expiry of 2 ms: every create is past its deadline by the time it would be done.
+    let rig = Rig::nfs_with_claim_expiry(std::time::Duration::from_millis(2));
+    assert_eq!(code(rig.create(claim_as("pvc-slow")).await), Code::Aborted);
+    let left = record(&rig.export_dir(), DIR);
+    assert!(
+        left["creating"].is_object(),
+        "still a claim, never a volume: {left}"
+    );
+}
+
+/// `reuseExisting` adopts a directory with content; it must never adopt one that holds other
+/// volumes. With `subDir: ${pvc.metadata.namespace}` a class could take `default`, which holds
+/// another class's `default/www-web-0`: its pods would share that volume's data, and deleting
+/// it would delete that data while its record survives.
+#[tokio::test]
+async fn reuse_never_adopts_a_directory_holding_other_volumes() {
+    let rig = Rig::nfs();
+    let inner = rig.create(seed_claim(0, "delete")).await.unwrap();
+    let export = rig.export_dir();
+    std::fs::write(export.join(DIR).join("data"), b"inner").unwrap();
+    let mut outer = seed_claim(1, "delete");
+    outer
+        .parameters
+        .insert("subDir".into(), "${pvc.metadata.namespace}".into());
+    outer
+        .parameters
+        .insert("reuseExisting".into(), "true".into());
+    assert_eq!(code(rig.create(outer.clone()).await), Code::AlreadyExists);
+    assert!(!record_path(&export, "default").exists(), "nothing claimed");
+    // Retained data alone is adopted, as asked.
+    rig.delete(&inner.volume_id).await.unwrap();
+    std::fs::create_dir_all(export.join("default/kept")).unwrap();
+    std::fs::write(export.join("default/kept/data"), b"kept").unwrap();
+    rig.create(outer).await.unwrap();
+    assert_eq!(
+        std::fs::read(export.join("default/kept/data")).unwrap(),
+        b"kept"
+    );
+}
+
+#[tokio::test]
+async fn reuse_never_adopts_a_directory_holding_an_archive() {
+    let rig = Rig::nfs();
+    let inner = rig.create(seed_claim(0, "archive")).await.unwrap();
+    rig.delete(&inner.volume_id).await.unwrap();
+    let export = rig.export_dir();
+    assert!(export.join("default/archived-www-web-0").is_dir());
+    let mut outer = seed_claim(1, "delete");
+    outer
+        .parameters
+        .insert("subDir".into(), "${pvc.metadata.namespace}".into());
+    outer
+        .parameters
+        .insert("reuseExisting".into(), "true".into());
+    assert_eq!(code(rig.create(outer).await), Code::AlreadyExists);
+}
