@@ -193,6 +193,10 @@ async fn stats_need_a_published_path() {
     let s = stats(&v.volume_id, &t).await.unwrap().into_inner();
     assert_eq!(s.usage.len(), 2);
     assert!(s.usage.iter().all(|u| u.total > 0));
+    // A stats call racing an unpublish: the table still showed the mount, but by the statfs
+    // the target is gone. That is not a publish any more (NOT_FOUND), not an internal error.
+    std::fs::remove_dir(&t).unwrap();
+    assert_eq!(code(stats(&v.volume_id, &t).await), Code::NotFound);
 }
 
 #[tokio::test]

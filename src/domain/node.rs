@@ -344,9 +344,9 @@ impl Node {
         };
         let reply = match self.os.fs(op, medium).await {
             Ok(reply) => reply,
-            // Unmounted between our look at the table and the statfs (a concurrent unpublish):
-            // what is there now is the local disk, not the volume.
-            Err(OsError::Fs(SafeFsError::NotNfs { .. })) => {
+            // Unpublished between our look at the table and the statfs (a concurrent unpublish):
+            // what is there now is the local disk, not the volume, or nothing at all.
+            Err(OsError::Fs(e)) if matches!(e, SafeFsError::NotNfs { .. }) || e.is_not_found() => {
                 return Err(NodeError::NotPublishedAt {
                     id: volume_id.to_string(),
                     path,
