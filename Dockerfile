@@ -1,5 +1,5 @@
 # Multi-stage build: compile pvdir, then ship it with only what it execs at run time: mount.nfs
-# (nfs-common) and umount (mount). Both stages are Debian bookworm, so the binary runs on the
+# (nfs-common); pvdir unmounts with its own helper. Both stages are Debian bookworm, so the binary runs on the
 # glibc it was linked against. tests/image.rs checks this file against the binary and the
 # manifests, since no image is built in CI (there is no container engine there).
 FROM rust:1-bookworm AS build
@@ -12,7 +12,7 @@ RUN cargo build --release --locked --bin pvdir
 
 FROM debian:bookworm-slim
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends mount nfs-common \
+    && apt-get install -y --no-install-recommends nfs-common \
     && rm -rf /var/lib/apt/lists/*
 COPY --from=build /src/target/release/pvdir /usr/local/bin/pvdir
 # Root: the node plugin bind-mounts into kubelet's directories and the controller mounts NFS
