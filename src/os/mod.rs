@@ -148,9 +148,11 @@ pub async fn probe_nfs_mount(os: &dyn Os, path: &Path) -> Result<NfsMountProbe, 
 pub trait Os: Send + Sync + 'static {
     /// The current mount table of this process's mount namespace.
     async fn mounts(&self) -> Result<Vec<MountEntry>, OsError>;
-    /// Mount `spec`; the target directory must exist.
+    /// Mount `spec`; the target directory must exist. The target shows either nothing or the
+    /// finished mount, never a symlink's destination (see [`mount`]).
     async fn mount(&self, spec: &MountSpec) -> Result<(), OsError>;
-    /// Unmount the topmost mount at `target`; `remote` says it is an NFS mount that may hang.
+    /// Unmount the topmost mount at `target`, never following a symlink there; `remote` says
+    /// it is an NFS mount that may hang.
     async fn unmount(&self, target: &Path, remote: bool) -> Result<(), OsError>;
     /// Run one directory operation.
     async fn fs(&self, op: FsOp, medium: Medium) -> Result<FsReply, OsError>;
