@@ -1,11 +1,11 @@
 //! The NFS backend: one subdirectory per volume on an export, provisioned centrally.
 //!
 //! The controller mounts each export it is asked about once, under its staging directory
-//! ([`export`]), and works below that mount. Everything that touches the export runs as
+//! (`export.rs`), and works below that mount. Everything that touches the export runs as
 //! [`Medium::Remote`]: in a killable child under a time bound, so a dead server costs one
 //! bounded call and never a hung thread. Who owns which directory is recorded on the export
-//! itself ([`claims`]); `onDelete: archive` moves a directory aside under a claimed name
-//! ([`archive`]).
+//! itself (`claims.rs`); `onDelete: archive` moves a directory aside under a claimed name
+//! (`archive.rs`).
 //!
 //! DeleteVolume acts only while the record still names the ID's owner: a late retry for a
 //! volume whose directory has since been taken by a new volume touches nothing. Calls for one
@@ -129,7 +129,7 @@ impl NfsBackend {
     }
 
     /// An existing record of this volume decides an idempotent retry. Otherwise the directory
-    /// must be free (see [`claims`]): the claim is made `creating`, the directory is made, the
+    /// must be free (see `claims.rs`): the claim is made `creating`, the directory is made, the
     /// placement is checked again, and only then is the record made ready and the ID returned.
     pub async fn create(
         &self,
