@@ -88,7 +88,7 @@ pub struct CapabilityArgs {
 
 #[derive(Debug, Args)]
 pub struct CreateArgs {
-    /// The volume name (Kubernetes uses the PV name, e.g. pvc-<uid>).
+    /// The volume name (Kubernetes uses the PV name, e.g. `pvc-<uid>`).
     pub name: String,
 
     #[command(flatten)]
