@@ -5,8 +5,9 @@
 //! stays within its 64 MiB limit after 10,000 volumes went through it.
 //! Runs the real services (as the server wires them) with the real OS layer: real directories,
 //! fsync'd records and real bind mounts, so it must run as root. The volume root is on
-//! /dev/shm so disk noise does not drown the figures. Run: `cargo bench --bench scale`
-//! (PVDIR_BENCH_SIZES=10,1000,10000 and PVDIR_BENCH_ROUNDS=200 by default).
+//! /dev/shm by default, where fsync costs nothing; PVDIR_BENCH_DIR puts it on a disk instead.
+//! Run: `cargo bench --bench scale` (PVDIR_BENCH_SIZES=10,1000,10000, PVDIR_BENCH_ROUNDS=200
+//! and PVDIR_BENCH_DIR=/dev/shm by default).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -108,7 +109,7 @@ impl Samples {
 async fn measure(size: usize, rounds: usize) {
     let dir = tempfile::Builder::new()
         .prefix("pvdir-bench")
-        .tempdir_in("/dev/shm")
+        .tempdir_in(bench_dir())
         .expect("tmp");
     let root = dir.path().join("root");
     let pods = dir.path().join("pods");
@@ -223,7 +224,7 @@ fn idle_rss(mode: &str) -> Option<u64> {
 /// has created `volumes` volumes, published and unpublished each, and listed them all: the
 /// figure the node plugin's memory limit is sized from.
 async fn loaded_peak_rss(volumes: usize) -> Option<u64> {
-    let dir = tempfile::tempdir_in("/dev/shm").ok()?;
+    let dir = tempfile::tempdir_in(bench_dir()).ok()?;
     let (child, sock) = spawn_server(dir.path(), "all")?;
     // Whatever happens below, the server is killed once its figure is read.
     let worked = drive(&sock, &dir.path().join("target"), volumes).await;
@@ -291,6 +292,11 @@ async fn drive(sock: &Path, target: &Path, volumes: usize) -> bool {
     ok && listed.is_ok_and(|n| n == volumes)
 }
 
+/// Where the benchmark's volumes live (PVDIR_BENCH_DIR, default /dev/shm).
+fn bench_dir() -> PathBuf {
+    std::env::var_os("PVDIR_BENCH_DIR").map_or_else(|| PathBuf::from("/dev/shm"), PathBuf::from)
+}
+
 fn main() {
     if !nix::unistd::geteuid().is_root() {
         eprintln!("the scale benchmark needs root (real bind mounts)");
@@ -309,7 +315,11 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    println!("pvdir scale benchmark: {rounds} rounds of create/publish/unpublish/delete per size");
+    println!(
+        "pvdir scale benchmark: {rounds} rounds of create/publish/unpublish/delete per size, \
+         volumes in {}",
+        bench_dir().display()
+    );
     for size in sizes {
         rt.block_on(measure(size, rounds));
     }
