@@ -179,6 +179,11 @@ impl RealOs {
             }
             Err(e) => Err(e),
         };
+        if result.is_ok() {
+            // The mount moved away: the point is an empty directory again.
+            point.remove();
+            return result;
+        }
         // Whatever failed (a killed mount.nfs may still have mounted), nothing stays staged.
         let staged = self
             .mounts()
