@@ -1,8 +1,8 @@
 //! Per-mount flags: the options `mount -o` calls `ro`, `nosuid`, `noatime`, … that belong to one
 //! mount rather than to the filesystem, so a bind mount can carry its own.
 //!
-//! They are parsed from StorageClass option names and from mountinfo's per-mount field, and turned
-//! into the kernel's bits for both mount APIs. The security flags (`ro`, `nosuid`, `nodev`,
+//! They are parsed from StorageClass option names, from mountinfo's per-mount field and from
+//! statvfs, and turned into the kernel's bits for both mount APIs. The security flags (`ro`, `nosuid`, `nodev`,
 //! `noexec`) are the ones the kernel locks on mounts it hands to a less privileged namespace; a
 //! bind must never lose one its source has, so publish always adds to them and never replaces
 //! them.
@@ -131,6 +131,23 @@ impl MountFlags {
             clr |= libc::MOUNT_ATTR__ATIME;
         }
         (set, clr)
+    }
+
+    /// The flags statvfs(3) reports for a mount.
+    pub fn from_statvfs(f: nix::sys::statvfs::FsFlags) -> MountFlags {
+        use nix::sys::statvfs::FsFlags;
+        [
+            (FsFlags::ST_RDONLY, Self::READ_ONLY),
+            (FsFlags::ST_NOSUID, Self::NOSUID),
+            (FsFlags::ST_NODEV, Self::NODEV),
+            (FsFlags::ST_NOEXEC, Self::NOEXEC),
+            (FsFlags::ST_NOATIME, Self::NOATIME),
+            (FsFlags::ST_RELATIME, Self::RELATIME),
+            (FsFlags::ST_NODIRATIME, Self::NODIRATIME),
+        ]
+        .into_iter()
+        .filter(|(bit, _)| f.contains(*bit))
+        .fold(Self::empty(), |a, (_, flag)| a | flag)
     }
 
     /// mount(2) flags for a `MS_BIND | MS_REMOUNT` of a bind, which replaces every per-mount

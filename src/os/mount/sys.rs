@@ -152,19 +152,6 @@ pub fn unmount(target: &Path, flags: MntFlags) -> Result<(), Errno> {
 
 /// The per-mount flags of the mount `fd` is on, as statvfs reports them.
 pub fn flags_of(fd: BorrowedFd<'_>) -> Result<MountFlags, Errno> {
-    use nix::sys::statvfs::FsFlags;
     let st = nix::sys::statvfs::fstatvfs(fd)?;
-    let f = st.flags();
-    Ok([
-        (FsFlags::ST_RDONLY, MountFlags::READ_ONLY),
-        (FsFlags::ST_NOSUID, MountFlags::NOSUID),
-        (FsFlags::ST_NODEV, MountFlags::NODEV),
-        (FsFlags::ST_NOEXEC, MountFlags::NOEXEC),
-        (FsFlags::ST_NOATIME, MountFlags::NOATIME),
-        (FsFlags::ST_RELATIME, MountFlags::RELATIME),
-        (FsFlags::ST_NODIRATIME, MountFlags::NODIRATIME),
-    ]
-    .into_iter()
-    .filter(|(bit, _)| f.contains(*bit))
-    .fold(MountFlags::empty(), |a, (_, flag)| a | flag))
+    Ok(MountFlags::from_statvfs(st.flags()))
 }
