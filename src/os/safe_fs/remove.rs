@@ -3,13 +3,13 @@
 //! Invariants: removal is iterative over an explicit stack of at most `MAX_FRAMES` open
 //! directories, and directories are read `READ_BATCH` entries at a time, so no tree can exhaust
 //! the stack, descriptors or memory. There is no depth at which it gives up: a directory found
-//! below the deepest frame is first renamed up into the tree's root (all within the tree being
-//! deleted, on one mount), which a later pass finds and descends into from the top. A chain of
-//! any depth is so cut into pieces of at most `MAX_FRAMES` levels, and a removal cut short (a
-//! killed helper, a crash) leaves only a smaller tree that the next call continues. Symlinks
-//! and other non-directories are unlinked, never followed; every directory descended into is
-//! checked with `check_same_mount`, and a mount found anywhere (even over a file) is
-//! `CrossesMount`.
+//! below the deepest frame is first moved up into a directory made for it in the tree's root
+//! (inside the tree being deleted, on its one mount, so no name in the tree can stand in the
+//! way), where a later pass finds it and descends into it from the top. A chain of any depth is
+//! so cut into pieces of at most `MAX_FRAMES` levels, and a removal cut short (a killed helper,
+//! a crash) leaves only a smaller tree that the next call continues. Symlinks and other
+//! non-directories are unlinked, never followed; every directory descended into is checked with
+//! `check_same_mount`, and a mount found anywhere (even over a file) is `CrossesMount`.
 
 use std::ffi::{CStr, CString, OsStr};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use nix::dir::{Dir, Type};
 use nix::errno::Errno;
 use nix::fcntl::renameat;
+use nix::sys::stat::{mkdirat, Mode};
 use nix::unistd::{unlinkat, UnlinkatFlags};
 
 use super::walk::{check_same_mount, is_mount_root, open_dir_at, open_leaf, rmdir_at};
@@ -32,8 +33,8 @@ const MAX_FRAMES: usize = 64;
 const READ_BATCH: usize = 256;
 /// How often a concurrent writer may refill a directory before `remove_tree` gives up.
 const MAX_REFILLS: u32 = 16;
-/// Names tried for one directory moved up to the root before giving up (a name is taken only
-/// if the tree already holds an entry of that name that is not an empty directory).
+/// Names tried for the directory a deep directory is moved into (taken only if the tree holds
+/// an entry of that very name, which has the current time in nanoseconds in it).
 const MAX_NAME_TRIES: u32 = 64;
 
 /// One open directory on `remove_tree`'s explicit stack.
@@ -116,8 +117,10 @@ fn empty_tree(stack: &mut Vec<Frame>, mut path: PathBuf, dev: u64) -> Result<(),
     }
 }
 
-/// Renames directory `name` in `parent` (whose path is `path`) into `root` under a name of
-/// pvdir's, trying others while one is taken. Everything involved is inside the tree being
+/// Moves directory `name` in `parent` (whose path is `path`) up into a directory this call
+/// makes in `root`, under its own name. Nothing the tree holds can be in a directory made just
+/// now, so no name a pod chose can make the move fail (a fixed naming scheme could be filled in
+/// advance, and every retry would fail alike). Everything involved is inside the tree being
 /// removed and on its one mount (checked on the way down); a mount point refuses to move.
 fn move_up(
     parent: BorrowedFd<'_>,
@@ -128,18 +131,39 @@ fn move_up(
     counter: &mut u64,
 ) -> Result<(), SafeFsError> {
     let from = || path.join(OsStr::from_bytes(name.to_bytes()));
+    let mut made = None;
     for _ in 0..MAX_NAME_TRIES {
         *counter += 1;
-        let to = format!(".pvdir-deep-{:x}-{counter}", std::process::id());
-        match renameat(parent, name, root, to.as_str()) {
-            Ok(()) => return Ok(()),
-            // Taken by something the tree already holds: try another name.
-            Err(Errno::EEXIST | Errno::ENOTEMPTY | Errno::ENOTDIR | Errno::EISDIR) => {}
-            Err(Errno::EBUSY) => return Err(SafeFsError::CrossesMount { path: from() }),
-            Err(e) => return Err(io("move up to", &root_path.join(to), e)),
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        let fresh = format!(".pvdir-deep-{nanos:x}-{counter:x}");
+        match mkdirat(root, fresh.as_str(), Mode::from_bits_truncate(0o700)) {
+            Ok(()) => {
+                made = Some(fresh);
+                break;
+            }
+            Err(Errno::EEXIST) => {}
+            Err(e) => return Err(io("make a directory in", root_path, e)),
         }
     }
-    Err(io("move up", &from(), Errno::EEXIST))
+    let Some(fresh) = made else {
+        return Err(io("make a directory in", root_path, Errno::EEXIST));
+    };
+    let holder_path = root_path.join(&fresh);
+    let holder = open_dir_at(root, root_path, OsStr::new(&fresh))?
+        .ok_or_else(|| io("open", &holder_path, Errno::ENOENT))?;
+    match renameat(parent, name, holder.as_fd(), name) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let _ = rmdir_at(root, fresh.as_str(), &holder_path);
+            Err(match e {
+                Errno::EBUSY => SafeFsError::CrossesMount { path: from() },
+                e => io("move up", &from(), e),
+            })
+        }
+    }
 }
 
 /// Reads up to `READ_BATCH` entries other than "." and ".."; the iterator rewinds on drop.
