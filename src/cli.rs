@@ -45,10 +45,10 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum Internal {
-    /// Run one directory operation (JSON) and print the result as JSON.
-    Fs { op: String },
-    /// Run one mount operation (JSON) and print the result as JSON.
-    Mount { op: String },
+    /// Run one directory operation (JSON, else read from stdin) and print the result as JSON.
+    Fs { op: Option<String> },
+    /// Run one mount operation (JSON, else read from stdin) and print the result as JSON.
+    Mount { op: Option<String> },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

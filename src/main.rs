@@ -87,6 +87,16 @@ fn serve(args: ServeArgs) -> ExitCode {
     }
 }
 
+/// A helper's operation: the argument, else all of stdin (what the driver sends). What cannot
+/// be read is passed on empty and refused as undecodable.
+fn op_or_stdin(op: Option<String>) -> String {
+    op.unwrap_or_else(|| {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut std::io::stdin(), &mut text);
+        text
+    })
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if !matches!(cli.command, Command::Serve(_) | Command::Internal(_)) {
@@ -102,10 +112,10 @@ fn main() -> ExitCode {
         Command::Unpublish(args) => ctl::block_on(ctl::volume::unpublish(args)),
         Command::Delete(args) => ctl::block_on(ctl::volume::delete(args)),
         Command::Internal(Internal::Fs { op }) => {
-            ExitCode::from(u8::try_from(run_internal_fs(&op)).unwrap_or(1))
+            ExitCode::from(u8::try_from(run_internal_fs(&op_or_stdin(op))).unwrap_or(1))
         }
         Command::Internal(Internal::Mount { op }) => {
-            ExitCode::from(u8::try_from(run_internal_mount(&op)).unwrap_or(1))
+            ExitCode::from(u8::try_from(run_internal_mount(&op_or_stdin(op))).unwrap_or(1))
         }
     }
 }

@@ -22,11 +22,13 @@ fn os_with_helper(helper: PathBuf, timeout: Duration) -> RealOs {
 }
 
 /// A helper program in `dir` that runs `sh` `prelude` and then execs the real helper with
-/// `runner` before it (for strace, say), passing its arguments on.
+/// `runner` before it (for strace, say), passing its arguments on. Every process it starts
+/// carries `dir`'s name in PVDIR_TEST_MARKER (see [`helpers_running_for`]).
 fn wrapped_helper(dir: &std::path::Path, prelude: &str, runner: &str) -> PathBuf {
     let wrapper = dir.join("helper.sh");
+    let marker = dir.file_name().unwrap().to_string_lossy();
     let script = format!(
-        "#!/bin/sh\n{prelude}\nexec {runner} {} \"$@\"\n",
+        "#!/bin/sh\nexport PVDIR_TEST_MARKER={marker}\n{prelude}\nexec {runner} {} \"$@\"\n",
         env!("CARGO_BIN_EXE_pvdir")
     );
     std::fs::write(&wrapper, script).unwrap();
@@ -38,17 +40,17 @@ fn wrapped_helper(dir: &std::path::Path, prelude: &str, runner: &str) -> PathBuf
     wrapper
 }
 
+/// Live processes started by a [`wrapped_helper`] with `marker` (zombies have no environment).
 fn helpers_running_for(marker: &str) -> usize {
-    let mut n = 0;
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        if let Ok(cmd) = std::fs::read(entry.path().join("cmdline")) {
-            let cmd = String::from_utf8_lossy(&cmd);
-            if cmd.contains("internal") && cmd.contains(marker) {
-                n += 1;
-            }
-        }
-    }
-    n
+    let wanted = format!("PVDIR_TEST_MARKER={marker}");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|entry| {
+            std::fs::read(entry.path().join("environ"))
+                .is_ok_and(|env| env.split(|b| *b == 0).any(|var| var == wanted.as_bytes()))
+        })
+        .count()
 }
 
 #[tokio::test]
@@ -135,8 +137,16 @@ async fn a_blocked_helper_is_killed_within_the_bound() {
     let op = FsOp::Statfs {
         path: dir.path().into(),
     };
-    let err = os.fs(op, Medium::Remote).await.unwrap_err();
+    let (result, seen) = tokio::join!(os.fs(op, Medium::Remote), async {
+        tokio::time::sleep(bound / 2).await;
+        helpers_running_for(&marker)
+    });
+    let err = result.unwrap_err();
     let took = started.elapsed();
+    assert!(
+        seen > 0,
+        "the held helper was not seen running (the count proves nothing)"
+    );
     assert!(matches!(err, OsError::TimedOut { .. }), "{err:?}");
     // Bound plus the reap grace, never an open-ended wait.
     assert!(took < bound + Duration::from_secs(3), "took {took:?}");
@@ -216,4 +226,34 @@ async fn a_deep_tree_is_removed_within_small_limits() {
         FsReply::Removed(RemoveOutcome::Removed)
     );
     assert!(!vol.exists());
+}
+
+/// The operation travels to the helper on stdin: as an argument it was limited to 128 KiB, and
+/// a reuseExisting create reads every record of the export in one call (about 3,300 records
+/// made an argument too long to start the helper at all).
+#[tokio::test]
+async fn an_operation_larger_than_an_argument_reaches_the_helper() {
+    let dir = tempfile::tempdir().unwrap();
+    let meta = dir.path().join("meta");
+    std::fs::create_dir(&meta).unwrap();
+    let names: Vec<String> = (0..5000)
+        .map(|i| format!("{:032x}.json", i as u128 * 7919))
+        .collect();
+    for name in names.iter().step_by(100) {
+        std::fs::write(meta.join(name), b"{}").unwrap();
+    }
+    let op = FsOp::ReadRecords {
+        base: dir.path().into(),
+        dir: RelPath::parse("meta").unwrap(),
+        names: names.clone(),
+    };
+    let FsReply::Records(found) = os(Duration::from_secs(20))
+        .fs(op, Medium::Remote)
+        .await
+        .unwrap()
+    else {
+        panic!("records reply")
+    };
+    assert_eq!(found.len(), 5000);
+    assert_eq!(found.iter().flatten().count(), 50);
 }

@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
-use tokio::io::{AsyncRead, AsyncReadExt};
-use tokio::process::Command;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::process::{ChildStdin, Command};
 
 use super::OsError;
 
@@ -85,8 +85,24 @@ fn die_with_parent(cmd: &mut Command) {
 }
 
 /// Run `cmd` to completion or until `limit`, whichever is first. `what` names it in errors.
-pub async fn run(mut cmd: Command, what: &str, limit: Duration) -> Result<Finished, OsError> {
-    cmd.stdin(Stdio::null())
+pub async fn run(cmd: Command, what: &str, limit: Duration) -> Result<Finished, OsError> {
+    run_with_input(cmd, None, what, limit).await
+}
+
+/// [`run`], with `input` written to the helper's stdin (which is then closed). Input travels
+/// there rather than in an argument: one argument may hold at most 128 KiB.
+pub async fn run_with_input(
+    mut cmd: Command,
+    input: Option<Vec<u8>>,
+    what: &str,
+    limit: Duration,
+) -> Result<Finished, OsError> {
+    let stdin = if input.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    };
+    cmd.stdin(stdin)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
@@ -106,8 +122,10 @@ pub async fn run(mut cmd: Command, what: &str, limit: Duration) -> Result<Finish
     );
     let out = child.stdout.take();
     let err = child.stderr.take();
+    let feed = feed(child.stdin.take(), input);
     let work = async {
-        let (stdout, stderr) = tokio::try_join!(capped(out, MAX_STDOUT), capped(err, MAX_STDERR))?;
+        let ((), stdout, stderr) =
+            tokio::try_join!(feed, capped(out, MAX_STDOUT), capped(err, MAX_STDERR))?;
         Ok::<_, u64>((child.wait().await, stdout, stderr))
     };
     let failure = match tokio::time::timeout(limit, work).await {
@@ -134,6 +152,15 @@ pub async fn run(mut cmd: Command, what: &str, limit: Duration) -> Result<Finish
     let _ = child.start_kill();
     let _ = tokio::time::timeout(REAP_GRACE, child.wait()).await;
     Err(failure)
+}
+
+/// Write `input` to the helper's stdin and close it. A helper that stops reading early (it
+/// failed, or was killed) simply ends the write.
+async fn feed(stdin: Option<ChildStdin>, input: Option<Vec<u8>>) -> Result<(), u64> {
+    if let (Some(mut stdin), Some(input)) = (stdin, input) {
+        let _ = stdin.write_all(&input).await;
+    }
+    Ok(())
 }
 
 /// Everything `pipe` yields until it closes, unless that is more than `cap` bytes: then the cap

@@ -1,5 +1,6 @@
-//! pvdir's own helper processes. `pvdir internal fs <json>` runs one [`FsOp`] and
-//! `pvdir internal mount <json>` one [`MountOp`]; each prints its result as JSON. Work that can
+//! pvdir's own helper processes. `pvdir internal fs` runs one [`FsOp`] and `pvdir internal
+//! mount` one [`MountOp`], given as JSON on stdin (or as the argument, for a person debugging);
+//! each prints its result as JSON. Work that can
 //! block on an NFS server runs there, in a child killed (with its process group) at its bound.
 //! Both sides of that boundary live here: the parent's call and the child's entry points.
 
@@ -17,9 +18,9 @@ use crate::os::mount::MountError;
 use crate::os::safe_fs::SafeFsError;
 use crate::os::OsError;
 
-/// `pvdir internal fs <json>`.
+/// `pvdir internal fs`, the operation on stdin.
 pub const INTERNAL_FS_ARGS: [&str; 2] = ["internal", "fs"];
-/// `pvdir internal mount <json>`.
+/// `pvdir internal mount`, the operation on stdin.
 pub const INTERNAL_MOUNT_ARGS: [&str; 2] = ["internal", "mount"];
 
 /// Run `op` in a helper (`helper` with `args`) under `limit` and decode its reply.
@@ -34,10 +35,12 @@ pub async fn call<Op: Serialize, R: DeserializeOwned>(
         what: what.into(),
         message,
     };
-    let json = serde_json::to_string(op).map_err(|e| malformed(e.to_string()))?;
+    let json = serde_json::to_vec(op).map_err(|e| malformed(e.to_string()))?;
     let mut cmd = Command::new(helper);
-    cmd.args(args).arg(json);
-    let done = child::run(cmd, what, limit).await?;
+    cmd.args(args);
+    // On stdin: an argument may hold at most 128 KiB, and a read of every record of a large
+    // export names them all.
+    let done = child::run_with_input(cmd, Some(json), what, limit).await?;
     serde_json::from_slice(&done.stdout)
         .map_err(|e| malformed(format!("{e}; stderr: {}", done.stderr_text())))
 }
