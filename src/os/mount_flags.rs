@@ -60,12 +60,17 @@ impl MountFlags {
     }
 
     /// The per-mount flags among `options`; other options (filesystem options such as
-    /// `vers=4.2`) are ignored.
+    /// `vers=4.2`) are ignored. Of several atime modes the last one wins, as with mount(8).
     pub fn from_names<'a>(options: impl IntoIterator<Item = &'a str>) -> MountFlags {
         options
             .into_iter()
             .filter_map(Self::from_name)
-            .fold(Self::empty(), |a, b| a | b)
+            .fold(Self::empty(), |mut a, b| {
+                if !b.intersect(Self::ATIME_MODE).is_empty() {
+                    a = MountFlags(a.0 & !Self::ATIME_MODE.0);
+                }
+                a | b
+            })
     }
 
     /// mountinfo's per-mount option field (`ro,nosuid,relatime`); unknown words are ignored.
@@ -233,6 +238,17 @@ mod tests {
         assert!(!(MountFlags::NOEXEC | MountFlags::RELATIME).matches(wanted));
         assert!(!(MountFlags::READ_ONLY | MountFlags::RELATIME).matches(wanted));
         assert!(MountFlags::RELATIME.matches(wanted));
+    }
+
+    #[test]
+    fn of_two_atime_modes_the_last_wins() {
+        assert_eq!(
+            MountFlags::from_names(["noatime", "nosuid", "relatime"]),
+            MountFlags::RELATIME | MountFlags::NOSUID
+        );
+        let asked = MountFlags::from_names(["relatime", "noatime"]);
+        // What the kernel then shows matches what was asked: a retry is idempotent.
+        assert!(MountFlags::NOATIME.matches(asked.over(MountFlags::RELATIME)));
     }
 
     #[test]

@@ -146,12 +146,7 @@ impl RealOs {
     /// it is only ever given a point of pvdir's own.
     async fn mount_nfs(&self, server: &str, path: &str, spec: &MountSpec) -> Result<(), OsError> {
         let point = self.staging.point()?;
-        let mut options = spec.options.clone();
-        for name in spec.flags.names() {
-            if !options.iter().any(|o| o == name) {
-                options.push(name.into());
-            }
-        }
+        let options = nfs_options(spec);
         // mount.nfs directly, not mount(8): a direct child dies with the driver (see
         // child::die_with_parent), a grandchild would not.
         let mut cmd = Command::new(MOUNT_NFS);
@@ -201,6 +196,15 @@ impl RealOs {
         }
         result
     }
+}
+
+/// The options for mount.nfs: the asked ones, then the flags the mount must have. mount.nfs
+/// lets the last of two contrary options win, so `ro` after a class's `rw` (or `nosuid` after
+/// its `suid`) must come last to hold.
+fn nfs_options(spec: &MountSpec) -> Vec<String> {
+    let mut options = spec.options.clone();
+    options.extend(spec.flags.names().into_iter().map(String::from));
+    options
 }
 
 #[async_trait]
@@ -258,5 +262,31 @@ impl Os for RealOs {
                 reply.map_err(OsError::Fs)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::os::MountFlags;
+
+    #[test]
+    fn the_flags_a_mount_must_have_come_after_contrary_options() {
+        let spec = MountSpec {
+            source: MountSource::Nfs {
+                server: "s".into(),
+                path: "/e".into(),
+            },
+            target: "/t".into(),
+            flags: MountFlags::READ_ONLY | MountFlags::NOSUID,
+            options: vec!["ro".into(), "rw".into(), "suid".into(), "hard".into()],
+        };
+        let options = nfs_options(&spec);
+        assert_eq!(&options[..4], ["ro", "rw", "suid", "hard"]);
+        let last_rw = options.iter().rposition(|o| o == "rw").unwrap();
+        let last_ro = options.iter().rposition(|o| o == "ro").unwrap();
+        let last_suid = options.iter().rposition(|o| o == "suid").unwrap();
+        let last_nosuid = options.iter().rposition(|o| o == "nosuid").unwrap();
+        assert!(last_ro > last_rw && last_nosuid > last_suid, "{options:?}");
     }
 }
