@@ -77,7 +77,9 @@ pub fn controller_code(e: &ControllerError) -> Code {
         | ControllerError::InUse { .. }
         | ControllerError::WrongBackend { .. } => Code::FailedPrecondition,
         ControllerError::BadPageToken { .. } | ControllerError::InFlight { .. } => Code::Aborted,
-        ControllerError::CorruptRecord { .. } => Code::Internal,
+        // Not JSON pvdir wrote (planted through a static PV of the share root, or damaged):
+        // no retry mends it, someone must look.
+        ControllerError::CorruptRecord { .. } => Code::FailedPrecondition,
         ControllerError::Unsupported { .. } => Code::Unimplemented,
         ControllerError::Os { source, .. } => os_code(source),
     }
@@ -193,6 +195,13 @@ mod tests {
                 difference: String::new()
             }),
             Code::AlreadyExists
+        );
+        assert_eq!(
+            controller_code(&ControllerError::CorruptRecord {
+                path: "/e/.pvdir/x.json".into(),
+                reason: "expected value".into()
+            }),
+            Code::FailedPrecondition
         );
         assert_eq!(
             node_code(&NodeError::SingleWriterInUse {

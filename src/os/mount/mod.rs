@@ -46,7 +46,8 @@ pub enum MountApi {
     Classic,
 }
 
-/// The API in use: `Auto` turns into `Classic` for good once the kernel says ENOSYS.
+/// The API in use: `Auto` turns into `Classic` for good once the new calls are missing or
+/// refused.
 pub struct ApiChoice {
     asked: MountApi,
     no_new_api: AtomicBool,
@@ -69,10 +70,10 @@ impl ApiChoice {
         }
     }
 
-    fn kernel_lacks_new_api(&self) {
+    fn new_api_unavailable(&self) {
         if !self.no_new_api.swap(true, Ordering::Relaxed) {
             tracing::info!(
-                "the kernel has no mount_setattr/open_tree: using the classic mount API"
+                "open_tree/mount_setattr are missing or refused: using the classic mount API"
             );
         }
     }
@@ -141,21 +142,37 @@ pub fn bind(
     let to = open_target(target)?;
     if api.current() == MountApi::Auto {
         match bind_detached(source, &to, flags) {
-            Err(e) if e.errno() == Errno::ENOSYS => api.kernel_lacks_new_api(),
-            other => return other,
+            Err(Detached::Unavailable) => api.new_api_unavailable(),
+            Err(Detached::Failed(e)) => return Err(e),
+            Ok(()) => return Ok(()),
         }
     }
     bind_staged(source, &to, flags, staging)
 }
 
-fn bind_detached(source: &Path, to: &OwnedFd, flags: MountFlags) -> Result<(), MountError> {
-    let tree = sys::open_tree_clone(source).map_err(MountError::step("clone", source))?;
+/// How a bind with the new API failed.
+enum Detached {
+    /// The kernel lacks the calls (ENOSYS), or a seccomp profile that predates them refuses
+    /// the first one (EPERM, with the privilege to mount): use the classic API.
+    Unavailable,
+    Failed(MountError),
+}
+
+fn bind_detached(source: &Path, to: &OwnedFd, flags: MountFlags) -> Result<(), Detached> {
+    let tree = sys::open_tree_clone(source).map_err(|e| match e {
+        Errno::ENOSYS | Errno::EPERM => Detached::Unavailable,
+        e => Detached::Failed(MountError::step("clone", source)(e)),
+    })?;
     if !flags.is_empty() {
-        sys::mount_setattr(tree.as_fd(), flags)
-            .map_err(MountError::step("set flags on the clone of", source))?;
+        sys::mount_setattr(tree.as_fd(), flags).map_err(|e| match e {
+            // Linux 5.2 to 5.11 have open_tree but not mount_setattr.
+            Errno::ENOSYS => Detached::Unavailable,
+            e => Detached::Failed(MountError::step("set flags on the clone of", source)(e)),
+        })?;
     }
     // Until this call the clone is attached nowhere; dropping `tree` on an error frees it.
-    sys::move_mount(tree.as_fd(), to.as_fd()).map_err(MountError::step("attach", source))
+    sys::move_mount(tree.as_fd(), to.as_fd())
+        .map_err(|e| Detached::Failed(MountError::step("attach", source)(e)))
 }
 
 fn bind_staged(

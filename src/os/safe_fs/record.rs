@@ -14,7 +14,7 @@
 
 use std::ffi::OsStr;
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use nix::dir::Dir;
@@ -52,26 +52,14 @@ fn read_one(dir: BorrowedFd<'_>, path: &Path, name: &str) -> Result<Option<Strin
         Err(Errno::ENOENT) => return Ok(None),
         Err(e) => return Err(io("open record", &record, e)),
     };
-    let seen = check_record(
-        &record,
-        &fstat(probe.as_fd()).map_err(|e| io("stat record", &record, e))?,
-    )?;
-    let flags = OFlag::O_RDONLY
-        | OFlag::O_NOFOLLOW
-        | OFlag::O_NONBLOCK
-        | OFlag::O_NOCTTY
-        | OFlag::O_CLOEXEC;
-    let fd = match openat(dir, name, flags, Mode::empty()) {
-        Ok(fd) => fd,
-        Err(Errno::ENOENT) => return Ok(None),
-        Err(e) => return Err(io("open record", &record, e)),
-    };
-    // The name may have been swapped for something else since it was looked at.
-    let opened = fstat(fd.as_fd()).map_err(|e| io("stat record", &record, e))?;
-    if (opened.st_dev, opened.st_ino) != seen {
-        return Err(io("open record", &record, Errno::ESTALE));
-    }
-    check_record(&record, &opened)?;
+    let st = fstat(probe.as_fd()).map_err(|e| io("stat record", &record, e))?;
+    check_record(&record, &st)?;
+    // Reopened through the descriptor, not the name: the very inode that was checked, even if
+    // the name was swapped for something else meanwhile.
+    let flags = OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOCTTY | OFlag::O_CLOEXEC;
+    let reopen = format!("/proc/self/fd/{}", probe.as_raw_fd());
+    let fd = nix::fcntl::open(reopen.as_str(), flags, Mode::empty())
+        .map_err(|e| io("open record", &record, e))?;
     let mut buf = Vec::new();
     std::fs::File::from(fd)
         .take(MAX_RECORD_BYTES + 1)
@@ -98,8 +86,8 @@ fn read_one(dir: BorrowedFd<'_>, path: &Path, name: &str) -> Result<Option<Strin
         })
 }
 
-/// A record must be a regular file of at most [`MAX_RECORD_BYTES`]; returns its identity.
-fn check_record(record: &Path, st: &FileStat) -> Result<(u64, u64), SafeFsError> {
+/// A record must be a regular file of at most [`MAX_RECORD_BYTES`].
+fn check_record(record: &Path, st: &FileStat) -> Result<(), SafeFsError> {
     let kind = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT;
     if kind != SFlag::S_IFREG {
         return Err(SafeFsError::BadRecord {
@@ -114,7 +102,7 @@ fn check_record(record: &Path, st: &FileStat) -> Result<(u64, u64), SafeFsError>
             reason: format!("{size} bytes, more than a record can be ({MAX_RECORD_BYTES})"),
         });
     }
-    Ok((st.st_dev, st.st_ino))
+    Ok(())
 }
 
 /// The records `names` in `base/dir`, `None` for each that does not exist.
