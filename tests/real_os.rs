@@ -121,11 +121,13 @@ async fn binds_get_their_flags_before_they_reach_the_target() {
     require_root!();
     let s = Scratch::new();
     let fs = s.mkdir("fs");
+    // nosymfollow: MS_NOSYMFOLLOW (Linux 5.10), which nix does not name.
+    let nosymfollow = MsFlags::from_bits_retain(libc::MS_NOSYMFOLLOW);
     mount(
         Some("tmpfs"),
         &fs,
         Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | nosymfollow,
         Some("size=1m"),
     )
     .unwrap();
@@ -141,7 +143,7 @@ async fn binds_get_their_flags_before_they_reach_the_target() {
             1,
             "{api:?}: one mount, not a bind and a remount: {at:?}"
         );
-        for flag in ["ro", "nosuid", "nodev"] {
+        for flag in ["ro", "nosuid", "nodev", "nosymfollow"] {
             assert!(at[0].options.iter().any(|o| o == flag), "{api:?}: {at:?}");
         }
         os.unmount(&target, false).await.expect("unmount");

@@ -73,6 +73,7 @@ pub const BIND_MOUNT_FLAGS: &[&str] = &[
     "noatime",
     "nodiratime",
     "relatime",
+    "nosymfollow",
 ];
 
 /// Longest mount option accepted; real ones are a few dozen bytes.

@@ -1,11 +1,11 @@
 //! Per-mount flags: the options `mount -o` calls `ro`, `nosuid`, `noatime`, … that belong to one
 //! mount rather than to the filesystem, so a bind mount can carry its own.
 //!
-//! They are parsed from StorageClass option names, from mountinfo's per-mount field and from
-//! statvfs, and turned into the kernel's bits for both mount APIs. The security flags (`ro`, `nosuid`, `nodev`,
-//! `noexec`) are the ones the kernel locks on mounts it hands to a less privileged namespace; a
-//! bind must never lose one its source has, so publish always adds to them and never replaces
-//! them.
+//! They are parsed from StorageClass option names and from mountinfo's per-mount field, and
+//! turned into the kernel's bits for both mount APIs. The security flags (`ro`, `nosuid`,
+//! `nodev`, `noexec`, `nosymfollow`) keep a mount safe to hand to someone else (the kernel
+//! locks the first four on mounts it hands to a less privileged namespace): a bind must never
+//! lose one its source has, so publish always adds to them and never replaces them.
 
 /// A set of per-mount flags.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
@@ -19,13 +19,14 @@ impl MountFlags {
     pub const NOATIME: MountFlags = MountFlags(1 << 4);
     pub const RELATIME: MountFlags = MountFlags(1 << 5);
     pub const NODIRATIME: MountFlags = MountFlags(1 << 6);
+    pub const NOSYMFOLLOW: MountFlags = MountFlags(1 << 7);
 
     /// Flags that keep a mount safe to hand to someone else; they are never dropped.
-    pub const SECURITY: MountFlags = MountFlags(0b1111);
+    pub const SECURITY: MountFlags = MountFlags(0b1000_1111);
     /// The atime mode: at most one of these; neither means strictatime.
     const ATIME_MODE: MountFlags = MountFlags(Self::NOATIME.0 | Self::RELATIME.0);
 
-    const NAMES: [(&'static str, MountFlags); 7] = [
+    const NAMES: [(&'static str, MountFlags); 8] = [
         ("ro", Self::READ_ONLY),
         ("nosuid", Self::NOSUID),
         ("nodev", Self::NODEV),
@@ -33,6 +34,7 @@ impl MountFlags {
         ("noatime", Self::NOATIME),
         ("relatime", Self::RELATIME),
         ("nodiratime", Self::NODIRATIME),
+        ("nosymfollow", Self::NOSYMFOLLOW),
     ];
 
     pub const fn empty() -> MountFlags {
@@ -123,6 +125,7 @@ impl MountFlags {
             (Self::NODEV, libc::MOUNT_ATTR_NODEV),
             (Self::NOEXEC, libc::MOUNT_ATTR_NOEXEC),
             (Self::NODIRATIME, libc::MOUNT_ATTR_NODIRATIME),
+            (Self::NOSYMFOLLOW, libc::MOUNT_ATTR_NOSYMFOLLOW),
         ] {
             if self.contains(flag) {
                 set |= bit;
@@ -138,23 +141,6 @@ impl MountFlags {
         (set, clr)
     }
 
-    /// The flags statvfs(3) reports for a mount.
-    pub fn from_statvfs(f: nix::sys::statvfs::FsFlags) -> MountFlags {
-        use nix::sys::statvfs::FsFlags;
-        [
-            (FsFlags::ST_RDONLY, Self::READ_ONLY),
-            (FsFlags::ST_NOSUID, Self::NOSUID),
-            (FsFlags::ST_NODEV, Self::NODEV),
-            (FsFlags::ST_NOEXEC, Self::NOEXEC),
-            (FsFlags::ST_NOATIME, Self::NOATIME),
-            (FsFlags::ST_RELATIME, Self::RELATIME),
-            (FsFlags::ST_NODIRATIME, Self::NODIRATIME),
-        ]
-        .into_iter()
-        .filter(|(bit, _)| f.contains(*bit))
-        .fold(Self::empty(), |a, (_, flag)| a | flag)
-    }
-
     /// mount(2) flags for a `MS_BIND | MS_REMOUNT` of a bind, which replaces every per-mount
     /// flag: callers pass the full set (see [`MountFlags::over`]).
     pub fn ms_flags(self) -> libc::c_ulong {
@@ -166,6 +152,7 @@ impl MountFlags {
             (Self::NOATIME, libc::MS_NOATIME),
             (Self::RELATIME, libc::MS_RELATIME),
             (Self::NODIRATIME, libc::MS_NODIRATIME),
+            (Self::NOSYMFOLLOW, libc::MS_NOSYMFOLLOW),
         ]
         .into_iter()
         .filter(|(flag, _)| self.contains(*flag))
@@ -210,6 +197,7 @@ mod tests {
                 | MountFlags::NODEV
                 | MountFlags::NOEXEC
                 | MountFlags::RELATIME
+                | MountFlags::NOSYMFOLLOW
         );
         assert_eq!(MountFlags::from_mountinfo(b"rw"), MountFlags::empty());
         assert_eq!(

@@ -190,8 +190,9 @@ fn bind_staged(
         let root =
             sys::open_dir_path(point.path()).map_err(MountError::step("open", point.path()))?;
         // A bind remount replaces every per-mount flag, so it gets the source's as well as the
-        // asked ones; the fresh bind shows the source mount's flags.
-        let holder = sys::flags_of(root.as_fd()).map_err(MountError::step("statvfs", source))?;
+        // asked ones. The fresh bind shows the source mount's flags in the mount table (not
+        // statvfs, whose read-only also means a read-only superblock).
+        let holder = staged_flags(point.path())?;
         let all = flags.over(holder);
         if all != holder {
             sys::remount_bind(root.as_fd(), all)
@@ -207,6 +208,17 @@ fn bind_staged(
     made
 }
 
+/// The per-mount flags of the mount at `point`, from the mount table.
+fn staged_flags(point: &Path) -> Result<MountFlags, MountError> {
+    let table = std::fs::read("/proc/self/mountinfo").map_err(|e| {
+        let errno = Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO));
+        MountError::step("read the mount table for", point)(errno)
+    })?;
+    crate::os::mountinfo::top_at(&crate::os::mountinfo::parse(&table), point)
+        .map(|m| m.flags)
+        .ok_or_else(|| MountError::step("find the staged bind at", point)(Errno::ENOENT))
+}
+
 /// Move the mount whose root is `from` (a staging point) onto `target`. Blocking; for NFS it
 /// runs in the killable helper, since looking up `from` may ask the server.
 pub fn move_onto(from: &Path, target: &Path, api: MountApi) -> Result<(), MountError> {
@@ -214,7 +226,8 @@ pub fn move_onto(from: &Path, target: &Path, api: MountApi) -> Result<(), MountE
     let root = sys::open_dir_path(from).map_err(MountError::step("open", from))?;
     if api == MountApi::Auto {
         match sys::move_mount(root.as_fd(), to.as_fd()) {
-            Err(Errno::ENOSYS) => {}
+            // Missing, or refused by a seccomp profile that predates it: MS_MOVE then.
+            Err(Errno::ENOSYS | Errno::EPERM) => {}
             other => return other.map_err(MountError::step("attach", from)),
         }
     }

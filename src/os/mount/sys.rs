@@ -106,7 +106,8 @@ pub fn bind(source: &Path, to: BorrowedFd<'_>) -> Result<(), Errno> {
 /// mount(2) `MS_BIND | MS_REMOUNT`: replaces every per-mount flag of the bind whose root is
 /// behind `fd` with `flags`.
 pub fn remount_bind(fd: BorrowedFd<'_>, flags: MountFlags) -> Result<(), Errno> {
-    let bits = MsFlags::from_bits_truncate(flags.ms_flags());
+    // Retain, not truncate: nix has no name for MS_NOSYMFOLLOW, which must not be dropped.
+    let bits = MsFlags::from_bits_retain(flags.ms_flags());
     mount(
         None::<&str>,
         &fd_path(fd),
@@ -148,10 +149,4 @@ pub fn make_private(fd: BorrowedFd<'_>) -> Result<(), Errno> {
 /// umount2(2) of the topmost mount at `target`, never following a symlink there.
 pub fn unmount(target: &Path, flags: MntFlags) -> Result<(), Errno> {
     umount2(target, flags | MntFlags::UMOUNT_NOFOLLOW)
-}
-
-/// The per-mount flags of the mount `fd` is on, as statvfs reports them.
-pub fn flags_of(fd: BorrowedFd<'_>) -> Result<MountFlags, Errno> {
-    let st = nix::sys::statvfs::fstatvfs(fd)?;
-    Ok(MountFlags::from_statvfs(st.flags()))
 }
