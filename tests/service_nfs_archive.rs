@@ -141,3 +141,65 @@ async fn nfs_crash_after_archive_is_completed_by_the_retry() {
     again.name = "pvc-0-new".into();
     assert!(rig.create(again).await.is_ok(), "the record was removed");
 }
+
+/// The record of `subdir` on the export, if any.
+fn record_of(export: &std::path::Path, subdir: &str) -> Option<serde_json::Value> {
+    use sha2::Digest;
+    let hash = hex::encode(sha2::Sha256::digest(subdir.as_bytes()));
+    let path = export.join(".pvdir").join(format!("{}.json", &hash[..32]));
+    std::fs::read(path)
+        .ok()
+        .map(|b| serde_json::from_slice(&b).unwrap())
+}
+
+/// An archive skipped a name someone else filled, archived to the next, and died before the
+/// volume's record went. The retry must finish with the name it used, and never claim the
+/// skipped one: that would record an admin's directory as this volume's archive.
+#[tokio::test]
+async fn a_retry_resumes_the_name_it_archived_to() {
+    let rig = Rig::nfs();
+    let v = rig
+        .create(seed_claim(0, "archive"))
+        .await
+        .unwrap()
+        .volume_id;
+    let export = rig.export_dir();
+    std::fs::write(export.join("default/www-web-0/data"), b"d").unwrap();
+    std::fs::create_dir(export.join("default/archived-www-web-0")).unwrap();
+    std::fs::write(export.join("default/archived-www-web-0/notes"), b"mine").unwrap();
+    rig.fake.fail_next_fs("remove-record", libc::EIO);
+    assert_eq!(code(rig.delete(&v).await), Code::Unavailable);
+    rig.delete(&v).await.unwrap();
+    assert_eq!(
+        std::fs::read(export.join("default/archived-www-web-0-2/data")).unwrap(),
+        b"d"
+    );
+    assert!(
+        record_of(&export, "default/archived-www-web-0").is_none(),
+        "the admin's directory is recorded as nobody's archive"
+    );
+    assert!(record_of(&export, "default/archived-www-web-0-2").is_some());
+}
+
+/// A volume whose directory is gone (removed by hand) has nothing to archive: no archive
+/// record may claim a name for nothing.
+#[tokio::test]
+async fn nothing_to_archive_leaves_no_archive_record() {
+    let rig = Rig::nfs();
+    let v = rig
+        .create(seed_claim(0, "archive"))
+        .await
+        .unwrap()
+        .volume_id;
+    let export = rig.export_dir();
+    std::fs::remove_dir(export.join("default/www-web-0")).unwrap();
+    rig.delete(&v).await.unwrap();
+    assert!(record_of(&export, "default/archived-www-web-0").is_none());
+    assert!(!export.join("default/archived-www-web-0").exists());
+    // And the name stays free for a volume.
+    let mut on_name = seed_claim(5, "delete");
+    on_name
+        .parameters
+        .insert("subDir".into(), "default/archived-www-web-0".into());
+    rig.create(on_name).await.unwrap();
+}

@@ -44,7 +44,7 @@ const DIR: &str = "default/www-web-0";
 /// cannot be released (the server answers with I/O errors).
 async fn orphan_claim(rig: &Rig, pv: &str) {
     rig.fake.fail_next_fs("ensure-dir", libc::EIO);
-    rig.fake.fail_next_fs("remove-record", libc::EIO);
+    rig.fake.fail_next_fs("swap-record", libc::EIO);
     assert_eq!(code(rig.create(claim_as(pv)).await), Code::Unavailable);
 }
 
@@ -94,9 +94,13 @@ async fn the_same_create_retried_resumes_its_own_claim() {
     rig.delete(&v.volume_id).await.unwrap();
 }
 
-/// What a process leaves behind: its claim, naming it. `claimant` overrides fields of this
-/// process's own claim (host, boot, pid, start, since).
+/// What a process leaves behind: its claim of [`DIR`], naming it. `claimant` overrides fields
+/// of this process's own claim (host, boot, pidns, pid, start, since).
 fn plant_claim(export: &Path, pv: &str, claimant: serde_json::Value) {
+    plant_claim_of(export, DIR, pv, claimant)
+}
+
+fn plant_claim_of(export: &Path, subdir: &str, pv: &str, claimant: serde_json::Value) {
     let start = start_time(std::process::id());
     let host = nix::unistd::gethostname().unwrap().into_string().unwrap();
     let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
@@ -104,18 +108,20 @@ fn plant_claim(export: &Path, pv: &str, claimant: serde_json::Value) {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs();
+    let pidns = std::fs::read_link("/proc/self/ns/pid").unwrap();
     let mut creating = serde_json::json!({
-        "host": host, "boot": boot.trim(), "pid": std::process::id(), "start": start, "since": now,
+        "host": host, "boot": boot.trim(), "pidns": pidns.to_string_lossy(),
+        "pid": std::process::id(), "start": start, "since": now,
     });
     for (k, v) in claimant.as_object().unwrap() {
         creating[k] = v.clone();
     }
     let rec = serde_json::json!({
-        "name": pv, "capacity_bytes": 1i64 << 30, "subdir": DIR, "on_delete": "delete",
+        "name": pv, "capacity_bytes": 1i64 << 30, "subdir": subdir, "on_delete": "delete",
         "mount_permissions": 0o770, "creating": creating,
     });
     std::fs::create_dir_all(export.join(".pvdir")).unwrap();
-    std::fs::write(record_path(export, DIR), rec.to_string()).unwrap();
+    std::fs::write(record_path(export, subdir), rec.to_string()).unwrap();
 }
 
 #[tokio::test]
@@ -171,6 +177,121 @@ async fn a_claim_of_a_driver_that_died_on_this_host_is_taken_over_at_once() {
     assert_eq!(
         code(rig.create(claim_as("pvc-other")).await),
         Code::AlreadyExists
+    );
+}
+
+/// A pid means something only in its pid namespace: a claim of another namespace on the same
+/// host (another pod of the same name) is never known to be gone.
+#[tokio::test]
+async fn a_claim_from_another_pid_namespace_is_not_known_to_be_gone() {
+    let rig = Rig::nfs();
+    rig.create(seed_claim(9, "delete")).await.unwrap();
+    let export = rig.export_dir();
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let pid = child.id();
+    child.wait().unwrap();
+    plant_claim(
+        &export,
+        "pvc-other-ns",
+        serde_json::json!({"pid": pid, "pidns": "pid:[1]"}),
+    );
+    assert_eq!(
+        code(rig.create(claim_as("pvc-mine")).await),
+        Code::AlreadyExists
+    );
+}
+
+/// A claim that will never finish holds nothing back: not its own directory, nor a directory
+/// inside or around it.
+#[tokio::test]
+async fn an_abandoned_claim_does_not_block_directories_inside_it() {
+    let rig = Rig::nfs();
+    rig.create(seed_claim(9, "delete")).await.unwrap();
+    let export = rig.export_dir();
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let pid = child.id();
+    child.wait().unwrap();
+    plant_claim_of(
+        &export,
+        "default",
+        "pvc-dead-ns",
+        serde_json::json!({"pid": pid}),
+    );
+    rig.create(claim_as("pvc-inside")).await.unwrap();
+    // A live claim there does block it.
+    plant_claim_of(
+        &export,
+        "default",
+        "pvc-live-ns",
+        serde_json::json!({"host": "elsewhere"}),
+    );
+    let mut other = claim_as("pvc-inside-2");
+    other
+        .parameters
+        .insert("csi.storage.k8s.io/pvc/name".into(), "www-web-1".into());
+    assert_eq!(code(rig.create(other).await), Code::AlreadyExists);
+}
+
+/// Between a create's look at an abandoned claim and its takeover, another process takes the
+/// claim over first: the late taker must lose, never overwrite the winner's claim.
+#[tokio::test]
+async fn a_takeover_never_overwrites_a_claim_changed_since_it_looked() {
+    let rig = std::sync::Arc::new(Rig::nfs());
+    rig.create(seed_claim(9, "delete")).await.unwrap();
+    let export = rig.export_dir();
+    plant_claim(
+        &export,
+        "pvc-stale",
+        serde_json::json!({"host": "elsewhere", "since": 1}),
+    );
+    rig.fake.hold_op("swap-record");
+    let late = {
+        let rig = std::sync::Arc::clone(&rig);
+        tokio::spawn(async move { rig.create(claim_as("pvc-late")).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // The winner, another controller: its fresh claim replaced the stale one.
+    plant_claim(
+        &export,
+        "pvc-winner",
+        serde_json::json!({"host": "elsewhere"}),
+    );
+    rig.fake.release_op();
+    assert_eq!(code(late.await.unwrap()), Code::AlreadyExists);
+    assert_eq!(
+        record(&export, DIR)["name"],
+        "pvc-winner",
+        "the winner's claim stands"
+    );
+}
+
+/// A create that fails its last check gives its claim back, but only its own: a claim that
+/// replaced it meanwhile stays.
+#[tokio::test]
+async fn a_failed_create_releases_only_its_own_claim() {
+    let rig = std::sync::Arc::new(Rig::nfs());
+    rig.create(seed_claim(9, "delete")).await.unwrap();
+    let export = rig.export_dir();
+    rig.fake.hold_op("ensure-dir");
+    let failing = {
+        let rig = std::sync::Arc::clone(&rig);
+        tokio::spawn(async move { rig.create(claim_as("pvc-failing")).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // Content appears (its last check fails on it) and another process took the claim over.
+    std::fs::create_dir_all(export.join(DIR)).unwrap();
+    std::fs::write(export.join(DIR).join("foreign"), b"x").unwrap();
+    plant_claim(
+        &export,
+        "pvc-other",
+        serde_json::json!({"host": "elsewhere"}),
+    );
+    rig.fake.release_op();
+    assert_eq!(code(failing.await.unwrap()), Code::AlreadyExists);
+    assert_eq!(
+        record(&export, DIR)["name"],
+        "pvc-other",
+        "the other claim stands"
     );
 }
 

@@ -9,6 +9,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::error::ControllerError;
+use crate::os::safe_fs::SwapOutcome;
 use crate::os::{FsOp, FsReply, Medium, Os, OsError, RelPath};
 
 /// What [`RecordDir::claim`] found.
@@ -153,6 +154,46 @@ impl RecordDir {
         Err(ControllerError::InFlight {
             key: self.path().join(name).display().to_string(),
         })
+    }
+
+    /// Replace `name` by `new` (remove it, if `None`) only while it still is `expected`:
+    /// never a blind overwrite of a record someone else changed meanwhile. `Ok(None)` when
+    /// swapped, else what is there now (`Some(None)`: nothing).
+    pub async fn swap<T: Serialize + DeserializeOwned>(
+        &self,
+        name: &str,
+        expected: &T,
+        new: Option<&T>,
+        volume: &str,
+    ) -> Result<Option<Option<T>>, ControllerError> {
+        let encode = |value: &T| {
+            serde_json::to_string(value).map_err(|e| ControllerError::CorruptRecord {
+                path: self.path().join(name),
+                reason: e.to_string(),
+            })
+        };
+        let op = FsOp::SwapRecord {
+            base: self.base.clone(),
+            dir: self.dir.clone(),
+            name: name.to_string(),
+            expected: encode(expected)?,
+            new: new.map(encode).transpose()?,
+        };
+        let step = "swap volume record";
+        match self
+            .os
+            .fs(op, self.medium)
+            .await
+            .map_err(ControllerError::os(step, volume))?
+        {
+            FsReply::Swapped(SwapOutcome::Swapped) => Ok(None),
+            FsReply::Swapped(SwapOutcome::Changed(now)) => {
+                Ok(Some(now.map(|text| self.decode(name, &text)).transpose()?))
+            }
+            other => Err(ControllerError::os(step, volume)(
+                OsError::unexpected_reply("swap-record", &other),
+            )),
+        }
     }
 
     /// Remove `name`; absent is fine.

@@ -34,6 +34,9 @@ pub struct FakeOs {
     /// While true, remote directory operations other than statfs wait (an operation in the
     /// middle of its work; statfs stays free because it is how mounts are probed).
     remote_paused: Arc<tokio::sync::watch::Sender<bool>>,
+    /// While set, directory operations of that name wait: another process's step can then
+    /// land between two steps of a call.
+    held_op: Arc<tokio::sync::watch::Sender<Option<&'static str>>>,
 }
 
 impl Default for FakeOs {
@@ -42,6 +45,7 @@ impl Default for FakeOs {
             state: Arc::default(),
             paused: Arc::new(tokio::sync::watch::channel(false).0),
             remote_paused: Arc::new(tokio::sync::watch::channel(false).0),
+            held_op: Arc::new(tokio::sync::watch::channel(None).0),
         }
     }
 }
@@ -96,6 +100,16 @@ impl FakeOs {
 
     pub fn resume_remote(&self) {
         self.remote_paused.send_replace(false);
+    }
+
+    /// Hold every directory operation named `op` (see [`FsOp::name`]) until
+    /// [`FakeOs::release_op`].
+    pub fn hold_op(&self, op: &'static str) {
+        self.held_op.send_replace(Some(op));
+    }
+
+    pub fn release_op(&self) {
+        self.held_op.send_replace(None);
     }
 
     /// Make the mount now at `target` stale, as after the export was recreated on the server:
@@ -235,6 +249,9 @@ impl Os for FakeOs {
     }
 
     async fn fs(&self, op: FsOp, medium: Medium) -> Result<FsReply, OsError> {
+        let mut held = self.held_op.subscribe();
+        let name = op.name();
+        let _ = held.wait_for(|h| *h != Some(name)).await;
         if medium == Medium::Remote && !matches!(op, FsOp::Statfs { .. } | FsOp::StatfsNfs { .. }) {
             let mut paused = self.remote_paused.subscribe();
             let _ = paused.wait_for(|p| !*p).await;

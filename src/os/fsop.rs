@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::relpath::RelPath;
-use super::safe_fs::{self, EnsureOutcome, RemoveOutcome, RenameOutcome, SafeFsError};
+use super::safe_fs::{self, EnsureOutcome, RemoveOutcome, RenameOutcome, SafeFsError, SwapOutcome};
 use super::FsStats;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,6 +54,15 @@ pub enum FsOp {
         contents: Vec<u8>,
         exclusive: bool,
     },
+    /// Replace `base/dir/name` by `new` (remove it, if `None`) only while it holds exactly
+    /// `expected`.
+    SwapRecord {
+        base: PathBuf,
+        dir: RelPath,
+        name: String,
+        expected: String,
+        new: Option<String>,
+    },
     /// Remove `base/dir/name`; absent is not an error.
     RemoveRecord {
         base: PathBuf,
@@ -80,6 +89,7 @@ pub enum FsReply {
     Records(Vec<Option<String>>),
     /// Whether a record write stored it (false: exclusive and one existed).
     Written(bool),
+    Swapped(SwapOutcome),
     /// Whether a directory has entries (`None`: it does not exist).
     Entries(Option<bool>),
     Names(Vec<String>),
@@ -99,6 +109,7 @@ impl FsOp {
             | FsOp::RenameAside { base, .. }
             | FsOp::ReadRecords { base, .. }
             | FsOp::WriteRecord { base, .. }
+            | FsOp::SwapRecord { base, .. }
             | FsOp::RemoveRecord { base, .. }
             | FsOp::ListRecords { base, .. }
             | FsOp::HasEntries { base, .. } => base,
@@ -115,6 +126,7 @@ impl FsOp {
             FsOp::RenameAside { .. } => "rename-aside",
             FsOp::ReadRecords { .. } => "read-records",
             FsOp::WriteRecord { .. } => "write-record",
+            FsOp::SwapRecord { .. } => "swap-record",
             FsOp::RemoveRecord { .. } => "remove-record",
             FsOp::ListRecords { .. } => "list-records",
             FsOp::HasEntries { .. } => "has-entries",
@@ -164,6 +176,13 @@ pub fn execute(op: &FsOp) -> Result<FsReply, SafeFsError> {
             contents,
             exclusive,
         } => safe_fs::write_record(base, dir, name, contents, *exclusive).map(FsReply::Written),
+        FsOp::SwapRecord {
+            base,
+            dir,
+            name,
+            expected,
+            new,
+        } => safe_fs::swap_record(base, dir, name, expected, new.as_deref()).map(FsReply::Swapped),
         FsOp::RemoveRecord { base, dir, name } => {
             safe_fs::remove_record(base, dir, name).map(|()| FsReply::Done)
         }

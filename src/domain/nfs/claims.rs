@@ -47,6 +47,10 @@ pub struct NfsRecord {
     /// Present on an archive record: the directory the data was archived from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub archive_of: Option<String>,
+    /// Present on a volume being archived: the name its archive claimed, so that a retry
+    /// resumes with that very name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archive_to: Option<String>,
 }
 
 /// Who is creating a volume, since when.
@@ -64,6 +68,9 @@ pub struct Creating {
 pub struct Claimant {
     pub host: String,
     pub boot: String,
+    /// The pid namespace (`/proc/self/ns/pid`): a pid means something only within it.
+    #[serde(default)]
+    pub pidns: String,
     pub pid: u32,
     /// Start time in clock ticks after boot (`/proc/<pid>/stat`, field 22).
     pub start: u64,
@@ -79,21 +86,28 @@ impl Claimant {
             .unwrap_or_default()
             .trim()
             .to_string();
+        let pidns = std::fs::read_link("/proc/self/ns/pid")
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let pid = std::process::id();
         Claimant {
             host,
             boot,
+            pidns,
             pid,
             start: start_time(pid).unwrap_or_default(),
         }
     }
 
-    /// Whether this claimant is a process of the same host and boot as `me` that no longer
-    /// runs. A process elsewhere cannot be looked at, so it is never known to be gone.
+    /// Whether this claimant is a process of the same host, boot and pid namespace as `me`
+    /// that no longer runs. A process elsewhere cannot be looked at, so it is never known to
+    /// be gone.
     fn known_gone(&self, me: &Claimant) -> bool {
         self.host == me.host
             && !self.boot.is_empty()
             && self.boot == me.boot
+            && !self.pidns.is_empty()
+            && self.pidns == me.pidns
             && start_time(self.pid) != Some(self.start)
     }
 }
@@ -211,12 +225,14 @@ impl ClaimPolicy {
     }
 }
 
-/// The placement rules for a volume directory, checked against one export's records.
+/// The placement rules for a volume directory, checked against one export's records. A claim
+/// that will never finish ([`ClaimPolicy::abandoned`]) is no volume and holds nothing back.
 pub struct Placement<'a> {
     pub records: &'a RecordDir,
     pub os: &'a dyn Os,
     pub mount: &'a Path,
     pub volume: &'a str,
+    pub claims: &'a ClaimPolicy,
 }
 
 impl Placement<'_> {
@@ -238,7 +254,11 @@ impl Placement<'_> {
             std::iter::successors(subdir.parent(), RelPath::parent).collect();
         let names: Vec<String> = ancestors.iter().map(record_name).collect();
         let found: Vec<Option<NfsRecord>> = self.records.load_many(&names, self.volume).await?;
-        match found.into_iter().flatten().next() {
+        match found
+            .into_iter()
+            .flatten()
+            .find(|r| !self.claims.abandoned(r))
+        {
             Some(outer) => Err(claimed_by(&outer, subdir)),
             None => Ok(()),
         }
@@ -248,7 +268,10 @@ impl Placement<'_> {
     async fn check_not_enclosing(&self, subdir: &RelPath) -> Result<(), ControllerError> {
         let prefix = format!("{subdir}/");
         let all: Vec<(String, NfsRecord)> = self.records.load_all(self.volume).await?;
-        match all.into_iter().find(|(_, r)| r.subdir.starts_with(&prefix)) {
+        match all
+            .into_iter()
+            .find(|(_, r)| r.subdir.starts_with(&prefix) && !self.claims.abandoned(r))
+        {
             Some((_, inner)) => Err(claimed_by(&inner, subdir)),
             None => Ok(()),
         }
@@ -291,6 +314,7 @@ mod tests {
             mount_permissions: None,
             creating,
             archive_of: None,
+            archive_to: None,
         }
     }
 

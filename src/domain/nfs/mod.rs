@@ -151,6 +151,7 @@ impl NfsBackend {
             os: &*self.os,
             mount: &export.path,
             volume,
+            claims: &self.claims,
         };
         let own = record_name(&id.subdir);
         let wanted = NfsRecord {
@@ -161,33 +162,45 @@ impl NfsBackend {
             mount_permissions: mode,
             creating: Some(self.claims.creating()),
             archive_of: None,
+            archive_to: None,
         };
-        let mine = match records.load::<NfsRecord>(&own, volume).await? {
-            Some(existing) if existing.is_volume() && existing.name == wanted.name => {
-                check_same(&existing, &wanted)?;
-                if existing.creating.is_some() {
-                    // A retry of a create that never finished: renew the claim, so no one
-                    // takes it over while this call works.
-                    records.store(&own, &wanted, false, volume).await?;
+        let busy = || ControllerError::InFlight {
+            key: format!("claim of {} (changed meanwhile)", id.subdir),
+        };
+        let existing = records.load::<NfsRecord>(&own, volume).await?;
+        let mine = match existing {
+            // This volume, complete: an idempotent retry.
+            Some(e) if e.is_volume() && e.name == wanted.name && e.creating.is_none() => {
+                check_same(&e, &wanted)?;
+                e
+            }
+            // This volume, unfinished (an earlier attempt, or the same create in another
+            // process), or another volume's claim that will never finish: replace it by this
+            // call's own claim, unless it changed meanwhile.
+            Some(e) if e.is_volume() && (e.name == wanted.name || self.claims.abandoned(&e)) => {
+                if e.name == wanted.name {
+                    check_same(&e, &wanted)?;
+                } else {
+                    placement.check(&id.subdir, reuse).await?;
+                    tracing::warn!(volume.name = volume, previous = %e.name,
+                        "taking over the claim of a create that never finished");
                 }
-                existing
+                match records.swap(&own, &e, Some(&wanted), volume).await? {
+                    None => wanted.clone(),
+                    Some(Some(now)) if now.name != wanted.name => {
+                        return Err(claimed_by(&now, &id.subdir))
+                    }
+                    Some(_) => return Err(busy()),
+                }
             }
-            Some(existing) if self.claims.abandoned(&existing) => {
-                placement.check(&id.subdir, reuse).await?;
-                tracing::warn!(volume.name = volume, previous = %existing.name,
-                    "taking over the claim of a create that never finished");
-                records.store(&own, &wanted, false, volume).await?;
-                wanted.clone()
-            }
-            Some(existing) => return Err(claimed_by(&existing, &id.subdir)),
+            Some(e) => return Err(claimed_by(&e, &id.subdir)),
             None => {
                 placement.check(&id.subdir, reuse).await?;
                 match records.claim(&own, &wanted, volume).await? {
                     Claim::Fresh => wanted.clone(),
-                    Claim::Existing(e) if e.is_volume() && e.name == wanted.name => {
-                        check_same(&e, &wanted)?;
-                        e
-                    }
+                    // Claimed by someone else since the look: theirs, or this volume being
+                    // created by another process at this moment (its retry sorts it out).
+                    Claim::Existing(e) if e.name == wanted.name => return Err(busy()),
                     Claim::Existing(e) => return Err(claimed_by(&e, &id.subdir)),
                 }
             }
@@ -208,14 +221,16 @@ impl NfsBackend {
                 Err(e) => Err(e),
             };
             if let Err(e) = checked {
-                // No volume was returned for this claim: give the directory back. Should that
-                // fail too, the claim is abandoned and a later create takes it over.
-                if let Err(release) = records.remove(&own, volume).await {
+                // No volume was returned for this claim: give the directory back, if the claim
+                // is still this call's. Should that fail, the claim is abandoned and a later
+                // create takes it over.
+                if let Err(release) = records.swap(&own, &wanted, None, volume).await {
                     tracing::warn!(volume.name = volume, error = %release, "could not release the claim of a failed create");
                 }
                 return Err(e);
             }
-            self.mark_ready(&records, &own, &wanted, started).await?;
+            self.mark_ready(&records, &own, &wanted, &id.subdir, started)
+                .await?;
         }
         Ok(Volume {
             id: VolumeId::Nfs(id),
@@ -224,12 +239,14 @@ impl NfsBackend {
         })
     }
 
-    /// Make the claim `own` ready, after which the volume ID may be returned.
+    /// Make this call's claim `own` ready, after which the volume ID may be returned. Only
+    /// while the record is still exactly that claim: one taken over meanwhile stays theirs.
     async fn mark_ready(
         &self,
         records: &RecordDir,
         own: &str,
         wanted: &NfsRecord,
+        subdir: &RelPath,
         started: Instant,
     ) -> Result<(), ControllerError> {
         let volume = wanted.name.as_str();
@@ -240,19 +257,14 @@ impl NfsBackend {
                 key: format!("create of {volume} (took too long; a retry resumes it)"),
             });
         }
-        match records.load::<NfsRecord>(own, volume).await? {
-            Some(r) if r.is_volume() && r.name == wanted.name => {}
-            Some(r) => {
-                let subdir = RelPath::parse(&wanted.subdir)
-                    .map_err(|_| ControllerError::InFlight { key: own.into() })?;
-                return Err(claimed_by(&r, &subdir));
-            }
-            None => return Err(ControllerError::InFlight { key: own.into() }),
+        let ready = wanted.clone().ready();
+        match records.swap(own, wanted, Some(&ready), volume).await? {
+            None => Ok(()),
+            Some(Some(now)) if now.name != wanted.name => Err(claimed_by(&now, subdir)),
+            Some(_) => Err(ControllerError::InFlight {
+                key: format!("claim of {subdir} (changed meanwhile)"),
+            }),
         }
-        records
-            .store(own, &wanted.clone().ready(), false, volume)
-            .await
-            .map(drop)
     }
 
     /// Acts only while the record names this ID's owner. The record goes last, so a retry
@@ -283,7 +295,12 @@ impl NfsBackend {
                 Deleted::Removed
             }
             OnDelete::Archive => {
-                archive::archive(&records, &*self.os, &export.path, id, &record, raw).await?;
+                let place = archive::Place {
+                    records: &records,
+                    os: &*self.os,
+                    mount: &export.path,
+                };
+                place.archive(id, &name, record, raw).await?;
                 Deleted::Archived
             }
         };

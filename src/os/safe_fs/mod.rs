@@ -17,7 +17,7 @@
 //!   writes solely into parents it created itself; `base` is never removed or chmodded.
 //!
 //! Layout: `walk` opens components safely and checks mounts (shared by all operations);
-//! `ensure`, `remove`, `prune`, `archive` and `record` each own one operation. This file holds the
+//! `ensure`, `remove`, `prune`, `archive`, `record` and `swap` each own one operation. This file holds the
 //! error and outcome types that cross the process boundary to `fsop`'s helper.
 
 mod archive;
@@ -25,6 +25,7 @@ mod ensure;
 mod prune;
 mod record;
 mod remove;
+mod swap;
 mod walk;
 
 #[cfg(test)]
@@ -41,6 +42,7 @@ pub use ensure::{ensure_dir, OWNED_MARKER};
 pub use prune::prune_owned_parents;
 pub use record::{list_records, read_records, remove_record, write_record, MAX_RECORD_BYTES};
 pub use remove::remove_tree;
+pub use swap::{swap_record, SwapOutcome};
 pub use walk::has_entries;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]

@@ -27,7 +27,7 @@ use super::walk::open_leaf;
 use super::{ensure_dir, io, SafeFsError};
 use crate::os::relpath::RelPath;
 
-fn check_name(name: &str) -> Result<(), SafeFsError> {
+pub(super) fn check_name(name: &str) -> Result<(), SafeFsError> {
     if name.is_empty() || name.contains(['/', '\0']) || name == "." || name == ".." {
         return Err(SafeFsError::InvalidName {
             name: name.to_string(),
@@ -36,14 +36,21 @@ fn check_name(name: &str) -> Result<(), SafeFsError> {
     Ok(())
 }
 
-fn open_dir(base: &Path, dir: &RelPath) -> Result<Option<(OwnedFd, PathBuf)>, SafeFsError> {
+pub(super) fn open_dir(
+    base: &Path,
+    dir: &RelPath,
+) -> Result<Option<(OwnedFd, PathBuf)>, SafeFsError> {
     Ok(open_leaf(base, dir)?.map(|leaf| (leaf.fd, leaf.path)))
 }
 
 /// Largest record accepted. Records are a few hundred bytes of JSON.
 pub const MAX_RECORD_BYTES: u64 = 64 * 1024;
 
-fn read_one(dir: BorrowedFd<'_>, path: &Path, name: &str) -> Result<Option<String>, SafeFsError> {
+pub(super) fn read_one(
+    dir: BorrowedFd<'_>,
+    path: &Path,
+    name: &str,
+) -> Result<Option<String>, SafeFsError> {
     let record = path.join(name);
     // O_PATH opens nothing: a FIFO is not waited on and a device's driver is not called.
     let look = OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
