@@ -14,6 +14,19 @@ use common::names_but_markers;
 use common::service::*;
 use tonic::Code;
 
+/// A rig with the seed's claim www-web-0 of the archive class: the rig, the volume ID and
+/// the export.
+async fn archive_class_volume() -> (Rig, String, std::path::PathBuf) {
+    let rig = Rig::nfs();
+    let v = rig
+        .create(seed_claim(0, "archive"))
+        .await
+        .unwrap()
+        .volume_id;
+    let export = rig.export_dir();
+    (rig, v, export)
+}
+
 /// A volume whose subDir is `default/archived-www-web-0`, the first archive name of www-web-0.
 fn claim_on_archive_name() -> pvdir::csi::proto::CreateVolumeRequest {
     let mut req = seed_claim(7, "delete");
@@ -24,13 +37,7 @@ fn claim_on_archive_name() -> pvdir::csi::proto::CreateVolumeRequest {
 
 #[tokio::test]
 async fn an_archive_interrupted_before_its_rename_resumes_with_the_same_name() {
-    let rig = Rig::nfs();
-    let v = rig
-        .create(seed_claim(0, "archive"))
-        .await
-        .unwrap()
-        .volume_id;
-    let export = rig.export_dir();
+    let (rig, v, export) = archive_class_volume().await;
     std::fs::write(export.join("default/www-web-0/data"), b"d").unwrap();
     rig.fake.fail_next_fs("rename-aside", libc::EIO);
     assert_eq!(code(rig.delete(&v).await), Code::Unavailable);
@@ -59,13 +66,7 @@ async fn an_archive_interrupted_before_its_rename_resumes_with_the_same_name() {
 
 #[tokio::test]
 async fn an_archive_name_holding_someone_elses_content_is_skipped_and_left_alone() {
-    let rig = Rig::nfs();
-    let v = rig
-        .create(seed_claim(0, "archive"))
-        .await
-        .unwrap()
-        .volume_id;
-    let export = rig.export_dir();
+    let (rig, v, export) = archive_class_volume().await;
     // An admin's directory, and a file, on the first two names.
     std::fs::create_dir(export.join("default/archived-www-web-0")).unwrap();
     std::fs::write(export.join("default/archived-www-web-0/notes"), b"mine").unwrap();
@@ -118,13 +119,7 @@ async fn each_archive_of_a_directory_gets_its_own_name() {
 
 #[tokio::test]
 async fn nfs_crash_after_archive_is_completed_by_the_retry() {
-    let rig = Rig::nfs();
-    let v = rig
-        .create(seed_claim(0, "archive"))
-        .await
-        .unwrap()
-        .volume_id;
-    let export = rig.export_dir();
+    let (rig, v, export) = archive_class_volume().await;
     std::fs::write(export.join("default/www-web-0/data"), b"d").unwrap();
     // The rename happened, the record removal did not.
     std::fs::rename(
@@ -157,13 +152,7 @@ fn record_of(export: &std::path::Path, subdir: &str) -> Option<serde_json::Value
 /// skipped one: that would record an admin's directory as this volume's archive.
 #[tokio::test]
 async fn a_retry_resumes_the_name_it_archived_to() {
-    let rig = Rig::nfs();
-    let v = rig
-        .create(seed_claim(0, "archive"))
-        .await
-        .unwrap()
-        .volume_id;
-    let export = rig.export_dir();
+    let (rig, v, export) = archive_class_volume().await;
     std::fs::write(export.join("default/www-web-0/data"), b"d").unwrap();
     std::fs::create_dir(export.join("default/archived-www-web-0")).unwrap();
     std::fs::write(export.join("default/archived-www-web-0/notes"), b"mine").unwrap();
@@ -185,13 +174,7 @@ async fn a_retry_resumes_the_name_it_archived_to() {
 /// record may claim a name for nothing.
 #[tokio::test]
 async fn nothing_to_archive_leaves_no_archive_record() {
-    let rig = Rig::nfs();
-    let v = rig
-        .create(seed_claim(0, "archive"))
-        .await
-        .unwrap()
-        .volume_id;
-    let export = rig.export_dir();
+    let (rig, v, export) = archive_class_volume().await;
     std::fs::remove_dir(export.join("default/www-web-0")).unwrap();
     rig.delete(&v).await.unwrap();
     assert!(record_of(&export, "default/archived-www-web-0").is_none());

@@ -232,6 +232,27 @@ async fn an_abandoned_claim_does_not_block_directories_inside_it() {
     assert_eq!(code(rig.create(other).await), Code::AlreadyExists);
 }
 
+/// Create `pv`'s volume with the fake holding operation `op`, do `meanwhile` (another
+/// process's step) while it is held, then let the create go on to its end.
+async fn create_with_a_step_between(
+    rig: &std::sync::Arc<Rig>,
+    pv: &'static str,
+    op: &'static str,
+    meanwhile: impl FnOnce(),
+) -> Result<csi::Volume, tonic::Status> {
+    rig.fake.hold_op(op);
+    let call = {
+        let rig = std::sync::Arc::clone(rig);
+        tokio::spawn(async move { rig.create(claim_as(pv)).await })
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(20), rig.fake.until_held())
+        .await
+        .expect("the create reached the held step");
+    meanwhile();
+    rig.fake.release_op();
+    call.await.unwrap()
+}
+
 /// Between a create's look at an abandoned claim and its takeover, another process takes the
 /// claim over first: the late taker must lose, never overwrite the winner's claim.
 #[tokio::test]
@@ -244,20 +265,16 @@ async fn a_takeover_never_overwrites_a_claim_changed_since_it_looked() {
         "pvc-stale",
         serde_json::json!({"host": "elsewhere", "since": 1}),
     );
-    rig.fake.hold_op("swap-record");
-    let late = {
-        let rig = std::sync::Arc::clone(&rig);
-        tokio::spawn(async move { rig.create(claim_as("pvc-late")).await })
-    };
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    // The winner, another controller: its fresh claim replaced the stale one.
-    plant_claim(
-        &export,
-        "pvc-winner",
-        serde_json::json!({"host": "elsewhere"}),
-    );
-    rig.fake.release_op();
-    assert_eq!(code(late.await.unwrap()), Code::AlreadyExists);
+    let late = create_with_a_step_between(&rig, "pvc-late", "swap-record", || {
+        // The winner, another controller: its fresh claim replaced the stale one.
+        plant_claim(
+            &export,
+            "pvc-winner",
+            serde_json::json!({"host": "elsewhere"}),
+        );
+    })
+    .await;
+    assert_eq!(code(late), Code::AlreadyExists);
     assert_eq!(
         record(&export, DIR)["name"],
         "pvc-winner",
@@ -272,22 +289,19 @@ async fn a_failed_create_releases_only_its_own_claim() {
     let rig = std::sync::Arc::new(Rig::nfs());
     rig.create(seed_claim(9, "delete")).await.unwrap();
     let export = rig.export_dir();
-    rig.fake.hold_op("ensure-dir");
-    let failing = {
-        let rig = std::sync::Arc::clone(&rig);
-        tokio::spawn(async move { rig.create(claim_as("pvc-failing")).await })
-    };
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    // Content appears (its last check fails on it) and another process took the claim over.
-    std::fs::create_dir_all(export.join(DIR)).unwrap();
-    std::fs::write(export.join(DIR).join("foreign"), b"x").unwrap();
-    plant_claim(
-        &export,
-        "pvc-other",
-        serde_json::json!({"host": "elsewhere"}),
-    );
-    rig.fake.release_op();
-    assert_eq!(code(failing.await.unwrap()), Code::AlreadyExists);
+    let failing = create_with_a_step_between(&rig, "pvc-failing", "ensure-dir", || {
+        // Content appears (its last check fails on it) and another process took the claim
+        // over.
+        std::fs::create_dir_all(export.join(DIR)).unwrap();
+        std::fs::write(export.join(DIR).join("foreign"), b"x").unwrap();
+        plant_claim(
+            &export,
+            "pvc-other",
+            serde_json::json!({"host": "elsewhere"}),
+        );
+    })
+    .await;
+    assert_eq!(code(failing), Code::AlreadyExists);
     assert_eq!(
         record(&export, DIR)["name"],
         "pvc-other",
@@ -299,18 +313,21 @@ async fn a_failed_create_releases_only_its_own_claim() {
 async fn creates_of_one_directory_run_one_at_a_time() {
     let rig = std::sync::Arc::new(Rig::nfs());
     rig.create(seed_claim(9, "delete")).await.unwrap();
-    rig.fake.pause_remote();
+    rig.fake.hold_op("read-records");
     let first = {
         let rig = std::sync::Arc::clone(&rig);
         tokio::spawn(async move { rig.create(claim_as("pvc-first")).await })
     };
-    // The first create holds the directory while its record read is held.
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    // The first create holds the directory while its first record read is held; the second
+    // is refused before it touches anything.
+    tokio::time::timeout(std::time::Duration::from_secs(20), rig.fake.until_held())
+        .await
+        .expect("the first create reached its record read");
     assert_eq!(
         code(rig.create(claim_as("pvc-second")).await),
         Code::Aborted
     );
-    rig.fake.resume_remote();
+    rig.fake.release_op();
     first.await.unwrap().unwrap();
     assert_eq!(record(&rig.export_dir(), DIR)["name"], "pvc-first");
 }

@@ -37,6 +37,8 @@ pub struct FakeOs {
     /// While set, directory operations of that name wait: another process's step can then
     /// land between two steps of a call.
     held_op: Arc<tokio::sync::watch::Sender<Option<&'static str>>>,
+    /// How many operations have waited on the hold since it was set.
+    held_count: Arc<tokio::sync::watch::Sender<u32>>,
 }
 
 impl Default for FakeOs {
@@ -46,6 +48,7 @@ impl Default for FakeOs {
             paused: Arc::new(tokio::sync::watch::channel(false).0),
             remote_paused: Arc::new(tokio::sync::watch::channel(false).0),
             held_op: Arc::new(tokio::sync::watch::channel(None).0),
+            held_count: Arc::new(tokio::sync::watch::channel(0).0),
         }
     }
 }
@@ -105,7 +108,14 @@ impl FakeOs {
     /// Hold every directory operation named `op` (see [`FsOp::name`]) until
     /// [`FakeOs::release_op`].
     pub fn hold_op(&self, op: &'static str) {
+        self.held_count.send_replace(0);
         self.held_op.send_replace(Some(op));
+    }
+
+    /// Wait until an operation is held by [`FakeOs::hold_op`].
+    pub async fn until_held(&self) {
+        let mut count = self.held_count.subscribe();
+        let _ = count.wait_for(|n| *n > 0).await;
     }
 
     pub fn release_op(&self) {
@@ -251,6 +261,9 @@ impl Os for FakeOs {
     async fn fs(&self, op: FsOp, medium: Medium) -> Result<FsReply, OsError> {
         let mut held = self.held_op.subscribe();
         let name = op.name();
+        if *held.borrow() == Some(name) {
+            self.held_count.send_modify(|n| *n += 1);
+        }
         let _ = held.wait_for(|h| *h != Some(name)).await;
         if medium == Medium::Remote && !matches!(op, FsOp::Statfs { .. } | FsOp::StatfsNfs { .. }) {
             let mut paused = self.remote_paused.subscribe();
