@@ -152,12 +152,14 @@ async fn an_export_is_never_remounted_under_an_operation_in_flight() {
     rig.create(seed_claim(0, "delete")).await.unwrap();
     let staging = rig.export_dir();
     // Claim 1's create is in the middle of its work below the mount...
-    rig.fake.pause_remote();
+    rig.fake.hold_op("read-records");
     let busy = {
         let rig = std::sync::Arc::clone(&rig);
         tokio::spawn(async move { rig.create(seed_claim(1, "delete")).await })
     };
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    tokio::time::timeout(std::time::Duration::from_secs(20), rig.fake.until_held())
+        .await
+        .expect("claim 1 reached its record read");
     // ...when the export goes stale and claim 2 wants it remounted.
     rig.fake.make_stale(&staging);
     let from = rig.fake.calls().len();
@@ -171,7 +173,7 @@ async fn an_export_is_never_remounted_under_an_operation_in_flight() {
         changes(&rig, from).is_empty(),
         "no unmount while another operation works below the mount"
     );
-    rig.fake.resume_remote();
+    rig.fake.release_op();
     // The first fails on the stale handle (UNAVAILABLE, retried); what matters is that it
     // never ran against an unmounted staging directory.
     let _ = busy.await.unwrap();

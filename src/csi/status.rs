@@ -76,7 +76,11 @@ pub fn controller_code(e: &ControllerError) -> Code {
         ControllerError::WrongNode { .. }
         | ControllerError::InUse { .. }
         | ControllerError::WrongBackend { .. } => Code::FailedPrecondition,
-        ControllerError::BadPageToken { .. } | ControllerError::InFlight { .. } => Code::Aborted,
+        // Someone else's step landed between two of this call's: the retry sees the new state.
+        ControllerError::BadPageToken { .. }
+        | ControllerError::InFlight { .. }
+        | ControllerError::RecordChanged { .. }
+        | ControllerError::ClaimExpiring { .. } => Code::Aborted,
         // Not JSON pvdir wrote (planted through a static PV of the share root, or damaged):
         // no retry mends it, someone must look.
         ControllerError::CorruptRecord { .. } => Code::FailedPrecondition,

@@ -33,6 +33,10 @@ pub enum ControllerError {
     BadPageToken { token: String },
     #[error("an operation on {key:?} is already in progress")]
     InFlight { key: String },
+    #[error("the record of {subdir:?} changed while this call worked on it")]
+    RecordChanged { subdir: String },
+    #[error("the create of {volume:?} took past half its claim's expiry; a retry resumes it")]
+    ClaimExpiring { volume: String },
     #[error("{what} is not supported by this backend")]
     Unsupported { what: &'static str },
     #[error("backend {backend} is not served by this endpoint")]

@@ -31,9 +31,6 @@ pub struct FakeOs {
     state: Arc<Mutex<State>>,
     /// While true, `mount` waits: lets tests hold an operation in flight.
     paused: Arc<tokio::sync::watch::Sender<bool>>,
-    /// While true, remote directory operations other than statfs wait (an operation in the
-    /// middle of its work; statfs stays free because it is how mounts are probed).
-    remote_paused: Arc<tokio::sync::watch::Sender<bool>>,
     /// While set, directory operations of that name wait: another process's step can then
     /// land between two steps of a call.
     held_op: Arc<tokio::sync::watch::Sender<Option<&'static str>>>,
@@ -46,7 +43,6 @@ impl Default for FakeOs {
         Self {
             state: Arc::default(),
             paused: Arc::new(tokio::sync::watch::channel(false).0),
-            remote_paused: Arc::new(tokio::sync::watch::channel(false).0),
             held_op: Arc::new(tokio::sync::watch::channel(None).0),
             held_count: Arc::new(tokio::sync::watch::channel(0).0),
         }
@@ -94,15 +90,6 @@ impl FakeOs {
 
     pub fn resume_mounts(&self) {
         self.paused.send_replace(false);
-    }
-
-    /// Hold every remote directory operation but statfs until [`FakeOs::resume_remote`].
-    pub fn pause_remote(&self) {
-        self.remote_paused.send_replace(true);
-    }
-
-    pub fn resume_remote(&self) {
-        self.remote_paused.send_replace(false);
     }
 
     /// Hold every directory operation named `op` (see [`FsOp::name`]) until
@@ -265,10 +252,6 @@ impl Os for FakeOs {
             self.held_count.send_modify(|n| *n += 1);
         }
         let _ = held.wait_for(|h| *h != Some(name)).await;
-        if medium == Medium::Remote && !matches!(op, FsOp::Statfs { .. } | FsOp::StatfsNfs { .. }) {
-            let mut paused = self.remote_paused.subscribe();
-            let _ = paused.wait_for(|p| !*p).await;
-        }
         if medium == Medium::Remote && self.with(|s| s.server_dead) {
             return Err(Self::timed_out(op.name()));
         }

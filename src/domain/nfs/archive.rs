@@ -135,8 +135,8 @@ impl Place<'_> {
                     .await?
                     .is_some()
                 {
-                    return Err(ControllerError::InFlight {
-                        key: format!("record of {} (changed meanwhile)", id.subdir),
+                    return Err(ControllerError::RecordChanged {
+                        subdir: id.subdir.to_string(),
                     });
                 }
                 volume = chosen;

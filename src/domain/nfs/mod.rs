@@ -164,8 +164,8 @@ impl NfsBackend {
             archive_of: None,
             archive_to: None,
         };
-        let busy = || ControllerError::InFlight {
-            key: format!("claim of {} (changed meanwhile)", id.subdir),
+        let busy = || ControllerError::RecordChanged {
+            subdir: id.subdir.to_string(),
         };
         let existing = records.load::<NfsRecord>(&own, volume).await?;
         let mine = match existing {
@@ -253,16 +253,16 @@ impl NfsBackend {
         // Past half the expiry another controller may soon take this claim over: hand nothing
         // out. The provisioner's retry resumes (or, much later, someone takes it over).
         if self.claims.past_deadline(started) {
-            return Err(ControllerError::InFlight {
-                key: format!("create of {volume} (took too long; a retry resumes it)"),
+            return Err(ControllerError::ClaimExpiring {
+                volume: volume.to_string(),
             });
         }
         let ready = wanted.clone().ready();
         match records.swap(own, wanted, Some(&ready), volume).await? {
             None => Ok(()),
             Some(Some(now)) if now.name != wanted.name => Err(claimed_by(&now, subdir)),
-            Some(_) => Err(ControllerError::InFlight {
-                key: format!("claim of {subdir} (changed meanwhile)"),
+            Some(_) => Err(ControllerError::RecordChanged {
+                subdir: subdir.to_string(),
             }),
         }
     }

@@ -57,10 +57,6 @@ impl Staging {
         }
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     /// Create the directory (mode 0700) and make it a private mount of its own. Returns the
     /// mount points an earlier process left below it, deepest first, for the caller to
     /// unmount (NFS ones may need a bounded helper) before calling [`Staging::clear`].
