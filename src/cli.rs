@@ -144,6 +144,26 @@ pub struct ServeArgs {
     #[arg(long, value_enum, default_value = "auto", env = "PVDIR_MOUNT_API")]
     pub mount_api: crate::os::mount::MountApi,
 
+    /// Serve `/healthz` over HTTP here (`:port` for all addresses, or `host:port`), for
+    /// kubelet's liveness and readiness probes. Off unless given.
+    #[arg(long, env = "PVDIR_HTTP_ENDPOINT")]
+    pub http_endpoint: Option<String>,
+
+    /// kubelet's plugin registration directory (`<kubelet dir>/plugins_registry` on the host,
+    /// wherever it is mounted here). When given, each backend this process serves the node
+    /// side of registers itself with kubelet there, with no node-driver-registrar sidecar.
+    #[arg(long, env = "PVDIR_KUBELET_REGISTRATION_DIR")]
+    pub kubelet_registration_dir: Option<PathBuf>,
+
+    /// The local backend's CSI socket as kubelet sees it on the host (what kubelet dials).
+    /// Defaults to the path of --local-endpoint, right when pvdir runs on the host itself.
+    #[arg(long, env = "PVDIR_LOCAL_REGISTRATION_PATH")]
+    pub local_registration_path: Option<PathBuf>,
+
+    /// The NFS backend's CSI socket as kubelet sees it on the host.
+    #[arg(long, env = "PVDIR_NFS_REGISTRATION_PATH")]
+    pub nfs_registration_path: Option<PathBuf>,
+
     /// Bound, in seconds, on every operation that can block on an NFS server.
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600), env = "PVDIR_NFS_TIMEOUT")]
     pub nfs_timeout_secs: u64,

@@ -6,6 +6,7 @@
 //! - [`domain`]: volumes, backends, publish logic, and their errors;
 //! - [`os`]: mounts, the mount table, statfs and safe directory operations.
 //!
+//! [`kubelet`] (plugin registration) and [`http`] (`/healthz`) are adapters beside [`csi`].
 //! [`server`] and [`cli`] wire them into the `pvdir` binary. [`ctl`] is the operator's CLI, a
 //! CSI client beside the [`csi`] adapter.
 
@@ -13,5 +14,8 @@ pub mod cli;
 pub mod csi;
 pub mod ctl;
 pub mod domain;
+pub mod http;
+pub mod kubelet;
 pub mod os;
 pub mod server;
+pub mod socket;

@@ -72,8 +72,16 @@ fn serve(args: ServeArgs) -> ExitCode {
     };
     let result = runtime.block_on(async {
         os.prepare().await?;
+        let http = args
+            .http_endpoint
+            .as_deref()
+            .map(|e| {
+                pvdir::http::parse_address(e)
+                    .ok_or_else(|| pvdir::server::ServerError::BadHttpEndpoint(e.into()))
+            })
+            .transpose()?;
         let plugins = pvdir::server::assemble(&args, os)?;
-        pvdir::server::serve(plugins, terminated()).await
+        pvdir::server::serve(plugins, http, terminated()).await
     });
     match result {
         Ok(()) => {

@@ -1,7 +1,7 @@
 //! Wiring and serving: builds the services for each configured backend and serves each on its
 //! endpoint until SIGTERM/SIGINT, then lets in-flight calls finish and removes the sockets.
 
-use std::os::unix::fs::FileTypeExt;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -18,9 +18,12 @@ use crate::csi::proto::{
 };
 use crate::domain::backend::Backend;
 use crate::domain::controller::Controller;
+use crate::domain::health::Health;
 use crate::domain::local::LocalBackend;
 use crate::domain::nfs::{ClaimPolicy, NfsBackend};
 use crate::domain::node::Node;
+use crate::http::HealthTarget;
+use crate::kubelet::{Registrar, RegistrarError};
 use crate::os::Os;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,6 +53,15 @@ pub enum ServerError {
     NoNodeId,
     #[error("preparing the OS layer: {0}")]
     Os(#[from] crate::os::OsError),
+    #[error("--http-endpoint {0:?}: expected :port or host:port")]
+    BadHttpEndpoint(String),
+    #[error("listening for HTTP on {addr}: {source}")]
+    HttpListen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Registrar(#[from] RegistrarError),
 }
 
 impl std::fmt::Display for Endpoint {
@@ -87,6 +99,37 @@ pub struct Plugin {
     pub identity: IdentityService,
     pub controller: Option<ControllerService>,
     pub node: Option<NodeService>,
+    /// The checks behind Probe, also served on `/healthz`.
+    pub health: Health,
+    /// Registers the node side with kubelet, if asked to.
+    pub registrar: Option<Registrar>,
+}
+
+/// The registrar for a plugin serving the node side on `endpoint`, when `dir` is given.
+/// kubelet only dials unix sockets.
+fn registrar(
+    dir: Option<&Path>,
+    driver: &str,
+    endpoint: &Endpoint,
+    kubelet_path: Option<&Path>,
+) -> Result<Option<Registrar>, ServerError> {
+    let Some(dir) = dir else { return Ok(None) };
+    let csi_socket = match (kubelet_path, endpoint) {
+        (Some(path), _) => path,
+        (None, Endpoint::Unix(path)) => path.as_path(),
+        (None, Endpoint::Tcp(_)) => {
+            return Err(RegistrarError::NotUnix {
+                driver: driver.into(),
+            }
+            .into())
+        }
+    };
+    Ok(Some(Registrar::new(
+        dir,
+        driver,
+        csi_socket,
+        crate::kubelet::RECHECK,
+    )))
 }
 
 /// Create `path` if missing and return it canonical.
@@ -125,30 +168,47 @@ pub fn assemble(args: &ServeArgs, os: Arc<dyn Os>) -> Result<Vec<Plugin>, Server
     }
     let (local_mode, nfs_mode) = args.modes();
     let mut plugins = Vec::new();
-    let mut add =
-        |endpoint: &str, name: &str, mode: Mode, backend: Backend| -> Result<(), ServerError> {
-            let kind = backend.kind();
-            let backend = Arc::new(backend);
-            let in_flight = crate::domain::guard::InFlight::default();
-            plugins.push(Plugin {
-                endpoint: endpoint.parse()?,
-                identity: IdentityService::new(name.to_string(), kind, mode.controller()),
-                controller: mode.controller().then(|| {
-                    ControllerService::new(
-                        Controller::new(Arc::clone(&backend), in_flight.clone()),
-                        kind,
-                    )
-                }),
-                node: mode.node().then(|| {
-                    NodeService::new(
-                        Node::new(Arc::clone(&backend), Arc::clone(&os), in_flight.clone()),
-                        node_id.clone(),
-                        kind,
-                    )
-                }),
-            });
-            Ok(())
+    let mut add = |endpoint: &str,
+                   name: &str,
+                   mode: Mode,
+                   backend: Backend,
+                   kubelet_path: Option<&Path>|
+     -> Result<(), ServerError> {
+        let kind = backend.kind();
+        let health = Health::new(&backend, mode.controller(), Arc::clone(&os));
+        let backend = Arc::new(backend);
+        let in_flight = crate::domain::guard::InFlight::default();
+        let endpoint: Endpoint = endpoint.parse()?;
+        let registrar = match mode.node() {
+            true => registrar(
+                args.kubelet_registration_dir.as_deref(),
+                name,
+                &endpoint,
+                kubelet_path,
+            )?,
+            false => None,
         };
+        plugins.push(Plugin {
+            endpoint,
+            identity: IdentityService::new(name.to_string(), mode.controller(), health.clone()),
+            controller: mode.controller().then(|| {
+                ControllerService::new(
+                    Controller::new(Arc::clone(&backend), in_flight.clone()),
+                    kind,
+                )
+            }),
+            node: mode.node().then(|| {
+                NodeService::new(
+                    Node::new(Arc::clone(&backend), Arc::clone(&os), in_flight.clone()),
+                    node_id.clone(),
+                    kind,
+                )
+            }),
+            health,
+            registrar,
+        });
+        Ok(())
+    };
     if let Some(endpoint) = local {
         let root = prepare_dir(&args.local_root)?;
         let backend = LocalBackend::new(root, node_id.clone(), Arc::clone(&os));
@@ -160,6 +220,7 @@ pub fn assemble(args: &ServeArgs, os: Arc<dyn Os>) -> Result<Vec<Plugin>, Server
             &args.local_driver_name,
             local_mode,
             Backend::Local(backend),
+            args.local_registration_path.as_deref(),
         )?;
     }
     if let Some(endpoint) = nfs {
@@ -177,46 +238,18 @@ pub fn assemble(args: &ServeArgs, os: Arc<dyn Os>) -> Result<Vec<Plugin>, Server
                 Arc::clone(&os),
                 ClaimPolicy::new(ClaimPolicy::expiry_for(args.nfs_timeout())),
             )),
+            args.nfs_registration_path.as_deref(),
         )?;
     }
     Ok(plugins)
 }
 
 enum Listener {
-    Unix(UnixListener, OwnSocket),
+    Unix(UnixListener, crate::socket::OwnSocket),
     Tcp(TcpListener),
 }
 
-/// A socket file this process bound, remembered by inode so that shutdown removes only our
-/// own: after an overlapping rollout the path may already hold the successor's socket.
-struct OwnSocket {
-    path: PathBuf,
-    dev: u64,
-    ino: u64,
-}
-
-impl OwnSocket {
-    fn new(path: &std::path::Path, meta: &std::fs::Metadata) -> Self {
-        use std::os::unix::fs::MetadataExt;
-        Self {
-            path: path.to_path_buf(),
-            dev: meta.dev(),
-            ino: meta.ino(),
-        }
-    }
-
-    fn remove(&self) {
-        use std::os::unix::fs::MetadataExt;
-        if let Ok(meta) = std::fs::symlink_metadata(&self.path) {
-            if (meta.dev(), meta.ino()) == (self.dev, self.ino) {
-                let _ = std::fs::remove_file(&self.path);
-            }
-        }
-    }
-}
-
-/// Bind one endpoint. A stale socket left by a killed predecessor is replaced (bind would fail
-/// with EADDRINUSE); any other file at that path is refused, never deleted.
+/// Bind one endpoint (see [`crate::socket::bind_unix`] for unix sockets).
 async fn listen(endpoint: &Endpoint) -> Result<Listener, ServerError> {
     let err = |source| ServerError::Listen {
         endpoint: endpoint.clone(),
@@ -224,33 +257,8 @@ async fn listen(endpoint: &Endpoint) -> Result<Listener, ServerError> {
     };
     match endpoint {
         Endpoint::Unix(path) => {
-            if let Some(parent) = path.parent() {
-                std::fs::create_dir_all(parent).map_err(err)?;
-            }
-            match std::fs::symlink_metadata(path) {
-                Ok(meta) if meta.file_type().is_socket() => {
-                    // A socket someone still answers on belongs to a live instance (an
-                    // overlapping rollout): never steal it.
-                    if tokio::net::UnixStream::connect(path).await.is_ok() {
-                        return Err(err(std::io::Error::new(
-                            std::io::ErrorKind::AddrInUse,
-                            "another process is serving on this socket",
-                        )));
-                    }
-                    std::fs::remove_file(path).map_err(err)?
-                }
-                Ok(_) => {
-                    return Err(err(std::io::Error::new(
-                        std::io::ErrorKind::AlreadyExists,
-                        "not a socket",
-                    )))
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(err(e)),
-            }
-            let listener = UnixListener::bind(path).map_err(err)?;
-            let identity = std::fs::symlink_metadata(path).map_err(err)?;
-            Ok(Listener::Unix(listener, OwnSocket::new(path, &identity)))
+            let (listener, socket) = crate::socket::bind_unix(path).await.map_err(err)?;
+            Ok(Listener::Unix(listener, socket))
         }
         Endpoint::Tcp(addr) => Ok(Listener::Tcp(
             TcpListener::bind(addr.as_str()).await.map_err(err)?,
@@ -259,31 +267,74 @@ async fn listen(endpoint: &Endpoint) -> Result<Listener, ServerError> {
 }
 
 /// Serve every plugin until `shutdown` resolves; then stop accepting, let in-flight calls
-/// finish, and remove the unix sockets.
+/// finish, and remove the unix sockets. `http`: where to serve `/healthz`, if anywhere.
 pub async fn serve(
     plugins: Vec<Plugin>,
+    http: Option<SocketAddr>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), ServerError> {
-    // Bind everything first, so a failure leaves no socket of ours behind.
+    // Bind everything first, so a failure leaves no socket of ours behind. The registration
+    // sockets come last: kubelet calls the CSI socket as soon as it sees one.
     let mut bound = Vec::new();
-    for plugin in plugins {
-        match listen(&plugin.endpoint).await {
-            Ok(listener) => bound.push((plugin, listener)),
-            Err(e) => {
-                for (_, listener) in bound {
-                    if let Listener::Unix(_, socket) = listener {
-                        socket.remove();
-                    }
-                }
-                return Err(e);
+    let mut sockets = Vec::new();
+    let mut registrations = Vec::new();
+    let binding = async {
+        for plugin in plugins {
+            let listener = listen(&plugin.endpoint).await?;
+            bound.push((plugin, listener));
+        }
+        let http = match http {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| ServerError::HttpListen { addr, source })?,
+            ),
+            None => None,
+        };
+        for (index, (plugin, _)) in bound.iter_mut().enumerate() {
+            if let Some(registrar) = plugin.registrar.take() {
+                let first = registrar.bind().await?;
+                registrations.push((index, registrar, first));
             }
         }
-    }
+        Ok::<_, ServerError>(http)
+    };
+    let http = match binding.await {
+        Ok(http) => http,
+        Err(e) => {
+            for (_, listener) in bound {
+                if let Listener::Unix(_, socket) = listener {
+                    socket.remove();
+                }
+            }
+            for (_, _, (_, socket)) in registrations {
+                socket.remove();
+            }
+            return Err(e);
+        }
+    };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let mut tasks = tokio::task::JoinSet::new();
-    let mut sockets = Vec::new();
-    for (plugin, listener) in bound {
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let mut tasks: tokio::task::JoinSet<Result<(), ServerError>> = tokio::task::JoinSet::new();
+    let mut states = std::collections::HashMap::new();
+    for (index, registrar, first) in registrations {
+        states.insert(index, registrar.state());
+        let stop_rx = stop_rx.clone();
+        tasks.spawn(async move {
+            registrar.run(first, stop_rx).await;
+            Ok(())
+        });
+    }
+    let mut health = Vec::new();
+    for (index, (plugin, listener)) in bound.into_iter().enumerate() {
         tracing::info!(endpoint = %plugin.endpoint, driver = plugin.identity.name(), "serving");
+        health.push(HealthTarget {
+            driver: plugin.identity.name().to_string(),
+            health: plugin.health.clone(),
+            registration: states.remove(&index),
+        });
         let mut router = Server::builder().add_service(IdentityServer::new(plugin.identity));
         if let Some(c) = plugin.controller {
             router = router.add_service(ControllerServer::new(c));
@@ -291,37 +342,48 @@ pub async fn serve(
         if let Some(n) = plugin.node {
             router = router.add_service(NodeServer::new(n));
         }
-        let mut rx = stop_rx.clone();
-        let stopped = async move {
-            let _ = rx.wait_for(|stop| *stop).await;
-        };
+        let stop = stopped(stop_rx.clone());
         match listener {
             Listener::Unix(listener, socket) => {
                 sockets.push(socket);
-                tasks.spawn(
-                    router.serve_with_incoming_shutdown(UnixListenerStream::new(listener), stopped),
-                );
+                let serving =
+                    router.serve_with_incoming_shutdown(UnixListenerStream::new(listener), stop);
+                tasks.spawn(async move { serving.await.map_err(ServerError::Serve) });
             }
             Listener::Tcp(listener) => {
-                tasks.spawn(
-                    router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopped),
-                );
+                let serving =
+                    router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop);
+                tasks.spawn(async move { serving.await.map_err(ServerError::Serve) });
             }
         }
+    }
+    if let Some(listener) = http {
+        let addr = listener.local_addr().ok();
+        tracing::info!(address = ?addr, "serving /healthz");
+        let stop = stopped(stop_rx.clone());
+        tasks.spawn(async move {
+            axum::serve(listener, crate::http::router(health))
+                .with_graceful_shutdown(stop)
+                .await
+                .map_err(|source| ServerError::HttpListen {
+                    addr: addr.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
+                    source,
+                })
+        });
     }
     let mut result = Ok(());
     tokio::select! {
         _ = shutdown => tracing::info!("shutting down: finishing in-flight calls"),
         Some(done) = tasks.join_next() => {
             // A server that ends on its own has failed; stop the others too.
-            if let Ok(Err(e)) = done { result = Err(ServerError::Serve(e)); }
+            if let Ok(Err(e)) = done { result = Err(e); }
         }
     }
     let _ = stop_tx.send(true);
     while let Some(done) = tasks.join_next().await {
         if let Ok(Err(e)) = done {
             if result.is_ok() {
-                result = Err(ServerError::Serve(e));
+                result = Err(e);
             }
         }
     }

@@ -4,11 +4,13 @@ use tonic::{Request, Response, Status};
 
 use super::proto as csi;
 use crate::domain::access::BackendKind;
+use crate::domain::health::Health;
 
 pub struct IdentityService {
     name: String,
     kind: BackendKind,
     controller: bool,
+    health: Health,
 }
 
 impl IdentityService {
@@ -18,11 +20,12 @@ impl IdentityService {
     }
 
     /// `controller`: whether this endpoint also serves the Controller service.
-    pub fn new(name: String, kind: BackendKind, controller: bool) -> Self {
+    pub fn new(name: String, controller: bool, health: Health) -> Self {
         Self {
             name,
-            kind,
+            kind: health.kind(),
             controller,
+            health,
         }
     }
 }
@@ -69,6 +72,10 @@ impl csi::identity_server::Identity for IdentityService {
         &self,
         _: Request<csi::ProbeRequest>,
     ) -> Result<Response<csi::ProbeResponse>, Status> {
-        Ok(Response::new(csi::ProbeResponse { ready: Some(true) }))
+        // The same checks as the HTTP /healthz, so kubelet's probes and a CO's Probe agree.
+        match self.health.check().await {
+            Ok(()) => Ok(Response::new(csi::ProbeResponse { ready: Some(true) })),
+            Err(e) => Err(super::fail("Probe", "", None, e)),
+        }
     }
 }

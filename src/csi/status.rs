@@ -9,6 +9,7 @@ use tonic::{Code, Status};
 
 use super::request::Invalid;
 use crate::domain::error::{ControllerError, NodeError};
+use crate::domain::health::HealthError;
 use crate::os::mount::MountError;
 use crate::os::safe_fs::SafeFsError;
 use crate::os::OsError;
@@ -105,6 +106,13 @@ pub fn node_code(e: &NodeError) -> Code {
     }
 }
 
+pub fn health_code(e: &HealthError) -> Code {
+    match e {
+        // The spec's answer for "the plugin is unhealthy": the CO may restart it.
+        HealthError::Check { .. } | HealthError::TimedOut { .. } => Code::FailedPrecondition,
+    }
+}
+
 /// Longest status message sent. The message travels in an HTTP/2 trailer, and paths inside a
 /// pod's volume (names of 255 bytes, nested deep) could make it too big for the peer's header
 /// limit: the client then sees a broken connection (GOAWAY) instead of the error. The log line
@@ -139,6 +147,12 @@ impl From<ControllerError> for Status {
 impl From<NodeError> for Status {
     fn from(e: NodeError) -> Self {
         Status::new(node_code(&e), bounded(e.to_string()))
+    }
+}
+
+impl From<HealthError> for Status {
+    fn from(e: HealthError) -> Self {
+        Status::new(health_code(&e), bounded(e.to_string()))
     }
 }
 

@@ -7,6 +7,7 @@ pub mod backend;
 pub mod controller;
 pub mod error;
 pub mod guard;
+pub mod health;
 pub mod local;
 pub mod nfs;
 pub mod node;

@@ -39,6 +39,10 @@ impl Exports {
         }
     }
 
+    pub fn staging_dir(&self) -> &Path {
+        &self.staging
+    }
+
     /// Mount `server:share` under the staging dir unless it already is, replacing a mount
     /// whose file handle went stale. The caller keeps the returned hold until its work below
     /// the mount is done.

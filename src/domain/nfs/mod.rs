@@ -60,6 +60,11 @@ impl NfsBackend {
         }
     }
 
+    /// Where the controller mounts exports.
+    pub fn staging_dir(&self) -> &Path {
+        self.exports.staging_dir()
+    }
+
     fn records(&self, mount: &Path) -> RecordDir {
         // RECORD_DIR is a constant single segment; see meta_dir in local.rs.
         let dir = RelPath::parse(RECORD_DIR).unwrap_or_else(|_| unreachable!("valid segment"));

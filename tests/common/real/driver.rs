@@ -64,13 +64,30 @@ impl Driver {
         Self::start_backend(|_| {}, Some(timeout_secs)).await
     }
 
+    /// A local driver started with these extra `serve` flags; `{base}` in a flag is replaced
+    /// by the driver's directory.
+    pub async fn start_with_args(args: &[&str]) -> Driver {
+        let mut driver = Self::prepare(None);
+        let base = driver.base.display().to_string();
+        driver.extra_args = args.iter().map(|a| a.replace("{base}", &base)).collect();
+        driver.spawn().await;
+        driver
+    }
+
     async fn start_backend(setup: impl FnOnce(&Path), nfs_timeout_secs: Option<u64>) -> Driver {
+        let mut driver = Self::prepare(nfs_timeout_secs);
+        setup(&driver.base);
+        driver.spawn().await;
+        driver
+    }
+
+    fn prepare(nfs_timeout_secs: Option<u64>) -> Driver {
         let dir = tempfile::Builder::new()
             .prefix("pvdir-real-")
             .tempdir()
             .expect("create temporary directory");
         let base = std::fs::canonicalize(dir.path()).expect("canonicalize temporary directory");
-        let mut driver = Driver {
+        Driver {
             dir: Some(dir),
             base,
             child: None,
@@ -79,10 +96,7 @@ impl Driver {
             nfs_timeout_secs,
             extra_args: Vec::new(),
             strace: None,
-        };
-        setup(&driver.base);
-        driver.spawn().await;
-        driver
+        }
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {
@@ -395,7 +409,7 @@ impl Drop for Driver {
 }
 
 /// A tonic channel over the driver's unix socket.
-async fn connect(socket: &Path) -> Result<Channel, tonic::transport::Error> {
+pub async fn connect(socket: &Path) -> Result<Channel, tonic::transport::Error> {
     let socket = socket.to_path_buf();
     Endpoint::try_from("http://[::]:50051")
         .expect("static URI parses")

@@ -1,0 +1,80 @@
+//! Unix sockets this process serves on: CSI endpoints and kubelet registration sockets.
+//!
+//! Invariants: a file at the path that is not a socket is never deleted; a socket another
+//! process still answers on is never stolen (an overlapping rollout); at shutdown only the
+//! socket this process bound is removed, recognised by its inode, since a successor may
+//! already have replaced it.
+
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use tokio::net::UnixListener;
+
+/// A socket file this process bound, remembered by inode so that shutdown removes only our
+/// own: after an overlapping rollout the path may already hold the successor's socket.
+pub struct OwnSocket {
+    path: PathBuf,
+    dev: u64,
+    ino: u64,
+}
+
+impl OwnSocket {
+    fn new(path: &Path, meta: &std::fs::Metadata) -> Self {
+        Self {
+            path: path.to_path_buf(),
+            dev: meta.dev(),
+            ino: meta.ino(),
+        }
+    }
+
+    pub fn remove(&self) {
+        if let Ok(meta) = std::fs::symlink_metadata(&self.path) {
+            if (meta.dev(), meta.ino()) == (self.dev, self.ino) {
+                let _ = std::fs::remove_file(&self.path);
+            }
+        }
+    }
+
+    /// Whether the path still holds the socket this process bound. kubelet learns about a
+    /// plugin from the socket file; one deleted under us (kubelet's directory wiped) or
+    /// replaced by someone else must be made again.
+    pub fn still_ours(&self) -> bool {
+        std::fs::symlink_metadata(&self.path)
+            .is_ok_and(|meta| (meta.dev(), meta.ino()) == (self.dev, self.ino))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Bind a unix socket at `path`, creating its parent. A stale socket left by a killed
+/// predecessor is replaced (bind would fail with EADDRINUSE); any other file at that path is
+/// refused, never deleted.
+pub async fn bind_unix(path: &Path) -> std::io::Result<(UnixListener, OwnSocket)> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            if tokio::net::UnixStream::connect(path).await.is_ok() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::AddrInUse,
+                    "another process is serving on this socket",
+                ));
+            }
+            std::fs::remove_file(path)?
+        }
+        Ok(_) => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "not a socket",
+            ))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let listener = UnixListener::bind(path)?;
+    let identity = std::fs::symlink_metadata(path)?;
+    Ok((listener, OwnSocket::new(path, &identity)))
+}
