@@ -5,8 +5,11 @@
 //! - every document parses strictly into its Kubernetes type (see `common/manifests.rs`);
 //! - the plain manifests equal `helm template` of the chart with default values;
 //! - the pvdir containers' arguments are accepted by the binary's own parser;
-//! - sidecars reach the sockets pvdir serves, and the registrars tell kubelet the host path
-//!   of those same sockets, in kubelet's plugin directory for the driver name served there;
+//! - sidecars reach the sockets pvdir serves, and pvdir (or, in the standard-sidecars
+//!   variant, the registrars) tells kubelet the host path of those same sockets, in kubelet's
+//!   plugin directory for the driver name served there;
+//! - kustomize's rendering of deploy/ and of the variant equal the chart's (kubectl from
+//!   tests/k8s/build.sh renders them);
 //! - each sidecar's service account holds the RBAC it needs, and no rule uses a wildcard.
 //!
 //! helm comes from `go install` (.ci/run); without it the chart tests fail unless
@@ -54,11 +57,18 @@ fn has_flag(c: &Container, name: &str) -> bool {
 }
 
 /// The pvdir container's arguments, parsed by the binary's own parser, with `$(VAR)`
-/// references resolved from the container's environment (as kubelet does).
+/// references resolved from the container's environment (as kubelet does). Its `PVDIR_*`
+/// environment is passed as the flags of the same name, which is what the binary reads them
+/// as; a variable that names no flag fails the parse.
 fn serve_args(c: &Container) -> ServeArgs {
     let env: Vec<String> = c.env.iter().flatten().map(|e| e.name.clone()).collect();
+    let from_env = c.env.iter().flatten().filter_map(|e| {
+        let flag = e.name.strip_prefix("PVDIR_")?.to_lowercase().replace('_', "-");
+        Some(format!("--{flag}={}", e.value.clone().unwrap_or_default()))
+    });
     let args: Vec<String> = args_of(c)
         .into_iter()
+        .chain(from_env)
         .map(|a| {
             let mut a = a;
             while let Some(start) = a.find("$(") {
@@ -191,6 +201,7 @@ fn check_workloads(objects: &[Object]) {
     let mut provisioned = Vec::new();
     for (o, spec) in pods {
         let pvdir = pvdir_container(spec);
+        registered.extend(self_registered(spec));
         for (driver, _) in served(spec).iter() {
             assert!(
                 drivers.contains(driver),
@@ -291,17 +302,66 @@ fn check_workloads(objects: &[Object]) {
     }
 }
 
+/// The drivers the pvdir container registers with kubelet itself: each serves the Node
+/// service, the socket it tells kubelet is the very socket it serves on the host, and it
+/// registers in kubelet's own plugins_registry. A registrar sidecar for the same driver
+/// would fight it for the same socket name.
+fn self_registered(spec: &PodSpec) -> Vec<String> {
+    let pvdir = pvdir_container(spec);
+    let args = serve_args(pvdir);
+    let Some(dir) = &args.kubelet_registration_dir else {
+        return Vec::new();
+    };
+    let (volume, rel) = locate(spec, pvdir, dir);
+    assert_eq!(
+        host_path(spec, &volume).map(|h| h.join(rel)),
+        Some("/var/lib/kubelet/plugins_registry".into()),
+        "pvdir registers where kubelet looks"
+    );
+    let mut out = Vec::new();
+    for (driver, (mode, (volume, rel))) in served(spec) {
+        if !mode.node() {
+            continue;
+        }
+        let told = if driver == args.local_driver_name {
+            args.local_registration_path.clone()
+        } else {
+            args.nfs_registration_path.clone()
+        };
+        let host = host_path(spec, &volume).expect("the socket dir is a hostPath");
+        assert_eq!(
+            told,
+            Some(host.join(&rel)),
+            "{driver}: kubelet is told the socket's host path"
+        );
+        assert_eq!(
+            host,
+            Path::new("/var/lib/kubelet/plugins").join(&driver),
+            "kubelet's plugin directory for {driver}"
+        );
+        for c in sidecars(spec, "csi-node-driver-registrar") {
+            assert_ne!(driver_of(spec, c).0, driver, "{driver} registered twice");
+        }
+        out.push(driver);
+    }
+    out
+}
+
 /// Every HTTP probe asks a port that a container of the pod really serves (a livenessprobe's
 /// `--health-port`, a registrar's `--http-endpoint`), and on the host's network no two
 /// containers claim one port.
 fn check_probe_ports(o: &Object, spec: &PodSpec) {
     use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    let pvdir = pvdir_container(spec);
     let served: Vec<i32> = spec
         .containers
         .iter()
         .filter_map(|c| {
-            flag(c, "health-port")
-                .or_else(|| flag(c, "http-endpoint").map(|e| e.trim_start_matches(':').to_string()))
+            let http = match c.name == pvdir.name {
+                true => serve_args(c).http_endpoint,
+                false => flag(c, "http-endpoint"),
+            };
+            flag(c, "health-port").or_else(|| http.map(|e| e.trim_start_matches(':').to_string()))
         })
         .map(|p| p.parse().expect("a port number"))
         .collect();
@@ -507,7 +567,8 @@ fn check_rbac(objects: &[Object]) {
 #[test]
 fn every_manifest_and_example_parses_strictly() {
     let dir = deploy_dir();
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+    // The variants hold patches, not objects: they are checked rendered, below.
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir.join("base"))
         .unwrap()
         .chain(std::fs::read_dir(dir.join("examples")).unwrap())
         .map(|e| e.unwrap().path())
@@ -689,6 +750,67 @@ fn the_chart_renders_the_plain_manifests() {
     assert_same(&render_chart(&helm, &["createNamespace=true"]), &plain());
 }
 
+fn kubectl_or_skip() -> Option<PathBuf> {
+    if std::env::var_os("PVDIR_SKIP_KUSTOMIZE").is_some_and(|v| v == "1") {
+        eprintln!("skipped: PVDIR_SKIP_KUSTOMIZE=1");
+        return None;
+    }
+    Some(kubectl().expect(
+        "kubectl is needed to render the kustomize variants: tests/k8s/build.sh builds it \
+         (or set PVDIR_SKIP_KUSTOMIZE=1 to skip these tests explicitly)",
+    ))
+}
+
+/// What users apply: kustomize's own rendering of deploy/ is the plain files read here.
+#[test]
+fn kustomize_applies_the_plain_files() {
+    let Some(kubectl) = kubectl_or_skip() else { return };
+    assert_same(&kustomize(&kubectl, &deploy_dir()), &plain());
+}
+
+/// The standard-sidecars variant is the chart with standardSidecars=true, and it is wired as
+/// the plain manifests are: each driver registered once (by a registrar now), every probe on
+/// a port something serves.
+#[test]
+fn the_standard_sidecars_variant_is_the_chart_with_them_on() {
+    let Some(kubectl) = kubectl_or_skip() else { return };
+    let Some(helm) = helm_or_skip() else { return };
+    let variant = kustomize(&kubectl, &deploy_dir().join("variants/standard-sidecars"));
+    assert_same(
+        &render_chart(&helm, &["createNamespace=true", "standardSidecars=true"]),
+        &variant,
+    );
+    check_workloads(&variant);
+    check_rbac(&variant);
+    for (o, spec) in pod_specs(&variant) {
+        assert!(
+            serve_args(pvdir_container(spec)).kubelet_registration_dir.is_none(),
+            "{}: pvdir registers beside the registrars",
+            o.name
+        );
+        assert!(
+            !sidecars(spec, "livenessprobe").is_empty(),
+            "{}: a livenessprobe",
+            o.name
+        );
+    }
+}
+
+/// The default install runs no registrar and no livenessprobe: pvdir does both itself.
+#[test]
+fn the_default_install_needs_no_registrar_or_livenessprobe() {
+    for (o, spec) in pod_specs(&plain()) {
+        for image in ["csi-node-driver-registrar", "livenessprobe"] {
+            assert!(sidecars(spec, image).is_empty(), "{}: {image}", o.name);
+        }
+        assert!(
+            serve_args(pvdir_container(spec)).http_endpoint.is_some(),
+            "{}: pvdir serves /healthz",
+            o.name
+        );
+    }
+}
+
 #[test]
 fn the_chart_with_every_option_on_is_still_consistent() {
     let Some(helm) = helm_or_skip() else { return };
@@ -697,6 +819,7 @@ fn the_chart_with_every_option_on_is_still_consistent() {
         &[
             "controller.resizer.enabled=true",
             "controller.snapshotter.enabled=true",
+            "standardSidecars=true",
         ],
     );
     let images: Vec<String> = pod_specs(&objects)

@@ -124,19 +124,75 @@ pub fn load(path: &Path) -> Vec<Object> {
     parse(&text, &path.display().to_string())
 }
 
-/// The plain manifests, as kustomize would apply them (the files kustomization.yaml lists).
+/// The plain manifests, as `kubectl apply -k deploy/` applies them: the files that
+/// kustomization.yaml lists, and those of the directories it lists (each with its own
+/// kustomization.yaml of plain resources, no patches).
 pub fn plain() -> Vec<Object> {
-    let dir = deploy_dir();
+    kustomized_files(&deploy_dir())
+        .iter()
+        .flat_map(|f| load(f))
+        .collect()
+}
+
+/// The resource files a patch-free kustomization applies, in its order.
+pub fn kustomized_files(dir: &Path) -> Vec<PathBuf> {
     let kustomization: serde_yaml::Value =
         serde_yaml::from_str(&std::fs::read_to_string(dir.join("kustomization.yaml")).unwrap())
             .unwrap();
+    assert!(
+        kustomization.get("patches").is_none(),
+        "{dir:?}: read without kustomize, so no patches"
+    );
     let resources = kustomization["resources"]
         .as_sequence()
         .expect("kustomization.yaml lists resources");
     resources
         .iter()
-        .flat_map(|r| load(&dir.join(r.as_str().expect("a file name"))))
+        .flat_map(|r| {
+            let path = dir.join(r.as_str().expect("a file name"));
+            if path.is_dir() {
+                kustomized_files(&path)
+            } else {
+                vec![path]
+            }
+        })
         .collect()
+}
+
+/// kubectl, for `kubectl kustomize`: `PVDIR_KUBECTL`, the one tests/k8s/build.sh builds (its
+/// cache directory), or `PATH`.
+pub fn kubectl() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("PVDIR_KUBECTL") {
+        return Some(PathBuf::from(p));
+    }
+    let cache = std::env::var_os("PVDIR_K8S_CACHE").unwrap_or("/var/cache/pvdir-k8s".into());
+    let built = std::fs::read_dir(&cache)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok().map(|e| e.path().join("kubectl")))
+        .find(|p| p.exists());
+    built.or_else(|| {
+        Command::new("kubectl")
+            .args(["version", "--client"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+            .then(|| PathBuf::from("kubectl"))
+    })
+}
+
+/// `kubectl kustomize dir`, as `kubectl apply -k dir` would apply it.
+pub fn kustomize(kubectl: &Path, dir: &Path) -> Vec<Object> {
+    let out = Command::new(kubectl)
+        .arg("kustomize")
+        .arg(dir)
+        .output()
+        .expect("run kubectl");
+    assert!(
+        out.status.success(),
+        "kubectl kustomize {dir:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    parse(&String::from_utf8_lossy(&out.stdout), &format!("kustomize {dir:?}"))
 }
 
 /// The helm binary: `PVDIR_HELM`, `PATH`, or `go install`'s directory (where .ci/run puts it).
