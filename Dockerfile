@@ -1,7 +1,8 @@
 # Multi-stage build: compile pvdir, then ship it with only what it execs at run time: mount.nfs
 # (nfs-common); pvdir unmounts with its own helper. Both stages are Debian bookworm, so the binary runs on the
-# glibc it was linked against. tests/image.rs checks this file against the binary and the
-# manifests, since no image is built in CI (there is no container engine there).
+# glibc it was linked against. CI has no container engine: tests/k8s/image.sh rebuilds the runtime
+# stage from the same Debian packages, and tests/image.rs checks that it follows this file and that
+# this file matches the binary and the manifests.
 FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock build.rs ./
