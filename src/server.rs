@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tokio::net::{TcpListener, UnixListener};
-use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 
 use crate::cli::{Mode, ServeArgs};
@@ -347,7 +347,7 @@ pub async fn serve(
             Listener::Unix(listener, socket) => {
                 sockets.push(socket);
                 let serving =
-                    router.serve_with_incoming_shutdown(UnixListenerStream::new(listener), stop);
+                    router.serve_with_incoming_shutdown(crate::socket::incoming(listener), stop);
                 tasks.spawn(async move { serving.await.map_err(ServerError::Serve) });
             }
             Listener::Tcp(listener) => {

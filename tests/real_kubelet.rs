@@ -243,3 +243,84 @@ async fn restarts_remove_and_remake_the_socket() {
         DRIVER
     );
 }
+
+/// One unary gRPC call made by hand over the socket, with `authority` as the HTTP/2
+/// `:authority`, the way kubelet's registration client and grpcio send it. Returns the
+/// response's grpc-status, or `None` if the server reset the stream.
+fn call_with_authority(socket: &Path, authority: &str, method: &str) -> Option<String> {
+    use std::os::unix::net::UnixStream;
+    let mut s = UnixStream::connect(socket).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let frame = |kind: u8, flags: u8, stream: u32, payload: &[u8]| {
+        let len = payload.len();
+        let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+        f.extend(stream.to_be_bytes());
+        f.extend(payload);
+        f
+    };
+    // Literal header fields without indexing, plain strings, lengths under 127.
+    let mut block = Vec::new();
+    for (name, value) in [
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":path", method),
+        (":authority", authority),
+        ("content-type", "application/grpc"),
+        ("te", "trailers"),
+    ] {
+        block.push(0);
+        for s in [name, value] {
+            block.push(s.len() as u8);
+            block.extend(s.as_bytes());
+        }
+    }
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(frame(0x4, 0, 0, &[]));
+    out.extend(frame(0x1, 0x4, 1, &block));
+    out.extend(frame(0x0, 0x1, 1, &[0, 0, 0, 0, 0])); // an empty message
+    s.write_all(&out).unwrap();
+    let mut decoder = loona_hpack::Decoder::new();
+    let mut header = [0u8; 9];
+    loop {
+        s.read_exact(&mut header).ok()?;
+        let len =
+            usize::from(header[0]) << 16 | usize::from(header[1]) << 8 | usize::from(header[2]);
+        let mut payload = vec![0u8; len];
+        s.read_exact(&mut payload).unwrap();
+        match header[3] {
+            0x3 => return None, // RST_STREAM
+            0x1 => {
+                let fields = decoder.decode(&payload).unwrap();
+                if let Some((_, v)) = fields.iter().find(|(n, _)| n == b"grpc-status") {
+                    return Some(String::from_utf8_lossy(v).into_owned());
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test]
+async fn clients_that_send_the_socket_path_as_authority_are_served() {
+    require_root!();
+    let k = Kubelet::start().await;
+    let registration = k.registration_socket();
+    wait_for(&registration, Duration::from_secs(10)).await;
+    let csi = k.driver.socket();
+    let (reg, probe, plain) = tokio::task::spawn_blocking(move || {
+        (
+            call_with_authority(
+                &registration,
+                &registration.display().to_string(),
+                "/pluginregistration.Registration/GetInfo",
+            ),
+            call_with_authority(&csi, &csi.display().to_string(), "/csi.v1.Identity/Probe"),
+            call_with_authority(&csi, "localhost", "/csi.v1.Identity/Probe"),
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(reg.as_deref(), Some("0"), "GetInfo, as kubelet sends it");
+    assert_eq!(probe.as_deref(), Some("0"), "Probe, as grpcio sends it");
+    assert_eq!(plain.as_deref(), Some("0"), "Probe, as Go clients send it");
+}

@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use tokio::net::UnixListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::UnixListenerStream;
 use tonic::transport::Server;
 
 use super::proto;
@@ -114,7 +113,7 @@ impl Registrar {
             let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel();
             let served = Server::builder()
                 .add_service(proto::registration_server::RegistrationServer::new(service))
-                .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async {
+                .serve_with_incoming_shutdown(crate::socket::incoming(listener), async {
                     let _ = stopped_tx.send(gone.await);
                 })
                 .await;

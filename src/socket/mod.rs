@@ -1,4 +1,5 @@
 //! Unix sockets this process serves on: CSI endpoints and kubelet registration sockets.
+//! [`authority`] lets gRPC clients that send the socket's path as `:authority` through.
 //!
 //! Invariants: a file at the path that is not a socket is never deleted; a socket another
 //! process still answers on is never stolen (an overlapping rollout); at shutdown only the
@@ -9,6 +10,19 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use tokio::net::UnixListener;
+use tokio_stream::wrappers::UnixListenerStream;
+use tokio_stream::{Stream, StreamExt};
+
+pub mod authority;
+
+pub use authority::AuthorityFix;
+
+/// The connections of a unix listener, each behind [`AuthorityFix`].
+pub fn incoming(
+    listener: UnixListener,
+) -> impl Stream<Item = std::io::Result<AuthorityFix<tokio::net::UnixStream>>> {
+    UnixListenerStream::new(listener).map(|conn| conn.map(AuthorityFix::new))
+}
 
 /// A socket file this process bound, remembered by inode so that shutdown removes only our
 /// own: after an overlapping rollout the path may already hold the successor's socket.
