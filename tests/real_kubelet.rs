@@ -91,6 +91,15 @@ impl Kubelet {
         )
     }
 
+    async fn info(&self) -> pvdir::kubelet::proto::PluginInfo {
+        self.client()
+            .await
+            .get_info(InfoRequest {})
+            .await
+            .expect("GetInfo")
+            .into_inner()
+    }
+
     async fn notify(&self, registered: bool, error: &str) {
         self.client()
             .await
@@ -119,13 +128,7 @@ async fn wait_for(path: &Path, limit: Duration) {
 async fn kubelet_is_told_the_driver_and_the_socket_to_dial() {
     require_root!();
     let k = Kubelet::start().await;
-    let info = k
-        .client()
-        .await
-        .get_info(InfoRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let info = k.info().await;
     assert_eq!(info.r#type, "CSIPlugin");
     assert_eq!(info.name, DRIVER);
     assert_eq!(PathBuf::from(&info.endpoint), k.driver.socket());
@@ -186,13 +189,7 @@ async fn a_deleted_registration_socket_is_made_again() {
     std::fs::remove_file(k.registration_socket()).unwrap();
     // Within a recheck period (5 s) and some slack.
     wait_for(&k.registration_socket(), Duration::from_secs(15)).await;
-    let info = k
-        .client()
-        .await
-        .get_info(InfoRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let info = k.info().await;
     assert_eq!(info.name, DRIVER);
     // A new socket means kubelet registers again; until it answers, nothing is refused.
     assert_eq!(get(k.port, "/healthz").0, 200);
@@ -218,30 +215,12 @@ async fn restarts_remove_and_remake_the_socket() {
     k.driver.terminate().await;
     assert!(!k.registration_socket().exists());
     k.driver.spawn().await;
-    assert_eq!(
-        k.client()
-            .await
-            .get_info(InfoRequest {})
-            .await
-            .unwrap()
-            .into_inner()
-            .name,
-        DRIVER
-    );
+    assert_eq!(k.info().await.name, DRIVER);
     // SIGKILL leaves a dead socket behind; the next start replaces it.
     k.driver.kill();
     assert!(k.registration_socket().exists());
     k.driver.spawn().await;
-    assert_eq!(
-        k.client()
-            .await
-            .get_info(InfoRequest {})
-            .await
-            .unwrap()
-            .into_inner()
-            .name,
-        DRIVER
-    );
+    assert_eq!(k.info().await.name, DRIVER);
 }
 
 /// One unary gRPC call made by hand over the socket, with `authority` as the HTTP/2

@@ -92,3 +92,48 @@ pub async fn bind_unix(path: &Path) -> std::io::Result<(UnixListener, OwnSocket)
     let identity = std::fs::symlink_metadata(path)?;
     Ok((listener, OwnSocket::new(path, &identity)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_file_that_is_not_a_socket_is_never_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("csi.sock");
+        std::fs::write(&path, b"precious").unwrap();
+        assert!(bind_unix(&path).await.is_err());
+        assert_eq!(std::fs::read(&path).unwrap(), b"precious");
+    }
+
+    #[tokio::test]
+    async fn a_live_socket_is_not_stolen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("csi.sock");
+        let _live = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        assert!(bind_unix(&path).await.is_err());
+        assert!(path.exists());
+    }
+
+    #[tokio::test]
+    async fn shutdown_removes_only_its_own_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("csi.sock");
+        let (_listener, ours) = bind_unix(&path).await.unwrap();
+        assert!(ours.still_ours());
+        // A successor replaced the socket file meanwhile.
+        std::fs::remove_file(&path).unwrap();
+        let _successor = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        assert!(!ours.still_ours());
+        ours.remove();
+        assert!(path.exists(), "the successor's socket was removed");
+    }
+
+    #[tokio::test]
+    async fn a_stale_socket_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("csi.sock");
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        assert!(bind_unix(&path).await.is_ok());
+    }
+}
