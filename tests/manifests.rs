@@ -63,7 +63,11 @@ fn has_flag(c: &Container, name: &str) -> bool {
 fn serve_args(c: &Container) -> ServeArgs {
     let env: Vec<String> = c.env.iter().flatten().map(|e| e.name.clone()).collect();
     let from_env = c.env.iter().flatten().filter_map(|e| {
-        let flag = e.name.strip_prefix("PVDIR_")?.to_lowercase().replace('_', "-");
+        let flag = e
+            .name
+            .strip_prefix("PVDIR_")?
+            .to_lowercase()
+            .replace('_', "-");
         Some(format!("--{flag}={}", e.value.clone().unwrap_or_default()))
     });
     let args: Vec<String> = args_of(c)
@@ -764,7 +768,9 @@ fn kubectl_or_skip() -> Option<PathBuf> {
 /// What users apply: kustomize's own rendering of deploy/ is the plain files read here.
 #[test]
 fn kustomize_applies_the_plain_files() {
-    let Some(kubectl) = kubectl_or_skip() else { return };
+    let Some(kubectl) = kubectl_or_skip() else {
+        return;
+    };
     assert_same(&kustomize(&kubectl, &deploy_dir()), &plain());
 }
 
@@ -773,7 +779,9 @@ fn kustomize_applies_the_plain_files() {
 /// a port something serves.
 #[test]
 fn the_standard_sidecars_variant_is_the_chart_with_them_on() {
-    let Some(kubectl) = kubectl_or_skip() else { return };
+    let Some(kubectl) = kubectl_or_skip() else {
+        return;
+    };
     let Some(helm) = helm_or_skip() else { return };
     let variant = kustomize(&kubectl, &deploy_dir().join("variants/standard-sidecars"));
     assert_same(
@@ -784,7 +792,9 @@ fn the_standard_sidecars_variant_is_the_chart_with_them_on() {
     check_rbac(&variant);
     for (o, spec) in pod_specs(&variant) {
         assert!(
-            serve_args(pvdir_container(spec)).kubelet_registration_dir.is_none(),
+            serve_args(pvdir_container(spec))
+                .kubelet_registration_dir
+                .is_none(),
             "{}: pvdir registers beside the registrars",
             o.name
         );

@@ -8,6 +8,15 @@ echo "== fmt and clippy"
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
 
+# Kubernetes and csi-provisioner from the Go module proxy, cached outside the clone (seconds
+# when warm): the cluster tier runs them, and tests/manifests.rs renders the kustomize variants
+# with this kubectl.
+if [ "${PVDIR_SKIP_K8S:-0}" != 1 ]; then
+    echo "== Kubernetes binaries for the cluster tier (tests/k8s/build.sh)"
+    PVDIR_KUBECTL="$(tests/k8s/build.sh | tail -n 1)/kubectl"
+    export PVDIR_KUBECTL
+fi
+
 echo "== unit, service (fake mounter) and privileged (real mounts) tests"
 # Not --all-targets: that would also run the benchmark as a test.
 cargo test --lib --bins --tests
@@ -22,4 +31,13 @@ if [ "${PVDIR_SKIP_VM:-0}" = 1 ]; then
     echo "skipped (PVDIR_SKIP_VM=1)"
 else
     tests/vm/suite.sh
+fi
+
+# The install path on a real cluster: kubelet, containerd and the control plane on this machine,
+# the image built offline, `kubectl apply -k deploy/`, the seed's story (tests/k8s/run.sh).
+echo "== cluster tier: a real Kubernetes on this machine"
+if [ "${PVDIR_SKIP_K8S:-0}" = 1 ]; then
+    echo "skipped (PVDIR_SKIP_K8S=1)"
+else
+    tests/k8s/run.sh
 fi

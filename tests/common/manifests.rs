@@ -192,7 +192,10 @@ pub fn kustomize(kubectl: &Path, dir: &Path) -> Vec<Object> {
         "kubectl kustomize {dir:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    parse(&String::from_utf8_lossy(&out.stdout), &format!("kustomize {dir:?}"))
+    parse(
+        &String::from_utf8_lossy(&out.stdout),
+        &format!("kustomize {dir:?}"),
+    )
 }
 
 /// The helm binary: `PVDIR_HELM`, `PATH`, or `go install`'s directory (where .ci/run puts it).
