@@ -2,7 +2,8 @@
 //! node's local disk.
 //!
 //! Three layers, with imports flowing downward only:
-//! - [`csi`]: the gRPC adapter (the only code that sees tonic);
+//! - [`csi`]: the gRPC adapter; with [`kubelet`], [`server`] and [`socket`] (transport glue),
+//!   the only code that sees tonic;
 //! - [`domain`]: volumes, backends, publish logic, and their errors;
 //! - [`os`]: mounts, the mount table, statfs and safe directory operations.
 //!

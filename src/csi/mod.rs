@@ -1,4 +1,5 @@
-//! The CSI adapter, the top layer and the only code that sees tonic. Handlers parse the request
+//! The CSI adapter, the top layer: with the kubelet adapter beside it, the only code that sees
+//! tonic (the wiring in server.rs and socket/ aside). Handlers parse the request
 //! into domain values (request.rs), call the domain, and build the reply; errors are mapped to
 //! status codes in status.rs and logged once, here, with structured fields.
 

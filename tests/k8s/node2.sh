@@ -311,7 +311,7 @@ start_qemu() {
         -name node-2 -accel tcg,tb-size=256 -m "$VM_MEM" -smp "$VM_SMP" \
         -nodefaults -display none -no-reboot -serial "file:$N2/console.log" \
         -kernel "$kernel" -initrd "$initrd" \
-        -append "console=ttyS0 quiet panic=-1 pvdir.chan=$CHAN pvdir.script=$HERE/node2/guest.sh pvdir.overlay=1g" \
+        -append "console=ttyS0 quiet panic=-1 pvdir.chan=$CHAN pvdir.script=$N2/guest/guest.sh pvdir.overlay=1g" \
         -virtfs "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap" \
         -virtfs "local,path=$CHAN,mount_tag=chan,security_model=none,multidevs=remap" \
         -netdev "$netdev" -device virtio-net-pci,netdev=n0 \
@@ -357,6 +357,10 @@ up() {
     local t0=$SECONDS
     mkdir -p "$N2" "$CHAN/logs" "$CHAN/cmd"
     rm -f "$CHAN/logs/"*.log "$CHAN/status" "$CHAN/poweroff" "$CHAN/cmd/"*
+    # The guest mounts a tmpfs on /tmp, which hides a checkout there (CI clones into /tmp):
+    # what it reads from the repository is copied beside its state first.
+    mkdir -p "$N2/guest"
+    cp "$HERE/node2/guest.sh" "$TOP/tests/vm/guest/nfs-server.sh" "$N2/guest/"
     # A copy, so that a cargo build meanwhile cannot change the binary under the guest.
     mkdir -p "$N2/bin"
     cp "$pvdir" "$N2/bin/pvdir.tmp"
@@ -377,7 +381,7 @@ up() {
             PAUSE_IMAGE=registry.k8s.io/pause:3.10 BUSYBOX_IMAGE=docker.io/library/busybox:offline \
             PAUSE_TAR=$STATE/base-images/pause.tar BUSYBOX_TAR=$STATE/base-images/busybox.tar \
             KUBELET_BIN=$BIN/kubelet PROVISIONER_BIN=$provisioner PVDIR_BIN=$N2/bin/pvdir \
-            NFS_SERVER_LIB=$TOP/tests/vm/guest/nfs-server.sh IMAGES_DIR=$STATE/images
+            NFS_SERVER_LIB=$N2/guest/nfs-server.sh IMAGES_DIR=$STATE/images
         declare -p NODE_NAME NODE_IP GUEST_ETH_IP NFS_SHARE NODE_BRIDGE POD_BRIDGE POD_CIDR POD_GW \
             PAUSE_IMAGE BUSYBOX_IMAGE PAUSE_TAR BUSYBOX_TAR KUBELET_BIN PROVISIONER_BIN PVDIR_BIN \
             NFS_SERVER_LIB IMAGES_DIR APISERVER_GUEST_IP APISERVER_PORT
