@@ -273,6 +273,15 @@ pub async fn serve(
     http: Option<SocketAddr>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), ServerError> {
+    // What /healthz looks at, taken before the plugins are split up among their servers.
+    let health: Vec<HealthTarget> = plugins
+        .iter()
+        .map(|p| HealthTarget {
+            driver: p.identity.name().to_string(),
+            health: p.health.clone(),
+            registration: p.registrar.as_ref().map(Registrar::state),
+        })
+        .collect();
     // Bind everything first, so a failure leaves no socket of ours behind. The registration
     // sockets come last: kubelet calls the CSI socket as soon as it sees one.
     let mut bound = Vec::new();
@@ -291,23 +300,23 @@ pub async fn serve(
             ),
             None => None,
         };
-        for (index, (plugin, _)) in bound.iter_mut().enumerate() {
+        for (plugin, _) in &mut bound {
             if let Some(registrar) = plugin.registrar.take() {
                 let first = registrar.bind().await?;
-                registrations.push((index, registrar, first));
+                registrations.push((registrar, first));
             }
         }
         Ok::<_, ServerError>(http)
     };
-    let http = match binding.await {
-        Ok(http) => http,
+    let http_listener = match binding.await {
+        Ok(listener) => listener,
         Err(e) => {
             for (_, listener) in bound {
                 if let Listener::Unix(_, socket) = listener {
                     socket.remove();
                 }
             }
-            for (_, _, (_, socket)) in registrations {
+            for (_, (_, socket)) in registrations {
                 socket.remove();
             }
             return Err(e);
@@ -318,23 +327,15 @@ pub async fn serve(
         let _ = rx.wait_for(|stop| *stop).await;
     };
     let mut tasks: tokio::task::JoinSet<Result<(), ServerError>> = tokio::task::JoinSet::new();
-    let mut states = std::collections::HashMap::new();
-    for (index, registrar, first) in registrations {
-        states.insert(index, registrar.state());
+    for (registrar, first) in registrations {
         let stop_rx = stop_rx.clone();
         tasks.spawn(async move {
             registrar.run(first, stop_rx).await;
             Ok(())
         });
     }
-    let mut health = Vec::new();
-    for (index, (plugin, listener)) in bound.into_iter().enumerate() {
+    for (plugin, listener) in bound {
         tracing::info!(endpoint = %plugin.endpoint, driver = plugin.identity.name(), "serving");
-        health.push(HealthTarget {
-            driver: plugin.identity.name().to_string(),
-            health: plugin.health.clone(),
-            registration: states.remove(&index),
-        });
         let mut router = Server::builder().add_service(IdentityServer::new(plugin.identity));
         if let Some(c) = plugin.controller {
             router = router.add_service(ControllerServer::new(c));
@@ -357,18 +358,14 @@ pub async fn serve(
             }
         }
     }
-    if let Some(listener) = http {
-        let addr = listener.local_addr().ok();
-        tracing::info!(address = ?addr, "serving /healthz");
+    if let (Some(listener), Some(addr)) = (http_listener, http) {
+        tracing::info!(address = %addr, "serving /healthz");
         let stop = stopped(stop_rx.clone());
         tasks.spawn(async move {
             axum::serve(listener, crate::http::router(health))
                 .with_graceful_shutdown(stop)
                 .await
-                .map_err(|source| ServerError::HttpListen {
-                    addr: addr.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
-                    source,
-                })
+                .map_err(|source| ServerError::HttpListen { addr, source })
         });
     }
     let mut result = Ok(());

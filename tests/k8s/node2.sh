@@ -39,6 +39,8 @@ set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=lib/pki.sh
 . "$HERE/lib/pki.sh"
+# shellcheck source=lib/proc.sh
+. "$HERE/lib/proc.sh"
 TOP=$(cd "$HERE/../.." && pwd)
 STATE=$(realpath -m "${PVDIR_K8S_STATE:-/var/tmp/pvdir-k8s}")
 N2=$STATE/node2
@@ -79,12 +81,7 @@ cluster_env() {
 }
 
 # ---- processes of ours: QEMU by recorded PID (checked against its executable), its socat
-# helpers as QEMU's children.
-pid_is() {
-    local pid=$1 exe=$2 actual
-    actual=$(readlink "/proc/$pid/exe" 2>/dev/null) || return 1
-    [ "${actual% (deleted)}" = "$exe" ]
-}
+# helpers as QEMU's children (pid_is: lib/proc.sh).
 qemu_pid() {
     local pid exe
     [ -s "$N2/qemu.pid" ] || return 1

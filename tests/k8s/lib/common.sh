@@ -74,13 +74,8 @@ die_with_log() {
 
 ctr_k8s() { timeout 60 ctr --address "$CTRD_SOCK" --namespace k8s.io "$@"; }
 
-# The process started under NAME is still running: same PID, same executable. A zombie or a
-# recycled PID has no or another /proc/PID/exe, so neither counts.
-pid_is() {
-    local pid=$1 exe=$2 actual
-    actual=$(readlink "/proc/$pid/exe" 2>/dev/null) || return 1
-    [ "${actual% (deleted)}" = "$exe" ]
-}
+# shellcheck source=proc.sh
+. "$(dirname "${BASH_SOURCE[0]}")/proc.sh"
 
 proc_alive() {
     local pid exe
