@@ -10,6 +10,7 @@ use tonic::{Code, Status};
 use super::request::Invalid;
 use crate::domain::error::{ControllerError, NodeError};
 use crate::domain::health::HealthError;
+use crate::os::journal::JournalError;
 use crate::os::mount::MountError;
 use crate::os::safe_fs::SafeFsError;
 use crate::os::OsError;
@@ -49,12 +50,27 @@ pub fn mount_code(e: &MountError) -> Code {
     }
 }
 
+pub fn journal_code(e: &JournalError) -> Code {
+    match e {
+        // Still starting: the replay runs before the socket is served, so only a race sees it.
+        JournalError::NotReplayed | JournalError::Locked { .. } => Code::Unavailable,
+        // The work was applied but cannot be made durable; a retry repeats it idempotently
+        // and will succeed once the driver restarts and replays its journal.
+        JournalError::Open { .. }
+        | JournalError::Write { .. }
+        | JournalError::Checkpoint { .. }
+        | JournalError::Broken { .. }
+        | JournalError::TooLarge { .. } => Code::Internal,
+    }
+}
+
 pub fn os_code(e: &OsError) -> Code {
     match e {
         // A server that does not answer in time: the sidecar retries later.
         OsError::TimedOut { .. } => Code::Unavailable,
         OsError::Fs(fs) => fs_code(fs),
         OsError::MountCall(m) => mount_code(m),
+        OsError::Journal(j) => journal_code(j),
         OsError::ReadMountTable { .. }
         | OsError::Mount { .. }
         | OsError::Spawn { .. }

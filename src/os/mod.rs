@@ -9,6 +9,7 @@
 pub mod child;
 pub mod fake;
 pub mod fsop;
+pub mod journal;
 pub mod mount;
 pub mod mount_flags;
 pub mod mountinfo;
@@ -99,6 +100,8 @@ pub enum OsError {
     Helper { what: String, message: String },
     #[error(transparent)]
     Fs(#[from] safe_fs::SafeFsError),
+    #[error(transparent)]
+    Journal(#[from] journal::JournalError),
 }
 
 impl OsError {
