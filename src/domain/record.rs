@@ -40,6 +40,9 @@ pub struct RecordDir {
     medium: Medium,
     base: PathBuf,
     dir: RelPath,
+    /// Whether each write is synced before it returns; false where a journal makes the
+    /// caller's work durable as a whole.
+    durable: bool,
 }
 
 impl RecordDir {
@@ -49,6 +52,15 @@ impl RecordDir {
             medium,
             base,
             dir,
+            durable: true,
+        }
+    }
+
+    /// Writes that are not synced one by one: the caller commits its work to a journal.
+    pub fn journaled(self) -> Self {
+        Self {
+            durable: false,
+            ..self
         }
     }
 
@@ -119,6 +131,7 @@ impl RecordDir {
             name: name.to_string(),
             contents,
             exclusive,
+            durable: self.durable,
         };
         let step = "write volume record";
         match self

@@ -47,12 +47,14 @@ pub enum FsOp {
         names: Vec<String>,
     },
     /// Replace `base/dir/name` atomically; with `exclusive`, keep an existing one instead.
+    /// Synced to disk before the reply only if `durable` (see `safe_fs::write_record_with`).
     WriteRecord {
         base: PathBuf,
         dir: RelPath,
         name: String,
         contents: Vec<u8>,
         exclusive: bool,
+        durable: bool,
     },
     /// Replace `base/dir/name` by `new` (remove it, if `None`) only while it holds exactly
     /// `expected`.
@@ -175,7 +177,9 @@ pub fn execute(op: &FsOp) -> Result<FsReply, SafeFsError> {
             name,
             contents,
             exclusive,
-        } => safe_fs::write_record(base, dir, name, contents, *exclusive).map(FsReply::Written),
+            durable,
+        } => safe_fs::write_record_with(base, dir, name, contents, *exclusive, *durable)
+            .map(FsReply::Written),
         FsOp::SwapRecord {
             base,
             dir,

@@ -40,7 +40,9 @@ use serde::{Deserialize, Serialize, Serializer};
 pub use archive::rename_aside;
 pub use ensure::{ensure_dir, OWNED_MARKER};
 pub use prune::prune_owned_parents;
-pub use record::{list_records, read_records, remove_record, write_record, MAX_RECORD_BYTES};
+pub use record::{
+    list_records, read_records, remove_record, write_record, write_record_with, MAX_RECORD_BYTES,
+};
 pub use remove::remove_tree;
 pub use swap::{swap_record, SwapOutcome};
 pub use walk::has_entries;

@@ -130,14 +130,28 @@ pub fn read_records(
         .collect()
 }
 
-/// Write `base/dir/name`. With `exclusive`, an existing record is left alone and `Ok(false)`
-/// says so; otherwise it is replaced.
+/// Write `base/dir/name` durably. With `exclusive`, an existing record is left alone and
+/// `Ok(false)` says so; otherwise it is replaced.
 pub fn write_record(
     base: &Path,
     dir: &RelPath,
     name: &str,
     contents: &[u8],
     exclusive: bool,
+) -> Result<bool, SafeFsError> {
+    write_record_with(base, dir, name, contents, exclusive, true)
+}
+
+/// [`write_record`], syncing the file and the directory only if `durable`. Without, the write
+/// is still atomic for readers and after a crash of the process, but a power cut may lose it:
+/// only for callers whose journal makes it durable (see `crate::os::journal`).
+pub fn write_record_with(
+    base: &Path,
+    dir: &RelPath,
+    name: &str,
+    contents: &[u8],
+    exclusive: bool,
+    durable: bool,
 ) -> Result<bool, SafeFsError> {
     check_name(name)?;
     ensure_dir(base, dir, None)?;
@@ -162,15 +176,27 @@ pub fn write_record(
         Mode::from_bits_truncate(0o644),
     )
     .map_err(|e| io("create temporary record", &path.join(&tmp), e))?;
-    let result = publish(fd.as_fd(), &path, file, &tmp, name, contents, exclusive);
+    let result = publish(
+        fd.as_fd(),
+        &path,
+        file,
+        &tmp,
+        name,
+        contents,
+        exclusive,
+        durable,
+    );
     // The temporary name is gone after a rename; after a link (or a failure) remove it.
     let _ = unlinkat(fd.as_fd(), tmp.as_str(), UnlinkatFlags::NoRemoveDir);
     let stored = result?;
-    // A rename or link is durable only once the directory itself is synced.
-    fsync(fd.as_fd()).map_err(|e| io("sync record directory", &path, e))?;
+    if durable {
+        // A rename or link is durable only once the directory itself is synced.
+        fsync(fd.as_fd()).map_err(|e| io("sync record directory", &path, e))?;
+    }
     Ok(stored)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn publish(
     dir: BorrowedFd<'_>,
     path: &Path,
@@ -179,11 +205,12 @@ fn publish(
     name: &str,
     contents: &[u8],
     exclusive: bool,
+    durable: bool,
 ) -> Result<bool, SafeFsError> {
     let target = path.join(name);
     let mut file = std::fs::File::from(file);
     file.write_all(contents)
-        .and_then(|()| file.sync_all())
+        .and_then(|()| if durable { file.sync_all() } else { Ok(()) })
         .map_err(|e| {
             io(
                 "write record",
