@@ -53,17 +53,14 @@ async fn services(root: &Path) -> Services {
     os.prepare()
         .await
         .expect("prepare the mount staging directory");
-    let backend = LocalBackend::new(root.to_path_buf(), "bench".into(), os.clone());
-    for d in backend.layout_dirs() {
+    for d in LocalBackend::new(root.to_path_buf(), "bench".into(), os.clone()).layout_dirs() {
         std::fs::create_dir_all(d).expect("layout");
     }
-    let kind = Backend::Local(LocalBackend::new(
-        root.to_path_buf(),
-        "bench".into(),
-        os.clone(),
-    ))
-    .kind();
+    let backend = LocalBackend::open(root.to_path_buf(), "bench".into(), os.clone())
+        .await
+        .expect("open the local backend");
     let backend = Arc::new(Backend::Local(backend));
+    let kind = backend.kind();
     let in_flight = InFlight::default();
     Services {
         controller: ControllerService::new(

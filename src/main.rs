@@ -80,7 +80,7 @@ fn serve(args: ServeArgs) -> ExitCode {
                     .ok_or_else(|| pvdir::server::ServerError::BadHttpEndpoint(e.into()))
             })
             .transpose()?;
-        let plugins = pvdir::server::assemble(&args, os)?;
+        let plugins = pvdir::server::assemble(&args, os).await?;
         pvdir::server::serve(plugins, http, terminated()).await
     });
     match result {

@@ -62,6 +62,8 @@ pub enum ServerError {
     },
     #[error(transparent)]
     Registrar(#[from] RegistrarError),
+    #[error("replaying the local journal: {0}")]
+    Journal(crate::domain::error::ControllerError),
 }
 
 impl std::fmt::Display for Endpoint {
@@ -156,8 +158,9 @@ fn node_id(args: &ServeArgs) -> Result<String, ServerError> {
     }
 }
 
-/// Build the plugins that `args` asks for. Creates the local root and staging directories.
-pub fn assemble(args: &ServeArgs, os: Arc<dyn Os>) -> Result<Vec<Plugin>, ServerError> {
+/// Build the plugins that `args` asks for. Creates the local root and staging directories, and
+/// replays the local journal where this process creates and deletes local volumes.
+pub async fn assemble(args: &ServeArgs, os: Arc<dyn Os>) -> Result<Vec<Plugin>, ServerError> {
     let node_id = node_id(args)?;
     let (local, nfs) = args.endpoints();
     if local.is_some() && local == nfs {
@@ -211,10 +214,16 @@ pub fn assemble(args: &ServeArgs, os: Arc<dyn Os>) -> Result<Vec<Plugin>, Server
     };
     if let Some(endpoint) = local {
         let root = prepare_dir(&args.local_root)?;
-        let backend = LocalBackend::new(root, node_id.clone(), Arc::clone(&os));
+        let backend = LocalBackend::new(root.clone(), node_id.clone(), Arc::clone(&os));
         for dir in backend.layout_dirs() {
             prepare_dir(&dir)?;
         }
+        let backend = match local_mode.controller() {
+            true => LocalBackend::open(root, node_id.clone(), Arc::clone(&os))
+                .await
+                .map_err(ServerError::Journal)?,
+            false => backend,
+        };
         add(
             &endpoint,
             &args.local_driver_name,

@@ -23,7 +23,7 @@ use csi::volume_capability::access_mode::Mode;
 
 #[tokio::test]
 async fn local_create_is_idempotent_and_conflicts_are_already_exists() {
-    let rig = Rig::local();
+    let rig = Rig::local().await;
     let a = rig
         .create(create_req("pvc-a", 1000, Mode::SingleNodeWriter, &[]))
         .await
@@ -62,7 +62,7 @@ async fn local_create_is_idempotent_and_conflicts_are_already_exists() {
 
 #[tokio::test]
 async fn local_limit_only_capacity_is_reported_exactly() {
-    let rig = Rig::local();
+    let rig = Rig::local().await;
     let mut req = create_req("pvc-l", 0, Mode::SingleNodeWriter, &[]);
     req.capacity_range = Some(csi::CapacityRange {
         required_bytes: 0,
@@ -73,7 +73,7 @@ async fn local_limit_only_capacity_is_reported_exactly() {
 
 #[tokio::test]
 async fn unknown_parameter_is_invalid_argument_and_names_it() {
-    let rig = Rig::local();
+    let rig = Rig::local().await;
     let err = rig
         .create(create_req(
             "pvc-x",
@@ -94,7 +94,7 @@ async fn unknown_parameter_is_invalid_argument_and_names_it() {
 
 #[tokio::test]
 async fn any_name_up_to_128_characters_gets_its_own_directory() {
-    let rig = Rig::local();
+    let rig = Rig::local().await;
     let names = [
         "a/b",
         "a_b",
@@ -123,16 +123,16 @@ async fn any_name_up_to_128_characters_gets_its_own_directory() {
         .unwrap()
         .count();
     assert_eq!(dirs, names.len());
-    // No name escaped the volumes directory.
+    // No name escaped the volumes directory: the root holds volumes/, meta/ and journal/.
     assert_eq!(
         std::fs::read_dir(rig.path().join("root")).unwrap().count(),
-        2
+        3
     );
 }
 
 #[tokio::test]
 async fn local_rejects_multi_node_and_block_everywhere() {
-    let rig = Rig::local();
+    let rig = Rig::local().await;
     for mode in [
         Mode::MultiNodeMultiWriter,
         Mode::MultiNodeReaderOnly,
@@ -164,7 +164,7 @@ async fn local_rejects_multi_node_and_block_everywhere() {
 
 #[tokio::test]
 async fn topology_must_include_this_node() {
-    let rig = Rig::local();
+    let rig = Rig::local().await;
     let mut req = create_req("pvc-t", 1, Mode::SingleNodeWriter, &[]);
     let other = csi::Topology {
         segments: HashMap::from([("topology.pvdir.io/node".to_string(), "n2".to_string())]),
@@ -204,7 +204,7 @@ async fn topology_must_include_this_node() {
 
 #[tokio::test]
 async fn list_volumes_pages_and_rejects_bad_tokens() {
-    let rig = Rig::local();
+    let rig = Rig::local().await;
     for i in 0..5 {
         rig.create(create_req(
             &format!("pvc-{i}"),
@@ -255,7 +255,7 @@ async fn list_volumes_pages_and_rejects_bad_tokens() {
 
 #[tokio::test]
 async fn validate_volume_capabilities() {
-    let rig = Rig::local();
+    let rig = Rig::local().await;
     let v = rig
         .create(create_req("pvc-v", 1, Mode::SingleNodeWriter, &[]))
         .await
@@ -315,7 +315,7 @@ async fn capabilities_advertise_only_what_is_implemented() {
             })
             .collect::<Vec<_>>()
     };
-    let local = types(Rig::local()).await;
+    let local = types(Rig::local().await).await;
     assert!(local.contains(&Type::ListVolumes));
     assert!(local.contains(&Type::CreateDeleteVolume));
     let nfs = types(Rig::nfs()).await;
@@ -326,7 +326,7 @@ async fn capabilities_advertise_only_what_is_implemented() {
 
 #[tokio::test]
 async fn crash_between_record_and_directory_is_completed_by_the_retry() {
-    let rig = Rig::local();
+    let rig = Rig::local().await;
     let v = rig
         .create(create_req("pvc-crash", 7, Mode::SingleNodeWriter, &[]))
         .await
@@ -344,7 +344,7 @@ async fn crash_between_record_and_directory_is_completed_by_the_retry() {
 
 #[tokio::test]
 async fn crash_in_the_middle_of_delete_is_completed_by_the_retry() {
-    let rig = Rig::local();
+    let rig = Rig::local().await;
     let v = rig
         .create(create_req("pvc-half", 7, Mode::SingleNodeWriter, &[]))
         .await
@@ -376,7 +376,7 @@ async fn crash_in_the_middle_of_delete_is_completed_by_the_retry() {
 
 #[tokio::test]
 async fn local_delete_never_touches_a_directory_it_has_no_record_of() {
-    let rig = Rig::local();
+    let rig = Rig::local().await;
     // Something put a directory where a volume of this name would live, but create never ran.
     let dir = rig.path().join("root/volumes/pvc-foreign");
     std::fs::create_dir(&dir).unwrap();

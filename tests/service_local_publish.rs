@@ -23,7 +23,7 @@ use csi::volume_capability::access_mode::Mode;
 
 #[tokio::test]
 async fn publish_is_idempotent_and_incompatible_republish_is_already_exists() {
-    let rig = Rig::local();
+    let rig = Rig::local().await;
     let v = rig
         .create(create_req("pvc-p", 1, Mode::SingleNodeWriter, &[]))
         .await
@@ -61,7 +61,7 @@ async fn publish_is_idempotent_and_incompatible_republish_is_already_exists() {
 
 #[tokio::test]
 async fn reader_only_mode_or_readonly_flag_mounts_read_only() {
-    let rig = Rig::local();
+    let rig = Rig::local().await;
     let v = rig
         .create(create_req("pvc-r", 1, Mode::SingleNodeWriter, &[]))
         .await
@@ -84,7 +84,7 @@ async fn reader_only_mode_or_readonly_flag_mounts_read_only() {
 
 #[tokio::test]
 async fn single_node_single_writer_allows_one_target() {
-    let rig = Rig::local();
+    let rig = Rig::local().await;
     let v = rig
         .create(create_req("pvc-o", 1, Mode::SingleNodeSingleWriter, &[]))
         .await
@@ -109,7 +109,7 @@ async fn single_node_single_writer_allows_one_target() {
 
 #[tokio::test]
 async fn concurrent_calls_on_one_volume_are_aborted_until_the_work_ends() {
-    let rig = Rig::local();
+    let rig = Rig::local().await;
     let v = rig
         .create(create_req("pvc-c", 1, Mode::SingleNodeWriter, &[]))
         .await
@@ -170,7 +170,7 @@ async fn concurrent_calls_on_one_volume_are_aborted_until_the_work_ends() {
 
 #[tokio::test]
 async fn stats_need_a_published_path() {
-    let rig = Rig::local();
+    let rig = Rig::local().await;
     let v = rig
         .create(create_req("pvc-s", 1, Mode::SingleNodeWriter, &[]))
         .await
@@ -201,7 +201,7 @@ async fn stats_need_a_published_path() {
 
 #[tokio::test]
 async fn malformed_ids_are_invalid_and_foreign_ones_not_found_on_the_node() {
-    let rig = Rig::local();
+    let rig = Rig::local().await;
     let t = rig.path().join("t");
     assert_eq!(
         code(
@@ -222,7 +222,7 @@ async fn malformed_ids_are_invalid_and_foreign_ones_not_found_on_the_node() {
 
 #[tokio::test]
 async fn local_bind_mounts_carry_the_class_mount_flags() {
-    let rig = Rig::local();
+    let rig = Rig::local().await;
     let mut req = create_req("pvc-flags", 1, Mode::SingleNodeWriter, &[]);
     req.volume_capabilities = vec![cap(Mode::SingleNodeWriter, &["nosuid", "noexec"])];
     let v = rig.create(req).await.unwrap();
@@ -259,7 +259,7 @@ async fn local_bind_mounts_carry_the_class_mount_flags() {
 
 #[tokio::test]
 async fn a_caller_giving_up_does_not_release_the_volume_while_work_continues() {
-    let rig = Rig::local();
+    let rig = Rig::local().await;
     let v = rig
         .create(create_req("pvc-cancel", 1, Mode::SingleNodeWriter, &[]))
         .await

@@ -36,14 +36,35 @@ impl Rig {
         self.dir.path().canonicalize().unwrap()
     }
 
-    pub fn local() -> Self {
+    pub async fn local() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let fake = FakeOs::new();
         let root = dir.path().canonicalize().unwrap().join("root");
-        let backend = LocalBackend::new(root, "n1".into(), Arc::new(fake.clone()));
-        for d in backend.layout_dirs() {
+        for d in LocalBackend::new(root.clone(), "n1".into(), Arc::new(fake.clone())).layout_dirs()
+        {
             std::fs::create_dir_all(d).unwrap();
         }
+        let backend = LocalBackend::open(root, "n1".into(), Arc::new(fake.clone()))
+            .await
+            .expect("open the local backend");
+        Self::wire(fake, dir, Backend::Local(backend), &[])
+    }
+
+    /// The same local root opened again, as a driver restarted after a crash opens it: the
+    /// services are dropped (releasing the journal) and what the journal holds is replayed.
+    pub async fn restart_local(self) -> Self {
+        let Rig {
+            fake,
+            dir,
+            controller,
+            node,
+            ..
+        } = self;
+        drop((controller, node));
+        let root = dir.path().canonicalize().unwrap().join("root");
+        let backend = LocalBackend::open(root, "n1".into(), Arc::new(fake.clone()))
+            .await
+            .expect("reopen the local backend");
         Self::wire(fake, dir, Backend::Local(backend), &[])
     }
 

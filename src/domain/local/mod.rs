@@ -1,10 +1,14 @@
 //! The local backend: one directory per volume under the node's root.
 //!
 //! Layout (all owned by pvdir): `<root>/volumes/<key>/` is the volume, bind-mounted into pods;
-//! `<root>/meta/<key>.json` records the CreateVolume request that made it. Create writes the
-//! record first and then the directory; delete removes the directory first and then the record.
-//! So a crash between the two steps leaves a record that the retried call completes, and
-//! ListVolumes (which reads records) never misses a directory that exists.
+//! `<root>/meta/<key>.json` records the CreateVolume request that made it; `<root>/journal/`
+//! makes both durable (see [`journal`]). Create writes the record first and then the directory;
+//! delete removes the directory first and then the record. So a crash of the process between
+//! the two steps leaves a record that the retried call completes, and ListVolumes (which reads
+//! records) never misses a directory that exists. Neither step is synced on its own: each call
+//! ends by committing its outcome to the journal, and is answered once that is on disk.
+
+mod journal;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -18,9 +22,11 @@ use super::record::{Claim, RecordDir, RECORD_SUFFIX};
 use super::volume::{CreateSpec, Deleted, Volume, TOPOLOGY_KEY};
 use super::volume_id::{LocalId, VolumeId, VolumeKey};
 use crate::os::{mountinfo, FsOp, FsReply, Medium, Os, OsError, RelPath};
+use journal::{Entry, LocalJournal};
 
 const VOLUMES: &str = "volumes";
 const META: &str = "meta";
+const JOURNAL: &str = "journal";
 
 fn meta_dir() -> RelPath {
     // A constant plain segment always parses; the fallback only keeps this panic-free.
@@ -44,12 +50,81 @@ pub struct LocalBackend {
     root: PathBuf,
     node_id: String,
     os: Arc<dyn Os>,
+    /// Present where this process creates and deletes volumes (see [`LocalBackend::open`]).
+    journal: Option<LocalJournal>,
 }
 
 impl LocalBackend {
-    /// `root` must be an absolute, symlink-free path (main canonicalises it).
+    /// A backend that only reads: enough for the node service. `root` must be an absolute,
+    /// symlink-free path (main canonicalises it).
     pub fn new(root: PathBuf, node_id: String, os: Arc<dyn Os>) -> Self {
-        Self { root, node_id, os }
+        Self {
+            root,
+            node_id,
+            os,
+            journal: None,
+        }
+    }
+
+    /// A backend that also creates and deletes: makes the layout, takes the journal (waiting
+    /// while another process holds it) and redoes what it holds, before any call is served.
+    pub async fn open(
+        root: PathBuf,
+        node_id: String,
+        os: Arc<dyn Os>,
+    ) -> Result<Self, ControllerError> {
+        let mut backend = Self::new(root, node_id, os);
+        let roots = backend.layout_dirs()[..2].to_vec();
+        let pending = LocalJournal::open(backend.root.join(JOURNAL), roots).await?;
+        for (key, entry) in &pending.last {
+            backend.redo(key, entry).await?;
+        }
+        if !pending.last.is_empty() {
+            tracing::info!(
+                volumes = pending.last.len(),
+                "local journal replayed after an unclean stop"
+            );
+        }
+        backend.journal = Some(pending.finish().await?);
+        Ok(backend)
+    }
+
+    /// Make the disk match a journal entry: the volume exists as recorded, or not at all.
+    async fn redo(&self, key: &VolumeKey, entry: &Entry) -> Result<(), ControllerError> {
+        match entry {
+            Entry::Create { record, .. } => {
+                let name = Self::record_name(key);
+                // After a power cut the record may be missing or empty (its name made it to
+                // disk, its data did not): both are rewritten from the entry.
+                let found = match self.read_record(key).await {
+                    Ok(found) => found,
+                    Err(ControllerError::CorruptRecord { .. }) => None,
+                    Err(e) => return Err(e),
+                };
+                if found.as_ref() != Some(record) {
+                    self.records()
+                        .journaled()
+                        .store(&name, record, false, &record.name)
+                        .await?;
+                }
+                self.ensure_dir(key, record.mount_permissions, &record.name)
+                    .await
+            }
+            Entry::Delete { .. } => {
+                self.refuse_if_mounted(&self.volume_dir(key), key.as_str())
+                    .await?;
+                self.remove(key, key.as_str()).await
+            }
+        }
+    }
+
+    fn journal(&self) -> Result<&LocalJournal, ControllerError> {
+        // Only a wiring mistake gets here: the controller is always given an opened backend.
+        self.journal.as_ref().ok_or_else(|| {
+            ControllerError::os("commit to journal", "*")(OsError::Journal(
+                crate::os::journal::JournalError::NotReplayed,
+            ))
+        })
     }
 
     pub fn node_id(&self) -> &str {
@@ -61,8 +136,12 @@ impl LocalBackend {
     }
 
     /// The directories the backend needs before it serves.
-    pub fn layout_dirs(&self) -> [PathBuf; 2] {
-        [self.root.join(VOLUMES), self.root.join(META)]
+    pub fn layout_dirs(&self) -> [PathBuf; 3] {
+        [
+            self.root.join(VOLUMES),
+            self.root.join(META),
+            self.root.join(JOURNAL),
+        ]
     }
 
     pub fn volume_dir(&self, key: &VolumeKey) -> PathBuf {
@@ -171,28 +250,55 @@ impl LocalBackend {
             capacity_bytes: spec.capacity_bytes,
             mount_permissions: mode,
         };
-        let name = Self::record_name(&key);
-        let claimed = self.records().claim(&name, &wanted, &spec.name).await?;
-        if let Claim::Existing(existing) = claimed.filter_same(&wanted) {
-            return Err(ControllerError::NameConflict {
-                name: spec.name.clone(),
-                difference: format!(
-                    "existing capacity {} bytes, mode {:?}; requested {} bytes, mode {:?}",
-                    existing.capacity_bytes,
-                    existing.mount_permissions,
-                    wanted.capacity_bytes,
-                    wanted.mount_permissions
-                ),
-            });
+        let journal = self.journal()?;
+        let conflict = |existing: LocalRecord| ControllerError::NameConflict {
+            name: spec.name.clone(),
+            difference: format!(
+                "existing capacity {} bytes, mode {:?}; requested {} bytes, mode {:?}",
+                existing.capacity_bytes, existing.mount_permissions, spec.capacity_bytes, mode
+            ),
+        };
+        // Refuse a conflict before the intent is logged: a replay would overwrite the record.
+        if let Some(existing) = self.read_record(&key).await? {
+            if existing != wanted {
+                return Err(conflict(existing));
+            }
         }
-        // Also on an idempotent retry: the first call may have crashed before this step.
+        journal.before_create(&key, &spec.name).await?;
+        // Write-ahead: once the intent is on disk, a crash at any later step (or a power cut
+        // that keeps a record's name but not its contents) is redone at start-up. Committed
+        // again on an idempotent retry, which costs one shared flush.
+        let entry = Entry::Create {
+            key: key.as_str().to_string(),
+            record: wanted.clone(),
+        };
+        journal.commit(&entry, &spec.name).await?;
+        let name = Self::record_name(&key);
+        let claimed = self
+            .records()
+            .journaled()
+            .claim(&name, &wanted, &spec.name)
+            .await?;
+        if let Claim::Existing(existing) = claimed.filter_same(&wanted) {
+            return Err(conflict(existing));
+        }
+        self.ensure_dir(&key, mode, &spec.name).await?;
+        Ok(self.volume(key, spec.capacity_bytes))
+    }
+
+    async fn ensure_dir(
+        &self,
+        key: &VolumeKey,
+        mode: Option<u32>,
+        volume: &str,
+    ) -> Result<(), ControllerError> {
         let op = FsOp::EnsureDir {
             base: self.root.join(VOLUMES),
             rel: key.rel().clone(),
             mode,
         };
-        self.fs(op, "create volume directory", &spec.name).await?;
-        Ok(self.volume(key, spec.capacity_bytes))
+        self.fs(op, "create volume directory", volume).await?;
+        Ok(())
     }
 
     /// Acts only while the volume's record exists. The record goes last, so a retry after a
@@ -204,33 +310,49 @@ impl LocalBackend {
                 node: id.node.clone(),
             });
         }
+        let journal = self.journal()?;
         if self.read_record(&id.key).await?.is_none() {
+            // Never made, or its deletion is in the journal already and redone at start-up.
             return Ok(Deleted::NothingToDo);
         }
         let dir = self.volume_dir(&id.key);
-        // Deleting the source of a live bind mount would delete a running pod's data. That
-        // includes binds of a subdirectory (kubelet's subPath mounts), hence the prefix match.
+        self.refuse_if_mounted(&dir, raw).await?;
+        // Write-ahead, as in create: from here on, a crash is completed at start-up.
+        let entry = Entry::Delete {
+            key: id.key.as_str().to_string(),
+        };
+        journal.commit(&entry, raw).await?;
+        self.remove(&id.key, raw).await?;
+        journal.deleted(&id.key);
+        Ok(Deleted::Removed)
+    }
+
+    /// Deleting the source of a live bind mount would delete a running pod's data. That
+    /// includes binds of a subdirectory (kubelet's subPath mounts), hence the prefix match.
+    async fn refuse_if_mounted(&self, dir: &Path, raw: &str) -> Result<(), ControllerError> {
         let mounts = self
             .os
             .mounts()
             .await
             .map_err(ControllerError::os("read mount table", raw))?;
-        if let Some(m) = mountinfo::mounts_of_tree(&mounts, &dir).next() {
+        if let Some(m) = mountinfo::mounts_of_tree(&mounts, dir).next() {
             return Err(ControllerError::InUse {
                 id: raw.to_string(),
                 at: m.mount_point.clone(),
             });
         }
+        Ok(())
+    }
+
+    /// Remove the volume's directory and then its record; the caller checked for mounts.
+    async fn remove(&self, key: &VolumeKey, raw: &str) -> Result<(), ControllerError> {
         let op = FsOp::RemoveTree {
             base: self.root.join(VOLUMES),
-            rel: id.key.rel().clone(),
+            rel: key.rel().clone(),
             prune_parents: false,
         };
         self.fs(op, "remove volume directory", raw).await?;
-        self.records()
-            .remove(&Self::record_name(&id.key), raw)
-            .await?;
-        Ok(Deleted::Removed)
+        self.records().remove(&Self::record_name(key), raw).await
     }
 
     /// Every volume on this node, sorted by key (a stable order for pagination). One read of
