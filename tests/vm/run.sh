@@ -4,6 +4,9 @@
 #
 #   tests/vm/run.sh GUEST_SCRIPT [TIMEOUT_SECONDS]
 #
+# PVDIR_VM_DISK names a raw image to attach as the guest's /dev/vda. A guest script may end
+# the boot itself with a hard reset after printing its PVDIR-VM-EXIT status.
+#
 # The guest sees the very binaries just built (target/release/pvdir, csi-sanity, nfs-utils),
 # because it runs on the host's own root. It has the kernel NFS client and server, which the
 # host kernel lacks. A guest that overruns TIMEOUT_SECONDS (default 900) is killed.
@@ -46,12 +49,16 @@ log="$work/$(basename "$script" .sh).console.log"
 # Boots take about 5 s; under TCG one in a few dozen hangs in the firmware with no output.
 # Such a boot is killed after boot_limit and retried once, so it cannot cost the whole bound.
 boot_limit=90
+disk=()
+if [ -n "${PVDIR_VM_DISK:-}" ]; then
+    disk=(-drive "file=$PVDIR_VM_DISK,format=raw,if=virtio,cache=writeback")
+fi
 echo "vm: booting $kver for $(basename "$script") (bound ${limit}s, console in $log)"
 started=$(date +%s)
 boot() {
     # KVM exists on these machines but guests hang under it: software emulation only.
     timeout --kill-after=10 "$limit" qemu-system-x86_64 -accel tcg -m 2048 -smp 2 \
-        -nographic -no-reboot -nic none \
+        -nographic -no-reboot -nic none ${disk[@]+"${disk[@]}"} \
         -kernel "$kernel" -initrd "$initrd" \
         -append "console=ttyS0 quiet panic=-1 pvdir.script=$script" \
         -virtfs "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap" \

@@ -14,4 +14,6 @@ cargo test --release --test vm_nfs --test vm_nfs_faults --test vm_nfs_crashes --
 started=$(date +%s)
 tests/vm/run.sh tests/vm/guest/csi-sanity-nfs.sh 1200
 tests/vm/run.sh tests/vm/guest/nfs-suite.sh 900
+# Two boots on a virtual ext4 disk, with a hard reset between them.
+tests/vm/durability.sh
 echo "vm suite: wall time $(( $(date +%s) - started ))s"
