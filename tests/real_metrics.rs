@@ -46,7 +46,10 @@ impl Scrape {
                 .contains("content-type: application/openmetrics-text; version=1.0.0"),
             "{head}"
         );
-        assert!(body.ends_with("# EOF\n"), "an OpenMetrics exposition ends with EOF");
+        assert!(
+            body.ends_with("# EOF\n"),
+            "an OpenMetrics exposition ends with EOF"
+        );
         Scrape(body.lines().filter_map(parse_sample).collect())
     }
 
@@ -113,7 +116,10 @@ async fn the_numbers_move_with_real_calls() {
         before.sum("pvdir_mounts", &[("backend", "local"), ("role", "target")]),
         0.0
     );
-    assert_eq!(before.sum("pvdir_backend_healthy", &[("backend", "local")]), 1.0);
+    assert_eq!(
+        before.sum("pvdir_backend_healthy", &[("backend", "local")]),
+        1.0
+    );
 
     let id = create_volume(&d, "pvc-metrics", Mode::SingleNodeWriter).await;
     expect_code(
@@ -190,7 +196,10 @@ async fn the_numbers_move_with_real_calls() {
     );
     // The one bind mount and the one unmount went through the OS layer and were timed.
     assert_eq!(after.helper_runs("bind") - before.helper_runs("bind"), 1.0);
-    assert_eq!(after.helper_runs("umount") - before.helper_runs("umount"), 1.0);
+    assert_eq!(
+        after.helper_runs("umount") - before.helper_runs("umount"),
+        1.0
+    );
     // Nothing here was refused by a guard or killed.
     assert_eq!(after.sum("pvdir_guard_refusals_total", &[]), 0.0);
     assert_eq!(after.sum("pvdir_helper_kills_total", &[]), 0.0);
