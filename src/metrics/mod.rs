@@ -225,6 +225,14 @@ impl Metrics {
              answer a statfs within 2 s) passes at scrape, else 0",
             healthy.clone(),
         );
+        // Series that alerts watch start at 0 rather than appearing on their first event, so
+        // that increase() sees the first one too.
+        for reason in ["unresponsive", "busy"] {
+            lazy_detaches.get_or_create(&ReasonLabel { reason });
+        }
+        for result in ["answering", "stale", "unreachable", "error"] {
+            nfs_probes.get_or_create(&ResultLabel { result });
+        }
         Self {
             registry,
             rpc_duration,
