@@ -228,10 +228,10 @@ impl Metrics {
         // Series that alerts watch start at 0 rather than appearing on their first event, so
         // that increase() sees the first one too.
         for reason in ["unresponsive", "busy"] {
-            lazy_detaches.get_or_create(&ReasonLabel { reason });
+            drop(lazy_detaches.get_or_create(&ReasonLabel { reason }));
         }
         for result in ["answering", "stale", "unreachable", "error"] {
-            nfs_probes.get_or_create(&ResultLabel { result });
+            drop(nfs_probes.get_or_create(&ResultLabel { result }));
         }
         Self {
             registry,
