@@ -153,6 +153,17 @@ async fn the_numbers_move_with_real_calls() {
         "delete of a volume still mounted",
     );
 
+    expect_code(
+        d.controller()
+            .list_volumes(pvdir::csi::proto::ListVolumesRequest {
+                max_entries: 0,
+                starting_token: "not-a-token".into(),
+            })
+            .await,
+        Code::Aborted,
+        "a ListVolumes token this driver never gave",
+    );
+
     let during = Scrape::take(port);
     assert_eq!(during.sum("pvdir_volumes", &[("backend", "local")]), 1.0);
     assert_eq!(
@@ -185,6 +196,7 @@ async fn the_numbers_move_with_real_calls() {
     assert_eq!(moved("DeleteVolume", "FAILED_PRECONDITION"), 1.0);
     assert_eq!(moved("DeleteVolume", "OK"), 1.0);
     assert_eq!(moved("NodeUnpublishVolume", "OK"), 1.0);
+    assert_eq!(moved("ListVolumes", "ABORTED"), 1.0);
     assert_eq!(after.sum("pvdir_volumes", &[("backend", "local")]), 0.0);
     assert_eq!(
         after.sum("pvdir_mounts", &[("backend", "local"), ("role", "target")]),
@@ -200,7 +212,7 @@ async fn the_numbers_move_with_real_calls() {
         after.helper_runs("umount") - before.helper_runs("umount"),
         1.0
     );
-    // Nothing here was refused by a guard or killed.
+    // Nothing here was refused by a guard (the ABORTED above is a bad token) or killed.
     assert_eq!(after.sum("pvdir_guard_refusals_total", &[]), 0.0);
     assert_eq!(after.sum("pvdir_helper_kills_total", &[]), 0.0);
     // Latency is recorded in seconds: these calls took well under a minute.
