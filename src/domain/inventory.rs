@@ -116,3 +116,74 @@ fn remote(mounts: &[MountEntry]) -> impl Iterator<Item = &MountEntry> {
 fn under(path: &Path, dir: &Path) -> bool {
     path.starts_with(dir)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::local::LocalBackend;
+    use crate::domain::nfs::{ClaimPolicy, NfsBackend};
+    use crate::os::fake::FakeOs;
+    use crate::os::{MountFlags, MountSource, MountSpec};
+
+    async fn mount(os: &FakeOs, source: MountSource, target: &str) {
+        let spec = MountSpec {
+            source,
+            target: target.into(),
+            flags: MountFlags::empty(),
+            options: Vec::new(),
+        };
+        os.mount(&spec).await.unwrap();
+    }
+
+    fn nfs(server: &str) -> MountSource {
+        MountSource::Nfs {
+            server: server.into(),
+            path: "/export".into(),
+        }
+    }
+
+    fn roles(counts: &Counts) -> Vec<(&'static str, u64)> {
+        counts.mounts.iter().map(|m| (m.role, m.count)).collect()
+    }
+
+    #[tokio::test]
+    async fn nfs_mounts_are_exports_under_the_staging_dir_and_targets_elsewhere() {
+        let fake = FakeOs::new();
+        mount(&fake, nfs("a"), "/run/exports/k1").await;
+        mount(&fake, nfs("b"), "/run/exports/k2").await;
+        mount(&fake, nfs("a"), "/kubelet/pods/p/mount").await;
+        mount(
+            &fake,
+            MountSource::Bind("/x".into()),
+            "/kubelet/pods/q/mount",
+        )
+        .await;
+        let os: Arc<dyn Os> = Arc::new(fake);
+        let policy = ClaimPolicy::new(ClaimPolicy::expiry_for(std::time::Duration::from_secs(30)));
+        let backend = Arc::new(Backend::Nfs(NfsBackend::new(
+            "/run/exports".into(),
+            Arc::clone(&os),
+            policy,
+        )));
+        let both = Inventory::new(Arc::clone(&backend), Arc::clone(&os), true, true);
+        let counts = both.count().await;
+        assert_eq!(counts.volumes, None, "NFS volumes are never counted");
+        assert_eq!(roles(&counts), [("export", 2), ("target", 1)]);
+        let node = Inventory::new(backend, os, false, true);
+        assert_eq!(roles(&node.count().await), [("target", 1)]);
+    }
+
+    #[tokio::test]
+    async fn local_targets_are_binds_of_volume_directories() {
+        let fake = FakeOs::new();
+        let volume = MountSource::Bind("/var/lib/pvdir/volumes/k".into());
+        mount(&fake, volume, "/kubelet/pods/p/mount").await;
+        let other = MountSource::Bind("/var/lib/other".into());
+        mount(&fake, other, "/kubelet/pods/q/mount").await;
+        let os: Arc<dyn Os> = Arc::new(fake);
+        let local = LocalBackend::new("/var/lib/pvdir".into(), "n".into(), Arc::clone(&os));
+        let inventory = Inventory::new(Arc::new(Backend::Local(local)), os, true, true);
+        let counts = inventory.count().await;
+        assert_eq!(roles(&counts), [("target", 1)]);
+    }
+}
