@@ -11,7 +11,10 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use tokio::time::timeout;
+
 use super::backend::Backend;
+use super::health::CHECK_BOUND;
 use crate::os::{mountinfo, MountEntry, Os};
 
 /// Mounts of one role: `target` (a pod's volume) or `export` (the NFS controller's).
@@ -48,20 +51,31 @@ impl Inventory {
         self.backend.kind()
     }
 
-    /// The counts; what cannot be read now is left out (logged), not reported as zero.
+    /// The counts; what cannot be read now is left out (logged; its gauge keeps its last value
+    /// and the same disk fails `pvdir_backend_healthy`), not reported as zero. Each
+    /// read is bounded like a health check: a disk that stops answering must not hang the
+    /// scrape (the blocking thread stays stuck, as it does for the health check).
     pub async fn count(&self) -> Counts {
-        let mounts = match self.os.mounts().await {
-            Ok(mounts) => self.count_mounts(&mounts),
-            Err(e) => {
+        let mounts = match timeout(CHECK_BOUND, self.os.mounts()).await {
+            Ok(Ok(mounts)) => self.count_mounts(&mounts),
+            Ok(Err(e)) => {
                 tracing::warn!(error = %e, "metrics: cannot read the mount table");
+                Vec::new()
+            }
+            Err(_) => {
+                tracing::warn!("metrics: the mount table did not answer in time");
                 Vec::new()
             }
         };
         let volumes = match &*self.backend {
-            Backend::Local(local) => match local.count().await {
-                Ok(n) => Some(n as u64),
-                Err(e) => {
+            Backend::Local(local) => match timeout(CHECK_BOUND, local.count()).await {
+                Ok(Ok(n)) => Some(n as u64),
+                Ok(Err(e)) => {
                     tracing::warn!(error = %e, "metrics: cannot count local volumes");
+                    None
+                }
+                Err(_) => {
+                    tracing::warn!("metrics: the local root did not answer in time");
                     None
                 }
             },
