@@ -1,8 +1,10 @@
 //! The HTTP side of `pvdir serve`: `/healthz`, for kubelet's liveness and readiness probes
-//! (no livenessprobe sidecar needed).
+//! (no livenessprobe sidecar needed), and `/metrics` for Prometheus.
 //!
 //! - `/healthz`: every backend this process serves;
-//! - `/healthz/local`, `/healthz/nfs`: one backend (404 if it is not served here).
+//! - `/healthz/local`, `/healthz/nfs`: one backend (404 if it is not served here);
+//! - `/metrics`: [`crate::metrics`] in the OpenMetrics text format. The state gauges (volumes,
+//!   mounts, health) are refreshed first, per scrape (see [`crate::domain::inventory`]).
 //!
 //! A backend is healthy when its own checks pass (the same as CSI Probe, see
 //! [`crate::domain::health`]) and kubelet has not refused its registration. A registration
@@ -13,14 +15,16 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{header, StatusCode};
 use axum::routing::get;
 use axum::Router;
 use tokio::sync::watch;
 
 use crate::domain::access::BackendKind;
 use crate::domain::health::Health;
+use crate::domain::inventory::Inventory;
 use crate::kubelet::RegistrationState;
+use crate::metrics::Metrics;
 
 /// What `/healthz` looks at for one served backend.
 pub struct HealthTarget {
@@ -46,7 +50,15 @@ impl HealthTarget {
     }
 }
 
-type Targets = Arc<Vec<HealthTarget>>;
+/// What the HTTP server answers from.
+pub struct Served {
+    pub targets: Vec<HealthTarget>,
+    pub metrics: Arc<Metrics>,
+    /// One per served backend.
+    pub inventories: Vec<Inventory>,
+}
+
+type Targets = Arc<Served>;
 
 /// `:port` (all addresses, as the sidecars' `--http-endpoint` takes it) or `host:port`.
 pub fn parse_address(s: &str) -> Option<SocketAddr> {
@@ -57,11 +69,37 @@ pub fn parse_address(s: &str) -> Option<SocketAddr> {
     full.parse().ok()
 }
 
-pub fn router(targets: Vec<HealthTarget>) -> Router {
+pub fn router(served: Served) -> Router {
     Router::new()
         .route("/healthz", get(all))
         .route("/healthz/{backend}", get(one))
-        .with_state(Arc::new(targets))
+        .route("/metrics", get(metrics))
+        .with_state(Arc::new(served))
+}
+
+async fn metrics(
+    State(served): State<Targets>,
+) -> ([(header::HeaderName, &'static str); 1], String) {
+    let m = &served.metrics;
+    for inventory in &served.inventories {
+        let backend = inventory.kind().label();
+        let counts = inventory.count().await;
+        if let Some(volumes) = counts.volumes {
+            m.set_volumes(backend, volumes);
+        }
+        for mounts in counts.mounts {
+            m.set_mounts(backend, mounts.role, mounts.count);
+        }
+    }
+    for target in &served.targets {
+        // The same verdict as /healthz/<backend>, bounded the same way.
+        let healthy = target.check().await.is_ok();
+        m.set_healthy(target.health.kind().label(), healthy);
+    }
+    (
+        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+        m.encode(),
+    )
 }
 
 async fn answer<'a>(targets: impl Iterator<Item = &'a HealthTarget>) -> (StatusCode, String) {
@@ -80,7 +118,7 @@ async fn answer<'a>(targets: impl Iterator<Item = &'a HealthTarget>) -> (StatusC
 }
 
 async fn all(State(targets): State<Targets>) -> (StatusCode, String) {
-    answer(targets.iter()).await
+    answer(targets.targets.iter()).await
 }
 
 async fn one(State(targets): State<Targets>, Path(backend): Path<String>) -> (StatusCode, String) {
@@ -89,6 +127,7 @@ async fn one(State(targets): State<Targets>, Path(backend): Path<String>) -> (St
         "nfs" => BackendKind::Nfs,
         _ => return (StatusCode::NOT_FOUND, "no such backend\n".into()),
     };
+    let targets = &targets.targets;
     if !targets.iter().any(|t| t.health.kind() == kind) {
         return (
             StatusCode::NOT_FOUND,

@@ -7,7 +7,8 @@
 //! - [`domain`]: volumes, backends, publish logic, and their errors;
 //! - [`os`]: mounts, the mount table, statfs and safe directory operations.
 //!
-//! [`kubelet`] (plugin registration) and [`http`] (`/healthz`) are adapters beside [`csi`].
+//! [`kubelet`] (plugin registration) and [`http`] (`/healthz`, `/metrics`) are adapters beside
+//! [`csi`]. [`metrics`] sits below every layer: each may take its handle.
 //! [`server`] and [`cli`] wire them into the `pvdir` binary. [`ctl`] is the operator's CLI, a
 //! CSI client beside the [`csi`] adapter.
 
@@ -17,6 +18,7 @@ pub mod ctl;
 pub mod domain;
 pub mod http;
 pub mod kubelet;
+pub mod metrics;
 pub mod os;
 pub mod server;
 pub mod socket;

@@ -54,11 +54,14 @@ fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let os = Arc::new(RealOs::new(
+    // One registry for the process, handed to every layer that records into it.
+    let metrics = Arc::new(pvdir::metrics::Metrics::new());
+    let os = Arc::new(RealOs::observed(
         helper,
         args.nfs_timeout(),
         staging,
         args.mount_api,
+        Arc::clone(&metrics),
     ));
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -80,8 +83,8 @@ fn serve(args: ServeArgs) -> ExitCode {
                     .ok_or_else(|| pvdir::server::ServerError::BadHttpEndpoint(e.into()))
             })
             .transpose()?;
-        let plugins = pvdir::server::assemble(&args, os).await?;
-        pvdir::server::serve(plugins, http, terminated()).await
+        let plugins = pvdir::server::assemble(&args, os, &metrics).await?;
+        pvdir::server::serve(plugins, http, metrics, terminated()).await
     });
     match result {
         Ok(()) => {

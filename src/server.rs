@@ -19,11 +19,14 @@ use crate::csi::proto::{
 use crate::domain::backend::Backend;
 use crate::domain::controller::Controller;
 use crate::domain::health::Health;
+use crate::domain::inventory::Inventory;
 use crate::domain::local::LocalBackend;
 use crate::domain::nfs::{ClaimPolicy, NfsBackend};
 use crate::domain::node::Node;
-use crate::http::HealthTarget;
+use crate::http::{HealthTarget, Served};
 use crate::kubelet::{Registrar, RegistrarError};
+use crate::metrics::rpc::RpcLayer;
+use crate::metrics::Metrics;
 use crate::os::Os;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,6 +108,8 @@ pub struct Plugin {
     pub health: Health,
     /// Registers the node side with kubelet, if asked to.
     pub registrar: Option<Registrar>,
+    /// What `/metrics` counts for this backend.
+    pub inventory: Inventory,
 }
 
 /// The registrar for a plugin serving the node side on `endpoint`, when `dir` is given.
@@ -159,8 +164,13 @@ fn node_id(args: &ServeArgs) -> Result<String, ServerError> {
 }
 
 /// Build the plugins that `args` asks for. Creates the local root and staging directories, and
-/// replays the local journal where this process creates and deletes local volumes.
-pub async fn assemble(args: &ServeArgs, os: Arc<dyn Os>) -> Result<Vec<Plugin>, ServerError> {
+/// replays the local journal where this process creates and deletes local volumes. Their
+/// guards count into `metrics`.
+pub async fn assemble(
+    args: &ServeArgs,
+    os: Arc<dyn Os>,
+    metrics: &Metrics,
+) -> Result<Vec<Plugin>, ServerError> {
     let node_id = node_id(args)?;
     let (local, nfs) = args.endpoints();
     if local.is_some() && local == nfs {
@@ -180,7 +190,13 @@ pub async fn assemble(args: &ServeArgs, os: Arc<dyn Os>) -> Result<Vec<Plugin>, 
         let kind = backend.kind();
         let health = Health::new(&backend, mode.controller(), Arc::clone(&os));
         let backend = Arc::new(backend);
-        let in_flight = crate::domain::guard::InFlight::default();
+        let in_flight = crate::domain::guard::InFlight::observed(metrics.guard(kind.label()));
+        let inventory = Inventory::new(
+            Arc::clone(&backend),
+            Arc::clone(&os),
+            mode.controller(),
+            mode.node(),
+        );
         let endpoint: Endpoint = endpoint.parse()?;
         let registrar = match mode.node() {
             true => registrar(
@@ -209,6 +225,7 @@ pub async fn assemble(args: &ServeArgs, os: Arc<dyn Os>) -> Result<Vec<Plugin>, 
             }),
             health,
             registrar,
+            inventory,
         });
         Ok(())
     };
@@ -276,10 +293,12 @@ async fn listen(endpoint: &Endpoint) -> Result<Listener, ServerError> {
 }
 
 /// Serve every plugin until `shutdown` resolves; then stop accepting, let in-flight calls
-/// finish, and remove the unix sockets. `http`: where to serve `/healthz`, if anywhere.
+/// finish, and remove the unix sockets. `http`: where to serve `/healthz` and `/metrics`, if
+/// anywhere. Every call is timed into `metrics`.
 pub async fn serve(
     plugins: Vec<Plugin>,
     http: Option<SocketAddr>,
+    metrics: Arc<Metrics>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), ServerError> {
     // What /healthz looks at, taken before the plugins are split up among their servers.
@@ -291,6 +310,11 @@ pub async fn serve(
             registration: p.registrar.as_ref().map(Registrar::state),
         })
         .collect();
+    let served = Served {
+        targets: health,
+        metrics: Arc::clone(&metrics),
+        inventories: plugins.iter().map(|p| p.inventory.clone()).collect(),
+    };
     // Bind everything first, so a failure leaves no socket of ours behind. The registration
     // sockets come last: kubelet calls the CSI socket as soon as it sees one.
     let mut bound = Vec::new();
@@ -345,7 +369,10 @@ pub async fn serve(
     }
     for (plugin, listener) in bound {
         tracing::info!(endpoint = %plugin.endpoint, driver = plugin.identity.name(), "serving");
-        let mut router = Server::builder().add_service(IdentityServer::new(plugin.identity));
+        let layer = RpcLayer::new(Arc::clone(&metrics), plugin.health.kind().label());
+        let mut router = Server::builder()
+            .layer(layer)
+            .add_service(IdentityServer::new(plugin.identity));
         if let Some(c) = plugin.controller {
             router = router.add_service(ControllerServer::new(c));
         }
@@ -368,10 +395,10 @@ pub async fn serve(
         }
     }
     if let (Some(listener), Some(addr)) = (http_listener, http) {
-        tracing::info!(address = %addr, "serving /healthz");
+        tracing::info!(address = %addr, "serving /healthz and /metrics");
         let stop = stopped(stop_rx.clone());
         tasks.spawn(async move {
-            axum::serve(listener, crate::http::router(health))
+            axum::serve(listener, crate::http::router(served))
                 .with_graceful_shutdown(stop)
                 .await
                 .map_err(|source| ServerError::HttpListen { addr, source })

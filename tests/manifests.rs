@@ -869,3 +869,144 @@ fn the_topology_key_is_spelt_as_the_binary_spells_it() {
     }
     assert!(seen > 0, "the docs name the key");
 }
+
+/// The pod template's labels and annotations of a workload.
+fn template_meta(
+    o: &Object,
+) -> Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta> {
+    let template = match &o.typed {
+        Typed::StatefulSet(s) => &s.spec.as_ref()?.template,
+        Typed::DaemonSet(d) => &d.spec.as_ref()?.template,
+        _ => return None,
+    };
+    template.metadata.as_ref()
+}
+
+/// The port pvdir's `--http-endpoint` (`:port`) listens on.
+fn http_port(c: &Container) -> i32 {
+    let endpoint = serve_args(c).http_endpoint.expect("pvdir serves HTTP");
+    endpoint
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("--http-endpoint {endpoint}"))
+}
+
+/// With the ServiceMonitor on, Prometheus reaches /metrics of every pvdir pod: the monitor
+/// selects a Service per component, whose named port leads to the pvdir container's port that
+/// pvdir's own --http-endpoint listens on. Pod annotations, when asked for, name that port too.
+#[test]
+fn the_service_monitor_points_at_the_port_pvdir_serves_metrics_on() {
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    let Some(helm) = helm_or_skip() else { return };
+    for o in render_chart(&helm, &[]) {
+        assert_ne!(o.kind, "ServiceMonitor", "off by default");
+        let annotations = template_meta(&o).and_then(|m| m.annotations.clone());
+        assert!(
+            annotations.is_none(),
+            "{}: no annotations by default",
+            o.name
+        );
+    }
+    let objects = render_chart(
+        &helm,
+        &[
+            "metrics.serviceMonitor.enabled=true",
+            "metrics.podAnnotations=true",
+        ],
+    );
+    check_workloads(&objects);
+    let monitors: Vec<_> = objects
+        .iter()
+        .filter_map(|o| match &o.typed {
+            Typed::ServiceMonitor(m) => Some(m),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(monitors.len(), 1, "one ServiceMonitor");
+    let monitor = monitors[0];
+    assert_eq!(monitor.api_version, "monitoring.coreos.com/v1");
+    assert_eq!(monitor.kind, "ServiceMonitor");
+    assert_eq!(monitor.metadata.namespace.as_deref(), Some(NAMESPACE));
+    let names = &monitor
+        .spec
+        .namespace_selector
+        .as_ref()
+        .unwrap()
+        .match_names;
+    assert_eq!(names, &[NAMESPACE.to_string()]);
+    let selects = |labels: &BTreeMap<String, String>| {
+        let s = &monitor.spec.selector;
+        s.match_labels
+            .iter()
+            .flatten()
+            .all(|(k, v)| labels.get(k) == Some(v))
+            && s.match_expressions.iter().flatten().all(|e| {
+                assert_eq!(e.operator, "In", "only In is evaluated here");
+                labels
+                    .get(&e.key)
+                    .is_some_and(|v| e.values.iter().flatten().any(|w| w == v))
+            })
+    };
+    let services: Vec<_> = objects
+        .iter()
+        .filter_map(|o| match &o.typed {
+            Typed::Service(s) => Some((o, s)),
+            _ => None,
+        })
+        .filter(|(_, s)| selects(s.metadata.labels.as_ref().unwrap()))
+        .collect();
+    let workloads: Vec<_> = pod_specs(&objects);
+    assert_eq!(
+        services.len(),
+        workloads.len(),
+        "a Service for each workload"
+    );
+    let endpoint = &monitor.spec.endpoints[..];
+    assert_eq!(endpoint.len(), 1);
+    assert_eq!(endpoint[0].path.as_deref(), Some("/metrics"));
+    assert!(endpoint[0].interval.is_some(), "a scrape interval");
+    for (o, service) in services {
+        let spec = service.spec.as_ref().unwrap();
+        let port = spec
+            .ports
+            .iter()
+            .flatten()
+            .find(|p| p.name.as_deref() == Some(endpoint[0].port.as_str()))
+            .unwrap_or_else(|| panic!("{}: no port {}", o.name, endpoint[0].port));
+        let selector = spec.selector.as_ref().unwrap();
+        let matched: Vec<_> = workloads
+            .iter()
+            .filter(|(w, _)| {
+                let labels = template_meta(w).and_then(|m| m.labels.as_ref()).unwrap();
+                selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+            })
+            .collect();
+        assert_eq!(matched.len(), 1, "{}: selects one workload", o.name);
+        let (workload, pod) = matched[0];
+        let pvdir = pvdir_container(pod);
+        let target = match port.target_port.as_ref().unwrap() {
+            IntOrString::String(name) => {
+                pvdir
+                    .ports
+                    .iter()
+                    .flatten()
+                    .find(|p| p.name.as_deref() == Some(name.as_str()))
+                    .unwrap_or_else(|| panic!("{}: no container port {name}", workload.name))
+                    .container_port
+            }
+            IntOrString::Int(n) => *n,
+        };
+        assert_eq!(target, http_port(pvdir), "{}", o.name);
+        assert_eq!(port.port, target, "{}", o.name);
+        let annotations = template_meta(workload)
+            .and_then(|m| m.annotations.clone())
+            .unwrap_or_default();
+        assert_eq!(annotations["prometheus.io/scrape"], "true");
+        assert_eq!(annotations["prometheus.io/path"], "/metrics");
+        assert_eq!(
+            annotations["prometheus.io/port"],
+            http_port(pvdir).to_string()
+        );
+    }
+}

@@ -162,6 +162,43 @@ async fn a_blocked_helper_is_killed_within_the_bound() {
     assert_eq!(left, 0, "the stuck helper was left running");
 }
 
+/// What a dead server costs shows in the metrics: the held probe counts as an unreachable
+/// server, a timeout and a kill of its helper, and its time as remote helper work.
+#[tokio::test]
+async fn a_held_probe_is_counted_as_unreachable_timed_out_and_killed() {
+    let dir = tempfile::Builder::new()
+        .prefix("pvdir-hung-metrics")
+        .tempdir()
+        .unwrap();
+    let wrapper = wrapped_helper(
+        dir.path(),
+        "",
+        "strace -f -qq -o /dev/null -e trace=statfs -e inject=statfs:delay_enter=60000000",
+    );
+    let bound = Duration::from_millis(1500);
+    let metrics = std::sync::Arc::new(pvdir::metrics::Metrics::new());
+    let unused = std::env::temp_dir().join("pvdir-remote-helper-unused");
+    let os = RealOs::observed(wrapper, bound, unused, MountApi::Auto, metrics.clone());
+    let op = FsOp::StatfsNfs {
+        path: dir.path().into(),
+    };
+    let err = os.fs(op, Medium::Remote).await.unwrap_err();
+    assert!(matches!(err, OsError::TimedOut { .. }), "{err:?}");
+    let text = metrics.encode();
+    for series in [
+        "pvdir_nfs_probes_total{result=\"unreachable\"} 1",
+        "pvdir_nfs_probes_total{result=\"answering\"} 0",
+        "pvdir_helper_timeouts_total{operation=\"statfs_nfs\"} 1",
+        "pvdir_helper_kills_total{operation=\"statfs_nfs\",reason=\"timeout\"} 1",
+        "pvdir_helper_duration_seconds_count{operation=\"statfs_nfs\",medium=\"remote\"} 1",
+    ] {
+        assert!(
+            text.lines().any(|l| l == series),
+            "{series} missing from:\n{text}"
+        );
+    }
+}
+
 /// A static PV of the share root lets a pod put anything where the controller reads records:
 /// a FIFO (the old helper waited on it until killed at the bound) or a sparse file claiming
 /// gigabytes (the old helper read it whole, and the driver read its reply whole again).

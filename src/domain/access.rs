@@ -62,6 +62,16 @@ pub enum BackendKind {
     Nfs,
 }
 
+impl BackendKind {
+    /// The backend's name as a metrics label and in `/healthz/<backend>`.
+    pub fn label(self) -> &'static str {
+        match self {
+            BackendKind::Local => "local",
+            BackendKind::Nfs => "nfs",
+        }
+    }
+}
+
 /// Mount options a local volume's bind mount can honour: they become per-mount flags of the
 /// bind. Anything else (filesystem options) has no meaning for a bind and is refused rather than
 /// silently dropped.

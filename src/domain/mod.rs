@@ -8,6 +8,7 @@ pub mod controller;
 pub mod error;
 pub mod guard;
 pub mod health;
+pub mod inventory;
 pub mod local;
 pub mod nfs;
 pub mod node;

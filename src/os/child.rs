@@ -6,7 +6,7 @@
 //! child is reaped before we return. NFS waits are TASK_KILLABLE, so SIGKILL does end a helper
 //! stuck on a dead server. What a helper writes is bounded too: one that writes more than
 //! [`MAX_STDOUT`] or [`MAX_STDERR`] is killed, so a reply inflated by whatever it found on an
-//! export cannot grow the driver's memory.
+//! export cannot grow the driver's memory. Every kill is counted in the metrics, with its reason.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -17,6 +17,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::{ChildStdin, Command};
 
 use super::OsError;
+use crate::metrics::{KillReason, Metrics};
 
 /// After SIGKILL, how long we wait to reap before leaving the zombie to tokio's orphan reaper.
 const REAP_GRACE: Duration = Duration::from_secs(5);
@@ -43,23 +44,28 @@ impl Finished {
 /// Kills the helper's whole process group if the run is abandoned part-way (its future
 /// dropped), so grandchildren such as mount.nfs never outlive the call. Disarmed once the
 /// helper has been reaped, before its group id could be reused.
-struct GroupKiller(Option<Pid>);
+struct GroupKiller<'a> {
+    group: Option<Pid>,
+    what: &'a str,
+    metrics: &'a Metrics,
+}
 
-impl GroupKiller {
-    fn kill(&mut self) {
-        if let Some(group) = self.0.take() {
+impl GroupKiller<'_> {
+    fn kill(&mut self, reason: KillReason) {
+        if let Some(group) = self.group.take() {
             let _ = killpg(group, Signal::SIGKILL);
+            self.metrics.helper_killed(self.what, reason);
         }
     }
 
     fn disarm(&mut self) {
-        self.0 = None;
+        self.group = None;
     }
 }
 
-impl Drop for GroupKiller {
+impl Drop for GroupKiller<'_> {
     fn drop(&mut self) {
-        self.kill();
+        self.kill(KillReason::Abandoned);
     }
 }
 
@@ -84,9 +90,15 @@ fn die_with_parent(cmd: &mut Command) {
     }
 }
 
-/// Run `cmd` to completion or until `limit`, whichever is first. `what` names it in errors.
-pub async fn run(cmd: Command, what: &str, limit: Duration) -> Result<Finished, OsError> {
-    run_with_input(cmd, None, what, limit).await
+/// Run `cmd` to completion or until `limit`, whichever is first. `what` names it in errors and
+/// in the metrics (a name compiled into pvdir, never a path).
+pub async fn run(
+    cmd: Command,
+    what: &str,
+    limit: Duration,
+    metrics: &Metrics,
+) -> Result<Finished, OsError> {
+    run_with_input(cmd, None, what, limit, metrics).await
 }
 
 /// [`run`], with `input` written to the helper's stdin (which is then closed). Input travels
@@ -96,6 +108,7 @@ pub async fn run_with_input(
     input: Option<Vec<u8>>,
     what: &str,
     limit: Duration,
+    metrics: &Metrics,
 ) -> Result<Finished, OsError> {
     let stdin = if input.is_some() {
         Stdio::piped()
@@ -114,12 +127,14 @@ pub async fn run_with_input(
         source,
     })?;
     // The group id equals the helper's pid because of process_group(0).
-    let mut killer = GroupKiller(
-        child
+    let mut killer = GroupKiller {
+        group: child
             .id()
             .and_then(|p| i32::try_from(p).ok())
             .map(Pid::from_raw),
-    );
+        what,
+        metrics,
+    };
     let out = child.stdout.take();
     let err = child.stderr.take();
     let feed = feed(child.stdin.take(), input);
@@ -128,7 +143,7 @@ pub async fn run_with_input(
             tokio::try_join!(feed, capped(out, MAX_STDOUT), capped(err, MAX_STDERR))?;
         Ok::<_, u64>((child.wait().await, stdout, stderr))
     };
-    let failure = match tokio::time::timeout(limit, work).await {
+    let (failure, reason) = match tokio::time::timeout(limit, work).await {
         Ok(Ok((status, stdout, stderr))) => {
             killer.disarm();
             let status = status.map_err(|source| OsError::Spawn { program, source })?;
@@ -139,16 +154,22 @@ pub async fn run_with_input(
                 stderr,
             });
         }
-        Ok(Err(cap)) => OsError::Helper {
-            what: what.to_string(),
-            message: format!("wrote more than {cap} bytes; killed"),
-        },
-        Err(_) => OsError::TimedOut {
-            what: what.to_string(),
-            after: limit,
-        },
+        Ok(Err(cap)) => (
+            OsError::Helper {
+                what: what.to_string(),
+                message: format!("wrote more than {cap} bytes; killed"),
+            },
+            KillReason::OutputCap,
+        ),
+        Err(_) => (
+            OsError::TimedOut {
+                what: what.to_string(),
+                after: limit,
+            },
+            KillReason::Timeout,
+        ),
     };
-    killer.kill();
+    killer.kill(reason);
     let _ = child.start_kill();
     let _ = tokio::time::timeout(REAP_GRACE, child.wait()).await;
     Err(failure)
@@ -185,7 +206,9 @@ mod tests {
     async fn collects_output_and_status() {
         let mut c = Command::new("sh");
         c.args(["-c", "echo out; echo err >&2; exit 3"]);
-        let f = run(c, "sh", Duration::from_secs(10)).await.unwrap();
+        let f = run(c, "sh", Duration::from_secs(10), &Metrics::new())
+            .await
+            .unwrap();
         assert!(!f.success);
         assert_eq!(f.code, Some(3));
         assert_eq!(f.stdout, b"out\n");
@@ -223,10 +246,21 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let pidfile = dir.path().join("grandchild");
         let started = std::time::Instant::now();
-        let e = run(sleeper(&pidfile), "sleeper", Duration::from_millis(300))
-            .await
-            .unwrap_err();
+        let metrics = Metrics::new();
+        let e = run(
+            sleeper(&pidfile),
+            "sleeper",
+            Duration::from_millis(300),
+            &metrics,
+        )
+        .await
+        .unwrap_err();
         assert!(matches!(e, OsError::TimedOut { .. }));
+        let text = metrics.encode();
+        assert!(text.contains("pvdir_helper_timeouts_total{operation=\"sleeper\"} 1\n"));
+        assert!(
+            text.contains("pvdir_helper_kills_total{operation=\"sleeper\",reason=\"timeout\"} 1\n")
+        );
         assert!(started.elapsed() < Duration::from_secs(5));
         assert!(
             grandchild_gone(&pidfile),
@@ -239,11 +273,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let pidfile = dir.path().join("grandchild");
         // The caller gives up (its future is dropped) long before the helper's own bound.
+        let metrics = Metrics::new();
         let _ = tokio::time::timeout(
             Duration::from_millis(300),
-            run(sleeper(&pidfile), "sleeper", Duration::from_secs(60)),
+            run(
+                sleeper(&pidfile),
+                "sleeper",
+                Duration::from_secs(60),
+                &metrics,
+            ),
         )
         .await;
+        assert!(metrics
+            .encode()
+            .contains("pvdir_helper_kills_total{operation=\"sleeper\",reason=\"abandoned\"} 1\n"));
         assert!(
             grandchild_gone(&pidfile),
             "the grandchild outlived the abandoned call"
@@ -266,7 +309,8 @@ mod tests {
             c.arg("-c")
                 .arg(format!("echo $$ > {}; exec sleep 60", recorded.display()));
             let recorded = recorded.clone();
-            let mut call = Box::pin(run(c, "sleeper", Duration::from_secs(60)));
+            let metrics = Metrics::new();
+            let mut call = Box::pin(run(c, "sleeper", Duration::from_secs(60), &metrics));
             rt.block_on(async {
                 // Start the helper and let it record its pid (slow on a loaded machine), then
                 // stop polling as if the process had died.
@@ -295,7 +339,13 @@ mod tests {
         c.arg("-c")
             .arg(format!("yes pvdir & echo $! > {}; wait", pidfile.display()));
         let started = std::time::Instant::now();
-        let e = run(c, "chatty", Duration::from_secs(60)).await.unwrap_err();
+        let metrics = Metrics::new();
+        let e = run(c, "chatty", Duration::from_secs(60), &metrics)
+            .await
+            .unwrap_err();
+        assert!(metrics
+            .encode()
+            .contains("pvdir_helper_kills_total{operation=\"chatty\",reason=\"output_cap\"} 1\n"));
         assert!(matches!(e, OsError::Helper { .. }), "{e:?}");
         assert!(started.elapsed() < Duration::from_secs(30));
         assert!(grandchild_gone(&pidfile), "the writer survived the cap");
@@ -304,7 +354,9 @@ mod tests {
     #[tokio::test]
     async fn missing_program_is_a_spawn_error() {
         let c = Command::new("/nonexistent/helper");
-        let e = run(c, "x", Duration::from_secs(1)).await.unwrap_err();
+        let e = run(c, "x", Duration::from_secs(1), &Metrics::new())
+            .await
+            .unwrap_err();
         assert!(matches!(e, OsError::Spawn { .. }));
     }
 }

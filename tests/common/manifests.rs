@@ -48,6 +48,40 @@ pub enum Typed {
     PersistentVolume(Box<PersistentVolume>),
     PersistentVolumeClaim(Box<PersistentVolumeClaim>),
     Pod(Box<Pod>),
+    ServiceMonitor(Box<ServiceMonitor>),
+}
+
+/// The Prometheus Operator's ServiceMonitor (monitoring.coreos.com/v1), as far as the chart
+/// uses it: k8s-openapi has no type for it. Every field the chart sets must be known here.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceMonitor {
+    pub api_version: String,
+    pub kind: String,
+    pub metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    pub spec: ServiceMonitorSpec,
+}
+
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceMonitorSpec {
+    pub selector: k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
+    pub namespace_selector: Option<NamespaceSelector>,
+    pub endpoints: Vec<ScrapeEndpoint>,
+}
+
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NamespaceSelector {
+    pub match_names: Vec<String>,
+}
+
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ScrapeEndpoint {
+    pub port: String,
+    pub path: Option<String>,
+    pub interval: Option<String>,
 }
 
 /// `value` as `T`, failing on any field `T` does not have.
@@ -79,6 +113,7 @@ fn typed(kind: &str, doc: &serde_yaml::Value, origin: &str) -> Typed {
         "PersistentVolume" => Typed::PersistentVolume(Box::new(strict(doc, origin))),
         "PersistentVolumeClaim" => Typed::PersistentVolumeClaim(Box::new(strict(doc, origin))),
         "Pod" => Typed::Pod(Box::new(strict(doc, origin))),
+        "ServiceMonitor" => Typed::ServiceMonitor(Box::new(strict(doc, origin))),
         other => panic!("{origin}: kind {other} is not one these tests know how to check"),
     }
 }

@@ -357,6 +357,19 @@ impl LocalBackend {
 
     /// Every volume on this node, sorted by key (a stable order for pagination). One read of
     /// the record directory and one batched read of the records.
+    /// How many volumes there are: one directory listing, no record read (for metrics).
+    pub async fn count(&self) -> Result<usize, ControllerError> {
+        let names = self.records().names().await?;
+        Ok(names
+            .iter()
+            .filter(|n| {
+                n.strip_suffix(RECORD_SUFFIX)
+                    .and_then(VolumeKey::parse)
+                    .is_some()
+            })
+            .count())
+    }
+
     pub async fn list(&self) -> Result<Vec<Volume>, ControllerError> {
         let records = self.records();
         // Temp files of an interrupted write and foreign files are not volumes.

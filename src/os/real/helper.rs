@@ -11,6 +11,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::process::Command;
 
+use crate::metrics::Metrics;
 use crate::os::child;
 use crate::os::fsop::{self, FsOp, FsReply};
 use crate::os::mount::op::{self, MountOp};
@@ -30,6 +31,7 @@ pub async fn call<Op: Serialize, R: DeserializeOwned>(
     op: &Op,
     what: &str,
     limit: Duration,
+    metrics: &Metrics,
 ) -> Result<R, OsError> {
     let malformed = |message: String| OsError::Helper {
         what: what.into(),
@@ -40,7 +42,7 @@ pub async fn call<Op: Serialize, R: DeserializeOwned>(
     cmd.args(args);
     // On stdin: an argument may hold at most 128 KiB, and a read of every record of a large
     // export names them all.
-    let done = child::run_with_input(cmd, Some(json), what, limit).await?;
+    let done = child::run_with_input(cmd, Some(json), what, limit, metrics).await?;
     serde_json::from_slice(&done.stdout)
         .map_err(|e| malformed(format!("{e}; stderr: {}", done.stderr_text())))
 }

@@ -1,12 +1,15 @@
 //! The real machine: binds through the mount API (see [`crate::os::mount`]), the kernel NFS
 //! client through `mount.nfs`, and directory work either on the blocking pool or in
-//! `pvdir internal` child processes ([`helper`]).
+//! `pvdir internal` child processes ([`helper`]). Each operation is timed into the metrics
+//! handle it was built with; so are the kills of helpers, the lazy detaches of NFS unmounts and
+//! what NFS servers answer to a statfs.
 
 pub mod helper;
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use tokio::process::Command;
@@ -17,6 +20,7 @@ use super::mount::staging::Staging;
 use super::mount::{self, ApiChoice, MountApi, MountError};
 use super::safe_fs::SafeFsError;
 use super::{child, mountinfo, Medium, MountEntry, MountSource, MountSpec, Os, OsError};
+use crate::metrics::{DetachReason, Metrics, ProbeResult};
 use helper::{INTERNAL_FS_ARGS, INTERNAL_MOUNT_ARGS};
 
 pub use helper::{run_internal_fs, run_internal_mount};
@@ -35,23 +39,51 @@ pub struct RealOs {
     /// Where mounts are finished before they are attached (see [`crate::os::mount`]).
     staging: Arc<Staging>,
     api: Arc<ApiChoice>,
+    metrics: Arc<Metrics>,
 }
 
 impl RealOs {
     /// `staging_dir` must be absolute and free of symlinks; call [`RealOs::prepare`] before
-    /// the first mount.
+    /// the first mount. Its metrics are its own, scraped by no one: see [`RealOs::observed`].
     pub fn new(
         helper: PathBuf,
         remote_timeout: Duration,
         staging_dir: PathBuf,
         api: MountApi,
     ) -> Self {
+        Self::observed(
+            helper,
+            remote_timeout,
+            staging_dir,
+            api,
+            Arc::new(Metrics::new()),
+        )
+    }
+
+    /// [`RealOs::new`], recording into `metrics`.
+    pub fn observed(
+        helper: PathBuf,
+        remote_timeout: Duration,
+        staging_dir: PathBuf,
+        api: MountApi,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             helper,
             remote_timeout,
             staging: Arc::new(Staging::new(staging_dir)),
             api: Arc::new(ApiChoice::new(api)),
+            metrics,
         }
+    }
+
+    /// `work`, timed as `operation`; `remote`: it runs in a helper process.
+    async fn timed<T>(&self, operation: &str, remote: bool, work: impl Future<Output = T>) -> T {
+        let started = Instant::now();
+        let result = work.await;
+        self.metrics
+            .observe_helper(operation, remote, started.elapsed());
+        result
     }
 
     /// Make the staging directory a private mount of its own, and clear what an earlier
@@ -91,14 +123,15 @@ impl RealOs {
 
     /// One mount operation in the killable helper, under the remote bound.
     async fn in_helper(&self, op: MountOp) -> Result<(), OsError> {
-        let reply: Result<(), MountError> = helper::call(
+        let call = helper::call(
             &self.helper,
             INTERNAL_MOUNT_ARGS,
             &op,
             op.name(),
             self.remote_timeout,
-        )
-        .await?;
+            &self.metrics,
+        );
+        let reply: Result<(), MountError> = self.timed(op.name(), true, call).await?;
         reply.map_err(OsError::from)
     }
 
@@ -122,19 +155,32 @@ impl RealOs {
         if top(&self.mounts().await?) != before {
             return Ok(());
         }
-        let escalation: &[Unmount] = match first {
-            OsError::TimedOut { .. } => &[Unmount::Force, Unmount::Detach],
-            _ => &[Unmount::Detach],
+        let (escalation, detach): (&[Unmount], _) = match first {
+            OsError::TimedOut { .. } => (
+                &[Unmount::Force, Unmount::Detach],
+                DetachReason::Unresponsive,
+            ),
+            _ => (&[Unmount::Detach], DetachReason::Busy),
+        };
+        // A detach that goes through answers OK: the count is all that tells of it.
+        let detached = |how: &Unmount| {
+            if *how == Unmount::Detach {
+                self.metrics.lazy_detach(detach);
+            }
         };
         let mut last = first;
         for how in escalation {
             tracing::warn!(target.path = %target.display(), error = %last,
                 "unmount did not complete; escalating to {how:?}");
             match self.in_helper(step(*how)).await {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    detached(how);
+                    return Ok(());
+                }
                 Err(e) => last = e,
             }
             if top(&self.mounts().await?) != before {
+                detached(how);
                 return Ok(());
             }
         }
@@ -155,7 +201,8 @@ impl RealOs {
         if !options.is_empty() {
             cmd.arg("-o").arg(options.join(","));
         }
-        let mounted = match child::run(cmd, "mount.nfs", self.remote_timeout).await {
+        let run = child::run(cmd, MOUNT_NFS, self.remote_timeout, &self.metrics);
+        let mounted = match self.timed(MOUNT_NFS, true, run).await {
             Ok(done) if done.success => Ok(()),
             Ok(done) => Err(OsError::Mount {
                 target: spec.target.clone(),
@@ -222,10 +269,10 @@ impl Os for RealOs {
             MountSource::Bind(source) => {
                 let (source, target, flags) = (source.clone(), spec.target.clone(), spec.flags);
                 let (api, staging) = (Arc::clone(&self.api), Arc::clone(&self.staging));
-                Self::blocking(move || {
+                let work = Self::blocking(move || {
                     mount::bind(&source, &target, flags, &api, &staging).map_err(OsError::from)
-                })
-                .await
+                });
+                self.timed("bind", false, work).await
             }
             MountSource::Nfs { server, path } => self.mount_nfs(server, path, spec).await,
         }
@@ -235,33 +282,47 @@ impl Os for RealOs {
         if remote {
             self.unmount_remote(target).await
         } else {
-            let target = target.to_path_buf();
-            Self::blocking(move || {
-                mount::op::execute(&MountOp::Unmount {
-                    target,
-                    how: Unmount::Plain,
-                })
-                .map_err(OsError::from)
-            })
-            .await
+            let op = MountOp::Unmount {
+                target: target.to_path_buf(),
+                how: Unmount::Plain,
+            };
+            let name = op.name();
+            let work = Self::blocking(move || mount::op::execute(&op).map_err(OsError::from));
+            self.timed(name, false, work).await
         }
     }
 
     async fn fs(&self, op: FsOp, medium: Medium) -> Result<FsReply, OsError> {
-        match medium {
-            Medium::Local => Self::blocking(move || fsop::execute(&op).map_err(OsError::Fs)).await,
+        let name = op.name();
+        let probe = matches!(op, FsOp::StatfsNfs { .. });
+        let result = match medium {
+            Medium::Local => {
+                let work = Self::blocking(move || fsop::execute(&op).map_err(OsError::Fs));
+                self.timed(name, false, work).await
+            }
             Medium::Remote => {
-                let reply: Result<FsReply, SafeFsError> = helper::call(
+                let call = helper::call(
                     &self.helper,
                     INTERNAL_FS_ARGS,
                     &op,
-                    op.name(),
+                    name,
                     self.remote_timeout,
-                )
-                .await?;
-                reply.map_err(OsError::Fs)
+                    &self.metrics,
+                );
+                let reply: Result<Result<FsReply, SafeFsError>, OsError> =
+                    self.timed(name, true, call).await;
+                reply.and_then(|r| r.map_err(OsError::Fs))
             }
+        };
+        if probe {
+            self.metrics.nfs_probe(match &result {
+                Ok(_) => ProbeResult::Answering,
+                Err(e) if e.is_stale_handle() => ProbeResult::Stale,
+                Err(OsError::TimedOut { .. }) => ProbeResult::Unreachable,
+                Err(_) => ProbeResult::Error,
+            });
         }
+        result
     }
 }
 

@@ -33,3 +33,13 @@ capabilities:
 - --log={{ . }}
 {{- end }}
 {{- end }}
+
+{{/* Scrape annotations for a pod whose pvdir serves /metrics on `port`, if asked for. */}}
+{{- define "pvdir.scrapeAnnotations" -}}
+{{- if and .root.Values.metrics.podAnnotations (not .root.Values.standardSidecars) }}
+annotations:
+  prometheus.io/scrape: "true"
+  prometheus.io/port: {{ .port | quote }}
+  prometheus.io/path: /metrics
+{{- end }}
+{{- end }}
