@@ -14,7 +14,9 @@
 //! Run as root: `cargo bench --bench side_by_side`. `PVDIR_BENCH_DISK` (default `/var/tmp`)
 //! chooses the disk directory, `PVDIR_BENCH_PAIRS` (default 300) the sequential pairs per
 //! driver and condition, `PVDIR_BENCH_SECS` (default 3) each concurrent run, and
-//! `PVDIR_BENCH_ON=tmpfs` or `disk` one filesystem only.
+//! `PVDIR_BENCH_ON=tmpfs` or `disk` one filesystem only. `PVDIR_BENCH_BINARY` runs another
+//! pvdir binary than the one just built, and `PVDIR_BENCH_BASELINE` adds an earlier build
+//! beside it, as `pvdir-before`.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -51,9 +53,11 @@ impl Drop for Driver {
     }
 }
 
-fn start_pvdir(dir: &Path) -> Driver {
+fn start_pvdir(name: &'static str, binary: &Path, dir: &Path) -> Driver {
+    let dir = dir.join(name);
+    std::fs::create_dir_all(&dir).expect("driver directory");
     let socket = dir.join("pvdir.sock");
-    let child = Command::new(env!("CARGO_BIN_EXE_pvdir"))
+    let child = Command::new(binary)
         .arg("serve")
         .arg("--mode")
         .arg("controller")
@@ -71,7 +75,7 @@ fn start_pvdir(dir: &Path) -> Driver {
         .spawn()
         .expect("start pvdir serve");
     Driver {
-        name: "pvdir",
+        name,
         socket,
         child,
     }
@@ -275,6 +279,9 @@ async fn main() {
     let secs = env_or("PVDIR_BENCH_SECS", 3u64);
     let disk: PathBuf = env_or("PVDIR_BENCH_DISK", PathBuf::from("/var/tmp"));
     let hostpath = hostpath_binary();
+    let pvdir = std::env::var_os("PVDIR_BENCH_BINARY")
+        .map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_pvdir")), PathBuf::from);
+    let baseline = std::env::var_os("PVDIR_BENCH_BASELINE").map(PathBuf::from);
     if hostpath.is_none() {
         println!("csi-driver-host-path not found: measuring pvdir alone");
     }
@@ -289,7 +296,10 @@ async fn main() {
             .prefix("pvdir-bench-")
             .tempdir_in(&parent)
             .expect("bench directory");
-        let mut drivers = vec![start_pvdir(dir.path())];
+        let mut drivers = vec![start_pvdir("pvdir", &pvdir, dir.path())];
+        if let Some(before) = &baseline {
+            drivers.push(start_pvdir("pvdir-before", before, dir.path()));
+        }
         if let Some(binary) = &hostpath {
             drivers.push(start_hostpath(binary, dir.path()));
         }

@@ -61,9 +61,12 @@ async fn off_runtime<T: Send + 'static>(
         .map_err(failed(step, volume))
 }
 
+/// Deleted names remembered before a sync is asked for: a few hundred KiB at most.
+const REMEMBERED: usize = 1024;
+
 pub(super) struct LocalJournal {
     journal: Arc<Journal>,
-    /// Names deleted at a journal position whose checkpoint has not finished yet.
+    /// Names deleted since the filesystem sync whose ticket each carries.
     deleted: Mutex<HashMap<VolumeKey, u64>>,
 }
 
@@ -117,11 +120,16 @@ impl LocalJournal {
 
     /// After a committed delete of `key`.
     pub fn deleted(&self, key: &VolumeKey) {
-        let position = self.journal.position();
-        let done = self.journal.checkpointed();
+        let ticket = self.journal.sync_ticket();
         let mut deleted = self.deleted.lock().unwrap_or_else(|p| p.into_inner());
-        deleted.retain(|_, at| *at >= done);
-        deleted.insert(key.clone(), position);
+        deleted.insert(key.clone(), ticket);
+        if deleted.len() > REMEMBERED {
+            // Bounded: forget what a sync has covered, and ask for one if that was not enough.
+            deleted.retain(|_, t| !self.journal.synced(*t));
+            if deleted.len() > REMEMBERED / 2 {
+                self.journal.request_sync();
+            }
+        }
     }
 
     /// Before making the directory of `key`: if its deletion may still be undone by a power
@@ -133,9 +141,7 @@ impl LocalJournal {
     ) -> Result<(), ControllerError> {
         let pending = {
             let deleted = self.deleted.lock().unwrap_or_else(|p| p.into_inner());
-            deleted
-                .get(key)
-                .is_some_and(|at| *at >= self.journal.checkpointed())
+            deleted.get(key).is_some_and(|t| !self.journal.synced(*t))
         };
         if pending {
             let journal = Arc::clone(&self.journal);

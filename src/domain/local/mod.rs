@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use super::access::{unsupported_reason, BackendKind};
 use super::error::ControllerError;
 use super::params::{from_map, parse_mode, LocalParams};
-use super::record::{Claim, RecordDir, RECORD_SUFFIX};
+use super::record::{RecordDir, RECORD_SUFFIX};
 use super::volume::{CreateSpec, Deleted, Volume, TOPOLOGY_KEY};
 use super::volume_id::{LocalId, VolumeId, VolumeKey};
 use crate::os::{mountinfo, FsOp, FsReply, Medium, Os, OsError, RelPath};
@@ -259,10 +259,9 @@ impl LocalBackend {
             ),
         };
         // Refuse a conflict before the intent is logged: a replay would overwrite the record.
-        if let Some(existing) = self.read_record(&key).await? {
-            if existing != wanted {
-                return Err(conflict(existing));
-            }
+        let existing = self.read_record(&key).await?;
+        if let Some(other) = existing.clone().filter(|r| *r != wanted) {
+            return Err(conflict(other));
         }
         journal.before_create(&key, &spec.name).await?;
         // Write-ahead: once the intent is on disk, a crash at any later step (or a power cut
@@ -273,14 +272,16 @@ impl LocalBackend {
             record: wanted.clone(),
         };
         journal.commit(&entry, &spec.name).await?;
-        let name = Self::record_name(&key);
-        let claimed = self
-            .records()
-            .journaled()
-            .claim(&name, &wanted, &spec.name)
-            .await?;
-        if let Claim::Existing(existing) = claimed.filter_same(&wanted) {
-            return Err(conflict(existing));
+        if existing.is_none() {
+            let name = Self::record_name(&key);
+            let records = self.records().journaled();
+            // Exclusive all the same: only another process could have written it meanwhile,
+            // and the journal's lock keeps others out, but a record is never overwritten.
+            if !records.store(&name, &wanted, true, &spec.name).await? {
+                if let Some(other) = self.read_record(&key).await?.filter(|r| *r != wanted) {
+                    return Err(conflict(other));
+                }
+            }
         }
         self.ensure_dir(&key, mode, &spec.name).await?;
         Ok(self.volume(key, spec.capacity_bytes))

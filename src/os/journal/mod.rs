@@ -97,6 +97,11 @@ struct State {
     /// segment may be written over only when they are equal.
     rotations: u64,
     checkpointed: u64,
+    /// Filesystem syncs begun and finished by the checkpoint thread, and whether one is
+    /// wanted without a rotation (see [`Journal::sync_ticket`]).
+    syncs_started: u64,
+    syncs_done: u64,
+    sync_wanted: bool,
     closing: bool,
 }
 
@@ -228,6 +233,9 @@ impl Journal {
                 leading: false,
                 rotations: 0,
                 checkpointed: 0,
+                syncs_started: 0,
+                syncs_done: 0,
+                sync_wanted: false,
                 closing: false,
             }),
             progress: Condvar::new(),
@@ -284,19 +292,43 @@ impl Journal {
         self.shared.commit(payload)
     }
 
-    /// Segment switches so far. Work committed now is on disk by itself (no longer needs the
-    /// journal) once [`Journal::checkpointed`] exceeds this.
+    /// Segment switches so far.
     pub fn position(&self) -> u64 {
         self.shared.lock().rotations
     }
 
-    pub fn checkpointed(&self) -> u64 {
-        self.shared.lock().checkpointed
+    /// A ticket for the work applied so far: the first filesystem sync that covers it.
+    pub fn sync_ticket(&self) -> u64 {
+        self.shared.lock().syncs_started + 1
     }
 
-    /// Sync everything applied so far to disk now, outside the journal. Blocks.
+    /// Whether the work a ticket was taken for is on disk by itself.
+    pub fn synced(&self, ticket: u64) -> bool {
+        self.shared.lock().syncs_done >= ticket
+    }
+
+    /// Ask the checkpoint thread for a filesystem sync soon; returns at once.
+    pub fn request_sync(&self) {
+        self.shared.lock().sync_wanted = true;
+        self.shared.work.notify_all();
+    }
+
+    /// Sync everything applied so far to disk, through the checkpoint thread. Blocks.
     pub fn sync_now(&self) -> Result<(), JournalError> {
-        self.shared.sync_roots()
+        let s = &self.shared;
+        let mut st = s.lock();
+        let ticket = st.syncs_started + 1;
+        st.sync_wanted = true;
+        s.work.notify_all();
+        while st.syncs_done < ticket {
+            if let Phase::Broken(reason) = &st.phase {
+                return Err(JournalError::Broken {
+                    reason: reason.clone(),
+                });
+            }
+            st = s.progress.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+        Ok(())
     }
 }
 
@@ -462,19 +494,26 @@ impl Shared {
             if st.closing {
                 return;
             }
-            if st.checkpointed == st.rotations {
+            if st.checkpointed == st.rotations && !st.sync_wanted {
                 st = self.work.wait(st).unwrap_or_else(|p| p.into_inner());
                 continue;
             }
             let target = st.rotations;
+            st.sync_wanted = false;
+            st.syncs_started += 1;
+            let ticket = st.syncs_started;
             drop(st);
             let result = self.sync_roots();
             st = self.lock();
             match result {
-                Ok(()) => st.checkpointed = target,
+                Ok(()) => {
+                    st.checkpointed = target;
+                    st.syncs_done = ticket;
+                }
                 Err(e) => {
                     // The old segment stays in use; commits go on until the other is full.
                     tracing::warn!(error = %e, "journal checkpoint failed; retrying in 1 s");
+                    st.sync_wanted = true;
                     st = self
                         .work
                         .wait_timeout(st, Duration::from_secs(1))

@@ -121,3 +121,24 @@ fn one_process_at_a_time() {
     let rc = unsafe { libc::flock(other.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
     assert_eq!(rc, -1, "the journal is locked while open");
 }
+
+#[test]
+fn a_sync_ticket_is_covered_only_by_a_sync_that_starts_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = ready(dir.path());
+    let first = j.sync_ticket();
+    assert!(!j.synced(first));
+    j.sync_now().unwrap();
+    assert!(j.synced(first));
+    let second = j.sync_ticket();
+    assert!(second > first && !j.synced(second));
+    j.request_sync();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !j.synced(second) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the requested sync never ran"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
