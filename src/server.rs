@@ -103,6 +103,8 @@ pub struct Plugin {
     pub health: Health,
     /// Registers the node side with kubelet, if asked to.
     pub registrar: Option<Registrar>,
+    /// The backend, for what it releases on shutdown.
+    pub backend: Arc<Backend>,
 }
 
 /// The registrar for a plugin serving the node side on `endpoint`, when `dir` is given.
@@ -206,6 +208,7 @@ pub fn assemble(args: &ServeArgs, os: Arc<dyn Os>) -> Result<Vec<Plugin>, Server
             }),
             health,
             registrar,
+            backend: Arc::clone(&backend),
         });
         Ok(())
     };
@@ -281,6 +284,10 @@ pub async fn serve(
             health: p.health.clone(),
             registration: p.registrar.as_ref().map(Registrar::state),
         })
+        .collect();
+    let backends: Vec<(Arc<Backend>, bool)> = plugins
+        .iter()
+        .map(|p| (Arc::clone(&p.backend), p.controller.is_some()))
         .collect();
     // Bind everything first, so a failure leaves no socket of ours behind. The registration
     // sockets come last: kubelet calls the CSI socket as soon as it sees one.
@@ -386,6 +393,12 @@ pub async fn serve(
     }
     for socket in sockets {
         socket.remove();
+    }
+    // No call runs any more: what the controllers mounted for their work can go.
+    for (backend, controller) in backends {
+        if controller {
+            backend.release().await;
+        }
     }
     result
 }

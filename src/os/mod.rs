@@ -117,6 +117,22 @@ impl OsError {
     }
 }
 
+/// How an unmount ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unmounted {
+    /// A plain unmount finished: the kernel wrote back what was written through the mount
+    /// first. Or the mount was busy and was detached lazily on an answering server: the kernel
+    /// writes back when its last user leaves.
+    Cleanly,
+    /// The plain unmount did not finish within the bound. A plain unmount writes back the data
+    /// written through the mount before it detaches, so on a server that stopped answering
+    /// this is the kernel still waiting to write; the mount was then forced or detached (or
+    /// went while the unmount was killed), and data written through it may never reach the
+    /// server. The timed-out plain unmount is the bounded sync: no separate syncfs is tried,
+    /// it would wait on the same dead server for the same bound again.
+    WithoutWriteback,
+}
+
 /// What an NFS mount at a path answers (see [`probe_nfs_mount`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NfsMountProbe {
@@ -153,7 +169,7 @@ pub trait Os: Send + Sync + 'static {
     async fn mount(&self, spec: &MountSpec) -> Result<(), OsError>;
     /// Unmount the topmost mount at `target`, never following a symlink there; `remote` says
     /// it is an NFS mount that may hang.
-    async fn unmount(&self, target: &Path, remote: bool) -> Result<(), OsError>;
+    async fn unmount(&self, target: &Path, remote: bool) -> Result<Unmounted, OsError>;
     /// Run one directory operation.
     async fn fs(&self, op: FsOp, medium: Medium) -> Result<FsReply, OsError>;
 }

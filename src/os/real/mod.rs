@@ -16,7 +16,7 @@ use super::mount::op::{MountOp, Unmount};
 use super::mount::staging::Staging;
 use super::mount::{self, ApiChoice, MountApi, MountError};
 use super::safe_fs::SafeFsError;
-use super::{child, mountinfo, Medium, MountEntry, MountSource, MountSpec, Os, OsError};
+use super::{child, mountinfo, Medium, MountEntry, MountSource, MountSpec, Os, OsError, Unmounted};
 use helper::{INTERNAL_FS_ARGS, INTERNAL_MOUNT_ARGS};
 
 pub use helper::{run_internal_fs, run_internal_mount};
@@ -109,7 +109,7 @@ impl RealOs {
     /// server that answers would fail other pods' I/O. A mount that is merely busy (a stats
     /// call still in it) is detached lazily instead, which aborts nothing. Between steps the
     /// table is read again: a step that was killed may still have done its work.
-    async fn unmount_remote(&self, target: &Path) -> Result<(), OsError> {
+    async fn unmount_remote(&self, target: &Path) -> Result<Unmounted, OsError> {
         let top = |mounts: &[MountEntry]| mountinfo::top_at(mounts, target).map(|m| m.id);
         let before = top(&self.mounts().await?);
         let step = |how| MountOp::Unmount {
@@ -117,10 +117,16 @@ impl RealOs {
             how,
         };
         let Err(first) = self.in_helper(step(Unmount::Plain)).await else {
-            return Ok(());
+            return Ok(Unmounted::Cleanly);
+        };
+        // Only a plain unmount that ran out of time left data unwritten; one refused at once
+        // (EBUSY) had nothing to wait for, and its lazy detach writes back later.
+        let outcome = match first {
+            OsError::TimedOut { .. } => Unmounted::WithoutWriteback,
+            _ => Unmounted::Cleanly,
         };
         if top(&self.mounts().await?) != before {
-            return Ok(());
+            return Ok(outcome);
         }
         let escalation: &[Unmount] = match first {
             OsError::TimedOut { .. } => &[Unmount::Force, Unmount::Detach],
@@ -131,11 +137,11 @@ impl RealOs {
             tracing::warn!(target.path = %target.display(), error = %last,
                 "unmount did not complete; escalating to {how:?}");
             match self.in_helper(step(*how)).await {
-                Ok(()) => return Ok(()),
+                Ok(()) => return Ok(outcome),
                 Err(e) => last = e,
             }
             if top(&self.mounts().await?) != before {
-                return Ok(());
+                return Ok(outcome);
             }
         }
         Err(last)
@@ -187,7 +193,7 @@ impl RealOs {
         match staged {
             Ok(false) => point.remove(),
             Ok(true) => match self.unmount_remote(point.path()).await {
-                Ok(()) => point.remove(),
+                Ok(_) => point.remove(),
                 Err(e) => {
                     tracing::warn!(target.path = %point.path().display(), error = %e, "could not remove a staged NFS mount; the next start retries")
                 }
@@ -231,7 +237,7 @@ impl Os for RealOs {
         }
     }
 
-    async fn unmount(&self, target: &Path, remote: bool) -> Result<(), OsError> {
+    async fn unmount(&self, target: &Path, remote: bool) -> Result<Unmounted, OsError> {
         if remote {
             self.unmount_remote(target).await
         } else {
@@ -241,6 +247,7 @@ impl Os for RealOs {
                     target,
                     how: Unmount::Plain,
                 })
+                .map(|()| Unmounted::Cleanly)
                 .map_err(OsError::from)
             })
             .await
