@@ -115,6 +115,22 @@ async fn a_dead_server_never_hangs_unpublish_or_stats() {
         assert!(mounts_at(target).is_empty(), "no mount left behind");
         assert!(!target.exists(), "target removed");
     }
+    // A's unmount is the last of the export's superblock, whose plain unmount must reach the
+    // server: the OK hides that it could not finish, and the one trace is the warning naming
+    // the volume and the target (domain::node's report_unwritten_data).
+    let log = d.log();
+    let warnings = |id: &str, target: &Path| {
+        let target = format!("target.path={}", target.display());
+        log.lines()
+            .filter(|l| l.contains(" WARN ") && l.contains(id) && l.contains(&target))
+            .count()
+    };
+    println!(
+        "unwritten-data warnings: A {}, B {}",
+        warnings(&a, &target_a),
+        warnings(&b, &target_b)
+    );
+    assert_eq!(warnings(&a, &target_a), 1, "{log}");
     for id in [&a, &b] {
         expect_ok(
             d.controller().delete_volume(delete_request(id)).await,
@@ -227,6 +243,15 @@ async fn a_driver_restarted_between_create_and_publish_loses_nothing() {
         "delete",
     );
     assert!(!export().join("restart").exists());
+    // A clean stop takes the controller's export mount with it, and its directory.
+    let staging = d.path("staging");
+    assert_eq!(mounts_below(&staging).len(), 1, "the export is mounted");
+    assert!(d.terminate().await.success());
+    assert!(mounts_below(&staging).is_empty(), "export mount left");
+    assert!(
+        common::names_in(&staging).is_empty(),
+        "staging directory left"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

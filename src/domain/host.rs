@@ -29,7 +29,7 @@ pub enum HostError {
 }
 
 /// Accept an IPv4 literal, an IPv6 literal (bare or in brackets, as mount.nfs takes it), or a
-/// DNS host name per RFC 1123.
+/// DNS host name per RFC 1123, optionally fully qualified with a final dot.
 pub fn check_host(server: &str) -> Result<(), HostError> {
     if server.is_empty() {
         return Err(HostError::Empty);
@@ -57,8 +57,10 @@ pub fn check_host(server: &str) -> Result<(), HostError> {
             .map(drop)
             .map_err(|_| HostError::BadIpv4);
     }
+    // A fully qualified name may end in the root's dot (`nfs.example.com.`), as DNS allows.
+    let name = server.strip_suffix('.').unwrap_or(server);
     let mut last = "";
-    for label in server.split('.') {
+    for label in name.split('.') {
         if label.is_empty() {
             return Err(HostError::EmptyLabel);
         }
@@ -98,6 +100,7 @@ mod tests {
             "a1.b2",
             "1nfs.example.com",
             "x.123abc",
+            "nfs.example.com.",
             &format!("{}.com", "a".repeat(63)),
             "::1",
             "fd00::10",
@@ -135,7 +138,8 @@ mod tests {
             ("[10.0.0.1]", BadIpv6),
             ("[]", BadIpv6),
             ("::1]", BadIpv6),
-            ("host.", EmptyLabel),
+            ("host..", EmptyLabel),
+            (".", BadIpv4),
             (".host", EmptyLabel),
             ("a..b", EmptyLabel),
             (&format!("{}.com", "a".repeat(64)), LongLabel),

@@ -124,12 +124,13 @@ pub enum Unmounted {
     /// first. Or the mount was busy and was detached lazily on an answering server: the kernel
     /// writes back when its last user leaves.
     Cleanly,
-    /// The plain unmount did not finish within the bound. A plain unmount writes back the data
-    /// written through the mount before it detaches, so on a server that stopped answering
-    /// this is the kernel still waiting to write; the mount was then forced or detached (or
-    /// went while the unmount was killed), and data written through it may never reach the
-    /// server. The timed-out plain unmount is the bounded sync: no separate syncfs is tried,
-    /// it would wait on the same dead server for the same bound again.
+    /// The plain unmount did not finish within the bound. A plain unmount writes back what
+    /// was written through the mount before it lets go, so the kernel was still waiting on a
+    /// server that does not answer: to write back dirty data, or for the last calls of the
+    /// unmount itself, which pvdir cannot tell apart. The mount was then forced or detached
+    /// (or went while the unmount was killed), and data written through it may never reach
+    /// the server. The timed-out plain unmount serves as the bounded sync: a separate syncfs
+    /// first would wait on the same dead server for the same bound again.
     WithoutWriteback,
 }
 
