@@ -156,6 +156,7 @@ impl Exports {
             .filter(|m| m.is_remote() && m.mount_point.parent() == Some(self.staging.as_path()))
             .map(|m| m.mount_point.clone())
             .collect();
+        points.sort();
         points.dedup();
         for point in points {
             tracing::info!(target.path = %point.display(), "unmounting an export on shutdown");
