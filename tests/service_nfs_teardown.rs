@@ -124,7 +124,7 @@ impl<S: tracing::Subscriber> Layer<S> for Warnings {
 }
 
 impl Warnings {
-    /// Warnings naming both this volume and this target.
+    /// Warnings of abandoned writeback naming both this volume and this target.
     fn about(&self, id: &str, target: &std::path::Path) -> usize {
         let target = target.display().to_string();
         let logged = self.0.lock().unwrap();
@@ -133,6 +133,7 @@ impl Warnings {
             .filter(|f| {
                 f.get("volume.id").map(String::as_str) == Some(id)
                     && f.get("target.path") == Some(&target)
+                    && f.get("writeback").map(String::as_str) == Some("abandoned")
             })
             .count()
     }

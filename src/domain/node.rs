@@ -47,6 +47,7 @@ fn report_unwritten_data(volume_id: &str, target: &Path) {
     tracing::warn!(
         volume.id = volume_id,
         target.path = %target.display(),
+        writeback = "abandoned",
         "unmounted without writing back: data the pod wrote may never reach the NFS server"
     );
 }
