@@ -136,57 +136,6 @@ fn abandoned_writeback(log: &str, id: &str, target: &Path) -> usize {
         .count()
 }
 
-/// A pod wrote, the server died, and the pod went before its data was written back (its last
-/// close could not flush): unpublishing can only detach, losing that data. The call answers OK
-/// (the pod must be able to go), and the loss is a warning naming the volume and the target.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the VM suite's kernel NFS server"]
-async fn unpublish_after_a_server_died_with_unwritten_data_warns() {
-    use std::io::{BufRead, BufReader, Write};
-    use std::process::{Command, Stdio};
-    let d = Driver::start_nfs(NFS_TIMEOUT_SECS).await;
-    let (id, target) = published(&d, 0, "delete", "unwritten").await;
-    // The pod: opens a file while the server answers (no O_APPEND, which would ask the server
-    // for the size at each write), then writes into the page cache once the server is gone.
-    let mut pod = Command::new("sh")
-        .arg("-c")
-        .arg(r#"exec 3<>"$0/g" && echo open && read _ && printf data >&3 && echo written && exec sleep 600"#)
-        .arg(&target)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut said = BufReader::new(pod.stdout.take().unwrap()).lines();
-    assert_eq!(said.next().unwrap().unwrap(), "open");
-    nfsd("0");
-    writeln!(pod.stdin.as_mut().unwrap()).unwrap();
-    assert_eq!(said.next().unwrap().unwrap(), "written");
-    // Killed, as kubelet kills a pod: its close cannot flush to the dead server.
-    pod.kill().unwrap();
-    pod.wait().unwrap();
-    let (unpublished, took) = timed(
-        d.node()
-            .node_unpublish_volume(unpublish_request(&id, &target)),
-    )
-    .await;
-    let log = d.log();
-    nfsd("8");
-    println!(
-        "unpublish with unwritten data: {:?} in {took:?}",
-        unpublished.as_ref().map(|_| ())
-    );
-    expect_ok(
-        unpublished,
-        "unpublish with unwritten data on a dead server",
-    );
-    assert!(mounts_at(&target).is_empty(), "no mount left behind");
-    assert_eq!(abandoned_writeback(&log, &id, &target), 1, "{log}");
-    expect_ok(
-        d.controller().delete_volume(delete_request(&id)).await,
-        "delete after recovery",
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the VM suite's kernel NFS server"]
 async fn a_server_that_never_answers_fails_publish_within_the_bound() {
