@@ -110,6 +110,8 @@ pub struct Plugin {
     pub registrar: Option<Registrar>,
     /// What `/metrics` counts for this backend.
     pub inventory: Inventory,
+    /// The backend, for what it releases on shutdown.
+    pub backend: Arc<Backend>,
 }
 
 /// The registrar for a plugin serving the node side on `endpoint`, when `dir` is given.
@@ -226,6 +228,7 @@ pub async fn assemble(
             health,
             registrar,
             inventory,
+            backend: Arc::clone(&backend),
         });
         Ok(())
     };
@@ -315,6 +318,10 @@ pub async fn serve(
         metrics: Arc::clone(&metrics),
         inventories: plugins.iter().map(|p| p.inventory.clone()).collect(),
     };
+    let backends: Vec<(Arc<Backend>, bool)> = plugins
+        .iter()
+        .map(|p| (Arc::clone(&p.backend), p.controller.is_some()))
+        .collect();
     // Bind everything first, so a failure leaves no socket of ours behind. The registration
     // sockets come last: kubelet calls the CSI socket as soon as it sees one.
     let mut bound = Vec::new();
@@ -422,6 +429,12 @@ pub async fn serve(
     }
     for socket in sockets {
         socket.remove();
+    }
+    // No call runs any more: what the controllers mounted for their work can go.
+    for (backend, controller) in backends {
+        if controller {
+            backend.release().await;
+        }
     }
     result
 }

@@ -135,6 +135,76 @@ fn probe_of_a_missing_socket_fails_within_the_timeout() {
 }
 
 #[test]
+fn probe_wait_gives_up_on_a_socket_that_never_appears_at_the_timeout() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let socket = dir.path().join("not-yet.sock");
+    let run = pvdir(&[
+        "probe",
+        "--wait",
+        "--endpoint",
+        &format!("unix://{}", socket.display()),
+        "--timeout-secs",
+        "2",
+    ])
+    .expect(4, "probe --wait of a socket that never appears");
+    assert!(
+        run.took >= Duration::from_millis(1900) && run.took < Duration::from_secs(10),
+        "took {:?}",
+        run.took
+    );
+}
+
+/// The README's demo starts `pvdir serve &` and probes at once: `--wait` covers the start.
+#[test]
+fn probe_wait_answers_once_a_driver_started_after_it_listens() {
+    if !common::real::privileged() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let base = dir
+        .path()
+        .canonicalize()
+        .expect("canonical temporary directory");
+    let socket = base.join("late.sock");
+    let endpoint = format!("unix://{}", socket.display());
+    let probe = {
+        let endpoint = endpoint.clone();
+        std::thread::spawn(move || {
+            pvdir(&[
+                "probe",
+                "--wait",
+                "--endpoint",
+                &endpoint,
+                "--timeout-secs",
+                "30",
+            ])
+        })
+    };
+    std::thread::sleep(Duration::from_millis(700));
+    let mut serve = Command::new(env!("CARGO_BIN_EXE_pvdir"))
+        .args(["serve", "--node-id", NODE_ID, "--local-endpoint", &endpoint])
+        .arg("--local-root")
+        .arg(base.join("root"))
+        .arg("--mount-staging-dir")
+        .arg(base.join("mounts"))
+        .env_remove("PVDIR_LOCAL_ENDPOINT")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the driver");
+    let run = probe.join().expect("probe thread");
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(serve.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let stopped = serve.wait().expect("wait for the driver");
+    let run = run.expect(0, "probe --wait of a driver started after it");
+    assert!(run.stdout.contains(NODE_ID), "{}", run.stdout);
+    assert!(stopped.success(), "{stopped}");
+}
+
+#[test]
 fn probe_of_a_socket_that_never_answers_times_out() {
     let dir = tempfile::tempdir().expect("temporary directory");
     let socket = dir.path().join("silent.sock");

@@ -72,7 +72,7 @@ fn package_of(program: &str) -> String {
         .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"])
         .map(|d| Path::new(d).join(program))
         .find(|p| p.exists())
-        .unwrap_or_else(|| panic!("{program} is not installed here (.ci/run installs it)"));
+        .unwrap_or_else(|| panic!("{program} is not installed here (tests/setup.sh installs it)"));
     // Debian 12 has merged /usr, but dpkg records files where the package put them.
     let name = found.file_name().unwrap();
     let candidates = ["/sbin", "/usr/sbin", "/bin", "/usr/bin"].map(|d| Path::new(d).join(name));

@@ -12,7 +12,7 @@
 //!   tests/k8s/build.sh renders them);
 //! - each sidecar's service account holds the RBAC it needs, and no rule uses a wildcard.
 //!
-//! helm comes from `go install` (.ci/run); without it the chart tests fail unless
+//! helm comes from `go install` (tests/setup.sh); without it the chart tests fail unless
 //! `PVDIR_SKIP_HELM=1` says to skip them.
 
 #[path = "common/manifests.rs"]

@@ -1,8 +1,14 @@
 #!/usr/bin/env bash
 # The whole test suite, as README.md gives it: lint, the three tiers, and csi-sanity.
-# Run as root from the repository root: the privileged tier makes real bind mounts.
+# Run as root after tests/setup.sh (README: `tests/setup.sh && tests/run-all.sh`): the
+# privileged tier makes real bind mounts.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# csi-sanity and helm, where tests/setup.sh has `go install` put them.
+if command -v go >/dev/null; then
+    PATH="${GOBIN:-$(go env GOPATH)/bin}:$PATH"
+    export PATH
+fi
 
 echo "== fmt and clippy"
 cargo fmt --all -- --check

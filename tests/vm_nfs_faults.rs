@@ -115,12 +115,25 @@ async fn a_dead_server_never_hangs_unpublish_or_stats() {
         assert!(mounts_at(target).is_empty(), "no mount left behind");
         assert!(!target.exists(), "target removed");
     }
+    // A's file was closed, and so written back, before the server died: no loss to report.
+    let log = d.log();
+    assert_eq!(abandoned_writeback(&log, &a, &target_a), 0, "{log}");
+    assert_eq!(abandoned_writeback(&log, &b, &target_b), 0, "{log}");
     for id in [&a, &b] {
         expect_ok(
             d.controller().delete_volume(delete_request(id)).await,
             "delete after recovery",
         );
     }
+}
+
+/// Lines of the driver's log that report abandoned writeback for `id` at `target`.
+fn abandoned_writeback(log: &str, id: &str, target: &Path) -> usize {
+    let target = format!("target.path={}", target.display());
+    log.lines()
+        .filter(|l| l.contains(" WARN ") && l.contains("writeback=\"abandoned\""))
+        .filter(|l| l.contains(id) && l.contains(&target))
+        .count()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -227,6 +240,15 @@ async fn a_driver_restarted_between_create_and_publish_loses_nothing() {
         "delete",
     );
     assert!(!export().join("restart").exists());
+    // A clean stop takes the controller's export mount with it, and its directory.
+    let staging = d.path("staging");
+    assert_eq!(mounts_below(&staging).len(), 1, "the export is mounted");
+    assert!(d.terminate().await.success());
+    assert!(mounts_below(&staging).is_empty(), "export mount left");
+    assert!(
+        common::names_in(&staging).is_empty(),
+        "staging directory left"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -32,6 +32,11 @@ pub struct ProbeArgs {
     /// Bound, in seconds, on connecting and on every call.
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub timeout_secs: u64,
+
+    /// Wait for a driver that is still starting: while its socket does not exist yet or
+    /// refuses connections, try again, for up to --timeout-secs.
+    #[arg(long)]
+    pub wait: bool,
 }
 
 #[derive(Debug, Args)]
@@ -186,6 +191,7 @@ mod tests {
             ]
         );
         assert_eq!(p.timeout_secs, 30);
+        assert!(!p.wait);
         assert!(parse(&["probe"]).is_err());
         assert!(parse(&["probe", "--endpoint", "unix://rel.sock"]).is_err());
         assert!(parse(&["probe", "--endpoint", "unix:///a", "--timeout-secs", "0"]).is_err());

@@ -35,7 +35,36 @@ fn chain(error: &(dyn std::error::Error + 'static)) -> String {
     parts.join(": ")
 }
 
-async fn dial(endpoint: &Endpoint, timeout: Duration) -> Result<Channel, String> {
+/// Why a dial failed, and whether it was only that nothing listens there yet.
+struct DialError {
+    reason: String,
+    /// No socket file, or nobody accepting on it (ENOENT, ECONNREFUSED): a driver that is
+    /// still starting, which `--wait` waits for.
+    not_listening: bool,
+}
+
+impl DialError {
+    fn of(error: &(dyn std::error::Error + 'static)) -> Self {
+        let mut not_listening = false;
+        let mut next = Some(error);
+        while let Some(e) = next {
+            if let Some(io) = e.downcast_ref::<std::io::Error>() {
+                not_listening |= matches!(
+                    io.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+                );
+            }
+            next = e.source();
+        }
+        Self {
+            reason: chain(error),
+            not_listening,
+        }
+    }
+}
+
+async fn dial(endpoint: &Endpoint, timeout: Duration) -> Result<Channel, DialError> {
+    let fail = |e: tonic::transport::Error| DialError::of(&e);
     match endpoint {
         Endpoint::Unix(path) => {
             let path = path.clone();
@@ -50,16 +79,19 @@ async fn dial(endpoint: &Endpoint, timeout: Duration) -> Result<Channel, String>
                     }
                 }))
                 .await
-                .map_err(|e| chain(&e))
+                .map_err(fail)
         }
         Endpoint::Tcp(addr) => tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| chain(&e))?
+            .map_err(fail)?
             .connect_timeout(timeout)
             .connect()
             .await
-            .map_err(|e| chain(&e)),
+            .map_err(fail),
     }
 }
+
+/// Pause between attempts while waiting for a driver to listen.
+const RETRY: Duration = Duration::from_millis(100);
 
 impl Client {
     pub async fn connect(endpoint: &Endpoint, timeout: Duration) -> Result<Self, CtlError> {
@@ -70,15 +102,50 @@ impl Client {
                 endpoint: endpoint.clone(),
                 after: timeout,
             })?
-            .map_err(|reason| CtlError::Connect {
+            .map_err(|e| CtlError::Connect {
                 endpoint: endpoint.clone(),
-                reason,
+                reason: e.reason,
             })?;
         Ok(Self {
             endpoint: endpoint.clone(),
             channel,
             timeout,
         })
+    }
+
+    /// Like [`Client::connect`], but while nothing listens at the endpoint yet (no socket
+    /// file, or connection refused: a driver still starting) try again until `timeout` has
+    /// passed. Any other failure ends the wait at once.
+    pub async fn connect_waiting(endpoint: &Endpoint, timeout: Duration) -> Result<Self, CtlError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let dialed = tokio::time::timeout(left, dial(endpoint, left))
+                .await
+                .map_err(|_| CtlError::Timeout {
+                    step: "connect",
+                    endpoint: endpoint.clone(),
+                    after: timeout,
+                })?;
+            match dialed {
+                Ok(channel) => {
+                    return Ok(Self {
+                        endpoint: endpoint.clone(),
+                        channel,
+                        timeout,
+                    })
+                }
+                Err(e) if e.not_listening && tokio::time::Instant::now() + RETRY < deadline => {
+                    tokio::time::sleep(RETRY).await;
+                }
+                Err(e) => {
+                    return Err(CtlError::Connect {
+                        endpoint: endpoint.clone(),
+                        reason: e.reason,
+                    })
+                }
+            }
+        }
     }
 
     pub fn endpoint(&self) -> &Endpoint {

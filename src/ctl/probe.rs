@@ -14,14 +14,14 @@ use crate::server::Endpoint;
 pub async fn run(args: ProbeArgs) -> Result<(), CtlError> {
     let timeout = Duration::from_secs(args.timeout_secs);
     if let [endpoint] = args.endpoint.as_slice() {
-        return probe(endpoint, timeout).await;
+        return probe(endpoint, timeout, args.wait).await;
     }
     let mut failed = Vec::new();
     for (i, endpoint) in args.endpoint.iter().enumerate() {
         if i > 0 {
             println!();
         }
-        if let Err(e) = probe(endpoint, timeout).await {
+        if let Err(e) = probe(endpoint, timeout, args.wait).await {
             eprintln!("pvdir: {e}");
             failed.push(e.exit_code());
         }
@@ -75,9 +75,13 @@ fn node_caps(reply: &csi::NodeGetCapabilitiesResponse) -> String {
     }))
 }
 
-async fn probe(endpoint: &Endpoint, timeout: Duration) -> Result<(), CtlError> {
+async fn probe(endpoint: &Endpoint, timeout: Duration, wait: bool) -> Result<(), CtlError> {
     line("endpoint", endpoint);
-    let c = Client::connect(endpoint, timeout).await?;
+    let c = if wait {
+        Client::connect_waiting(endpoint, timeout).await?
+    } else {
+        Client::connect(endpoint, timeout).await?
+    };
     let info = c
         .call(
             "GetPluginInfo",

@@ -18,3 +18,14 @@ impl Backend {
         }
     }
 }
+
+impl Backend {
+    /// On shutdown, after the last call: release what the controller side holds on the
+    /// machine (the NFS controller's export mounts; the local backend holds nothing).
+    pub async fn release(&self) {
+        match self {
+            Backend::Local(_) => {}
+            Backend::Nfs(nfs) => nfs.release_exports().await,
+        }
+    }
+}

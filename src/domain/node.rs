@@ -20,7 +20,7 @@ use super::volume_id::{guard_key, VolumeId, VolumeIdError};
 use crate::os::safe_fs::SafeFsError;
 use crate::os::{
     mountinfo, probe_nfs_mount, FsOp, FsReply, Medium, MountEntry, MountFlags, MountSource,
-    MountSpec, NfsMountProbe, Os, OsError,
+    MountSpec, NfsMountProbe, Os, OsError, Unmounted,
 };
 
 /// Errors that describe the volume's state rather than a failure of the call: the server did not
@@ -36,6 +36,20 @@ fn is_volume_fault(e: &OsError) -> bool {
         }),
         _ => false,
     }
+}
+
+/// The one place where a pod's data may be lost: unpublishing had to give up on writing back
+/// what was written through an NFS mount (the server did not answer within the bound; see
+/// [`Unmounted::WithoutWriteback`]). The call still answers OK, because kubelet must be able
+/// to tear the pod down and a retry would find nothing left to unmount, so this warning is the
+/// loss's only trace. A metric of such losses belongs here too.
+fn report_unwritten_data(volume_id: &str, target: &Path) {
+    tracing::warn!(
+        volume.id = volume_id,
+        target.path = %target.display(),
+        writeback = "abandoned",
+        "unmounted without writing back: data the pod wrote may never reach the NFS server"
+    );
 }
 
 /// Bound on stacked mounts removed by one unpublish (a loop guard, not a real-world limit).
@@ -298,10 +312,14 @@ impl Node {
             let Some(top) = mountinfo::top_at(&mounts, &target) else {
                 break;
             };
-            self.os
+            let unmounted = self
+                .os
                 .unmount(&target, top.is_remote())
                 .await
                 .map_err(Self::os_err("unmount target", &target))?;
+            if unmounted == Unmounted::WithoutWriteback {
+                report_unwritten_data(volume_id, &target);
+            }
         }
         match self
             .os

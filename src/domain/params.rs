@@ -6,8 +6,12 @@ use std::collections::HashMap;
 
 use serde::Deserialize;
 
-use super::volume_id::{validate_server, validate_share, OnDelete, VolumeKey};
+use super::volume_id::{
+    validate_server, validate_share, validate_volume_subdir, OnDelete, VolumeKey,
+};
 use crate::os::relpath::RelPath;
+
+pub use super::mode::parse_mode;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -96,19 +100,6 @@ pub fn without_kubelet_keys(map: &HashMap<String, String>) -> HashMap<String, St
         .collect()
 }
 
-/// `mountPermissions`: octal, at most 0o7777.
-pub fn parse_mode(raw: Option<&str>) -> Result<Option<u32>, ParamsError> {
-    let Some(raw) = raw else { return Ok(None) };
-    let digits = raw.strip_prefix("0o").unwrap_or(raw);
-    match u32::from_str_radix(digits, 8) {
-        Ok(mode) if mode <= 0o7777 && !digits.is_empty() => Ok(Some(mode)),
-        _ => Err(value(
-            "mountPermissions",
-            format!("{raw:?} is not an octal mode like 0777"),
-        )),
-    }
-}
-
 pub struct ResolvedNfs {
     pub server: String,
     pub share: String,
@@ -145,8 +136,17 @@ impl NfsParams {
                 _ => None,
             })?,
         };
-        let subdir = RelPath::parse(subdir.trim_matches('/'))
+        // An absolute subDir would be read as relative to the share, which is not what it
+        // says: refused rather than silently changed. A trailing slash changes nothing.
+        if subdir.starts_with('/') {
+            return Err(value(
+                "subDir",
+                format!("{subdir:?} is absolute; subDir is relative to the share"),
+            ));
+        }
+        let subdir = RelPath::parse(subdir.trim_end_matches('/'))
             .map_err(|e| value("subDir", format!("{subdir:?}: {e}")))?;
+        validate_volume_subdir(&subdir).map_err(|e| value("subDir", e.to_string()))?;
         Ok(ResolvedNfs {
             server: self.server.clone(),
             share,
@@ -289,6 +289,13 @@ mod tests {
             ("share", "relative"),
             ("share", "/a/../b"),
             ("server", "-oexec"),
+            ("server", "256.1.1.1"),
+            ("server", "1.2.3"),
+            ("subDir", "/abs"),
+            ("subDir", "/${pvc.metadata.name}"),
+            ("subDir", ".pvdir"),
+            ("subDir", ".pvdir/${pvc.metadata.name}"),
+            ("mountPermissions", "4777"),
         ] {
             let mut m = seed_params();
             m.insert(k.into(), v.into());
@@ -312,15 +319,6 @@ mod tests {
         ]);
         let p: NfsParams = from_map(&m).unwrap();
         assert!(p.resolve("pv").is_err());
-    }
-
-    #[test]
-    fn modes_parse_octal() {
-        assert_eq!(parse_mode(Some("0777")).unwrap(), Some(0o777));
-        assert_eq!(parse_mode(Some("2775")).unwrap(), Some(0o2775));
-        assert_eq!(parse_mode(None).unwrap(), None);
-        assert!(parse_mode(Some("")).is_err());
-        assert!(parse_mode(Some("17777")).is_err());
     }
 
     #[test]

@@ -19,6 +19,8 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use super::access::check_mount_option;
+use super::host::check_host;
+use super::nfs::RECORD_DIR;
 use crate::os::relpath::{RelPath, RelPathError};
 
 const PREFIX: &str = "v1";
@@ -165,23 +167,23 @@ fn bad(field: &'static str, reason: impl Into<String>) -> VolumeIdError {
     }
 }
 
-/// An NFS server as mount.nfs takes it: a host name or address, never something that could be
-/// read as an option or a path.
+/// An NFS server as mount.nfs takes it: an address or a host name (see [`check_host`]), never
+/// something that could be read as an option or a path.
 pub fn validate_server(server: &str) -> Result<(), VolumeIdError> {
-    let ok = !server.is_empty()
-        && server.len() <= 253
-        && !server.starts_with('-')
-        && server.bytes().all(|b| {
-            b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']' | b'_')
-        });
-    if ok {
-        Ok(())
-    } else {
-        Err(bad(
-            "server",
-            format!("{server:?} is not a host name or address"),
-        ))
+    check_host(server).map_err(|e| bad("server", format!("{server:?} {e}")))
+}
+
+/// The directory of a provisioned NFS volume below its share: never inside pvdir's own records
+/// ([`RECORD_DIR`]). One check for the controller (a class's `subDir`) and the node (the ID it
+/// is asked to mount), so a forged ID cannot mount the records into a pod.
+pub fn validate_volume_subdir(subdir: &RelPath) -> Result<(), VolumeIdError> {
+    if subdir.segments().next() == Some(RECORD_DIR) {
+        return Err(bad(
+            "subdir",
+            format!("{subdir} is inside {RECORD_DIR}, pvdir's own state directory"),
+        ));
     }
+    Ok(())
 }
 
 /// An export path: absolute, normalised (`/` alone is allowed).
@@ -235,6 +237,7 @@ impl VolumeId {
                 let share = decode("share", fields[3])?;
                 validate_share(&share)?;
                 let subdir = RelPath::parse(&decode("subdir", fields[4])?)?;
+                validate_volume_subdir(&subdir)?;
                 let on_delete = match fields[5] {
                     "delete" => OnDelete::Delete,
                     "retain" => OnDelete::Retain,
@@ -370,6 +373,9 @@ mod tests {
             "v1#nfs#srv#/ex/../port#a#delete##0123456789abcdef",
             "v1#nfs#-oexec#/export#a#delete##0123456789abcdef",
             "v1#nfs#srv#/export##delete##0123456789abcdef",
+            "v1#nfs#srv#/export#.pvdir#delete##0123456789abcdef",
+            "v1#nfs#srv#/export#.pvdir/x.json#delete##0123456789abcdef",
+            "v1#nfs#256.1.1.1#/export#a#delete##0123456789abcdef",
             "v1#local#n#..",
             "v1#local#n#a%2Fb",
             "v1#local##k",

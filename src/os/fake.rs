@@ -10,7 +10,7 @@ use async_trait::async_trait;
 
 use super::fsop::{self, FsOp, FsReply};
 use super::safe_fs::SafeFsError;
-use super::{Medium, MountEntry, MountFlags, MountSource, MountSpec, Os, OsError};
+use super::{Medium, MountEntry, MountFlags, MountSource, MountSpec, Os, OsError, Unmounted};
 
 #[derive(Default)]
 struct State {
@@ -227,14 +227,20 @@ impl Os for FakeOs {
         })
     }
 
-    async fn unmount(&self, target: &Path, remote: bool) -> Result<(), OsError> {
+    /// A remote unmount while the server is dead is what the real one does after its plain
+    /// step timed out: the mount goes, its unwritten data with it.
+    async fn unmount(&self, target: &Path, remote: bool) -> Result<Unmounted, OsError> {
         self.with(|s| {
             s.calls
                 .push(format!("unmount {} remote={remote}", target.display()));
             match s.table.iter().rposition(|e| e.mount_point == target) {
                 Some(i) => {
                     s.table.remove(i);
-                    Ok(())
+                    Ok(if remote && s.server_dead {
+                        Unmounted::WithoutWriteback
+                    } else {
+                        Unmounted::Cleanly
+                    })
                 }
                 None => Err(OsError::MountCall(super::mount::MountError::Step {
                     step: "unmount".into(),

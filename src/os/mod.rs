@@ -120,6 +120,23 @@ impl OsError {
     }
 }
 
+/// How an unmount ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unmounted {
+    /// A plain unmount finished: the kernel wrote back what was written through the mount
+    /// first. Or the mount was busy and was detached lazily on an answering server: the kernel
+    /// writes back when its last user leaves.
+    Cleanly,
+    /// The plain unmount did not finish within the bound. A plain unmount writes back what
+    /// was written through the mount before it lets go, so the kernel was still waiting on a
+    /// server that does not answer: to write back dirty data, or for the last calls of the
+    /// unmount itself, which pvdir cannot tell apart. The mount was then forced or detached
+    /// (or went while the unmount was killed), and data written through it may never reach
+    /// the server. The timed-out plain unmount serves as the bounded sync: a separate syncfs
+    /// first would wait on the same dead server for the same bound again.
+    WithoutWriteback,
+}
+
 /// What an NFS mount at a path answers (see [`probe_nfs_mount`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NfsMountProbe {
@@ -156,7 +173,7 @@ pub trait Os: Send + Sync + 'static {
     async fn mount(&self, spec: &MountSpec) -> Result<(), OsError>;
     /// Unmount the topmost mount at `target`, never following a symlink there; `remote` says
     /// it is an NFS mount that may hang.
-    async fn unmount(&self, target: &Path, remote: bool) -> Result<(), OsError>;
+    async fn unmount(&self, target: &Path, remote: bool) -> Result<Unmounted, OsError>;
     /// Run one directory operation.
     async fn fs(&self, op: FsOp, medium: Medium) -> Result<FsReply, OsError>;
 }

@@ -18,7 +18,7 @@
 # PVDIR_K8S_BIN). No packet leaves the machine: pods and the node IP sit on bridges without a
 # way out, ip_forward stays 0, and containerd's pulls go to a dead proxy.
 # Needs root and: containerd runc etcd-server containernetworking-plugins umoci busybox-static
-# gcc iptables conntrack openssl curl iproute2 (see .ci/run).
+# gcc iptables conntrack openssl curl iproute2 (see tests/setup.sh).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)

@@ -10,7 +10,7 @@
 # The guest sees the very binaries just built (target/release/pvdir, csi-sanity, nfs-utils),
 # because it runs on the host's own root. It has the kernel NFS client and server, which the
 # host kernel lacks. A guest that overruns TIMEOUT_SECONDS (default 900) is killed.
-# Needs: qemu-system-x86, linux-image-amd64, busybox-static (see .ci/run).
+# Needs: qemu-system-x86, linux-image-amd64, busybox-static (see tests/setup.sh).
 set -euo pipefail
 
 top=$(cd "$(dirname "$0")/../.." && pwd)

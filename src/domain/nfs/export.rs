@@ -115,14 +115,68 @@ impl Exports {
             flags: MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
             options,
         };
-        self.os
-            .mount(&spec)
-            .await
-            .map_err(ControllerError::os("mount export", volume))?;
+        if let Err(e) = self.os.mount(&spec).await {
+            self.remove_point(&target).await;
+            return Err(ControllerError::os("mount export", volume)(e));
+        }
         Ok(ExportMount {
             path: target,
             _hold: exclusive.downgrade(),
         })
+    }
+
+    /// Remove the staging directory `target` if it is empty, as after a failed mount: pvdir
+    /// made it (it is a name of its own under its own staging directory), and an empty one is
+    /// only clutter. rmdir never follows a symlink and refuses a mount point or content, so
+    /// whatever else is there stays.
+    async fn remove_point(&self, target: &Path) {
+        let op = FsOp::RemoveTarget {
+            path: target.to_path_buf(),
+        };
+        if let Err(e) = self.os.fs(op, Medium::Local).await {
+            tracing::warn!(target.path = %target.display(), error = %e, "could not remove an export's staging directory");
+        }
+    }
+
+    /// Unmount every export mounted under the staging directory and remove its directory: on
+    /// a clean shutdown, after the last call finished, so that the controller's mounts do not
+    /// outlive it. Each unmount is bounded like any other (the killable helper, forced and
+    /// then detached on a dead server). Failures are logged, never fatal: the next start
+    /// mounts again over whatever stayed.
+    pub async fn release_all(&self) {
+        let mounts = match self.os.mounts().await {
+            Ok(mounts) => mounts,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read the mount table to release exports");
+                return;
+            }
+        };
+        let mut points: Vec<PathBuf> = mounts
+            .iter()
+            .filter(|m| m.is_remote() && m.mount_point.parent() == Some(self.staging.as_path()))
+            .map(|m| m.mount_point.clone())
+            .collect();
+        points.sort();
+        points.dedup();
+        for point in points {
+            tracing::info!(target.path = %point.display(), "unmounting an export on shutdown");
+            // A replaced stale mount may lie under the current one: a few rounds, not a loop
+            // that a mount coming back could keep going.
+            for _ in 0..4 {
+                let mounted =
+                    self.os.mounts().await.is_ok_and(|m| {
+                        mountinfo::top_at(&m, &point).is_some_and(|t| t.is_remote())
+                    });
+                if !mounted {
+                    break;
+                }
+                if let Err(e) = self.os.unmount(&point, true).await {
+                    tracing::warn!(target.path = %point.display(), error = %e, "could not unmount an export on shutdown");
+                    break;
+                }
+            }
+            self.remove_point(&point).await;
+        }
     }
 
     /// Whether `device` (`server:/path`) is the topmost mount at `target` (`Gone` if not), and

@@ -60,6 +60,12 @@ impl NfsBackend {
         }
     }
 
+    /// On a clean shutdown: unmount the exports the controller mounted (see
+    /// [`Exports::release_all`]).
+    pub async fn release_exports(&self) {
+        self.exports.release_all().await;
+    }
+
     /// Where the controller mounts exports.
     pub fn staging_dir(&self) -> &Path {
         self.exports.staging_dir()
@@ -102,14 +108,6 @@ impl NfsBackend {
     pub fn plan(&self, spec: &CreateSpec) -> Result<NfsPlan, ControllerError> {
         let params: NfsParams = from_map(&spec.parameters)?;
         let resolved = params.resolve(&spec.name)?;
-        if resolved.subdir.segments().next() == Some(RECORD_DIR) {
-            return Err(ControllerError::Parameters(
-                super::params::ParamsError::Value {
-                    key: "subDir",
-                    reason: format!("{RECORD_DIR} is pvdir's own state directory"),
-                },
-            ));
-        }
         if let Some(reason) = spec
             .capabilities
             .iter()

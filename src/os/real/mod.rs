@@ -19,7 +19,7 @@ use super::mount::op::{MountOp, Unmount};
 use super::mount::staging::Staging;
 use super::mount::{self, ApiChoice, MountApi, MountError};
 use super::safe_fs::SafeFsError;
-use super::{child, mountinfo, Medium, MountEntry, MountSource, MountSpec, Os, OsError};
+use super::{child, mountinfo, Medium, MountEntry, MountSource, MountSpec, Os, OsError, Unmounted};
 use crate::metrics::{DetachReason, Metrics, ProbeResult};
 use helper::{INTERNAL_FS_ARGS, INTERNAL_MOUNT_ARGS};
 
@@ -142,7 +142,7 @@ impl RealOs {
     /// server that answers would fail other pods' I/O. A mount that is merely busy (a stats
     /// call still in it) is detached lazily instead, which aborts nothing. Between steps the
     /// table is read again: a step that was killed may still have done its work.
-    async fn unmount_remote(&self, target: &Path) -> Result<(), OsError> {
+    async fn unmount_remote(&self, target: &Path) -> Result<Unmounted, OsError> {
         let top = |mounts: &[MountEntry]| mountinfo::top_at(mounts, target).map(|m| m.id);
         let before = top(&self.mounts().await?);
         let step = |how| MountOp::Unmount {
@@ -150,10 +150,16 @@ impl RealOs {
             how,
         };
         let Err(first) = self.in_helper(step(Unmount::Plain)).await else {
-            return Ok(());
+            return Ok(Unmounted::Cleanly);
+        };
+        // Only a plain unmount that ran out of time left data unwritten; one refused at once
+        // (EBUSY) had nothing to wait for, and its lazy detach writes back later.
+        let outcome = match first {
+            OsError::TimedOut { .. } => Unmounted::WithoutWriteback,
+            _ => Unmounted::Cleanly,
         };
         if top(&self.mounts().await?) != before {
-            return Ok(());
+            return Ok(outcome);
         }
         let (escalation, detach): (&[Unmount], _) = match first {
             OsError::TimedOut { .. } => (
@@ -175,13 +181,13 @@ impl RealOs {
             match self.in_helper(step(*how)).await {
                 Ok(()) => {
                     detached(how);
-                    return Ok(());
+                    return Ok(outcome);
                 }
                 Err(e) => last = e,
             }
             if top(&self.mounts().await?) != before {
                 detached(how);
-                return Ok(());
+                return Ok(outcome);
             }
         }
         Err(last)
@@ -234,7 +240,7 @@ impl RealOs {
         match staged {
             Ok(false) => point.remove(),
             Ok(true) => match self.unmount_remote(point.path()).await {
-                Ok(()) => point.remove(),
+                Ok(_) => point.remove(),
                 Err(e) => {
                     tracing::warn!(target.path = %point.path().display(), error = %e, "could not remove a staged NFS mount; the next start retries")
                 }
@@ -278,7 +284,7 @@ impl Os for RealOs {
         }
     }
 
-    async fn unmount(&self, target: &Path, remote: bool) -> Result<(), OsError> {
+    async fn unmount(&self, target: &Path, remote: bool) -> Result<Unmounted, OsError> {
         if remote {
             self.unmount_remote(target).await
         } else {
@@ -287,7 +293,11 @@ impl Os for RealOs {
                 how: Unmount::Plain,
             };
             let name = op.name();
-            let work = Self::blocking(move || mount::op::execute(&op).map_err(OsError::from));
+            let work = Self::blocking(move || {
+                mount::op::execute(&op)
+                    .map(|()| Unmounted::Cleanly)
+                    .map_err(OsError::from)
+            });
             self.timed(name, false, work).await
         }
     }

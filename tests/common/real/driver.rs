@@ -333,6 +333,11 @@ impl Driver {
         false
     }
 
+    /// The log of the driver process started last.
+    pub fn log(&self) -> String {
+        self.read_log(self.generation)
+    }
+
     fn read_log(&self, generation: u32) -> String {
         std::fs::read_to_string(self.log_path(generation))
             .unwrap_or_else(|e| format!("<no log: {e}>"))

@@ -68,6 +68,14 @@ pub fn mounts_at(path: &Path) -> Vec<MountLine> {
         .collect()
 }
 
+/// Every mount whose mount point is at or below `base`.
+pub fn mounts_below(base: &Path) -> Vec<MountLine> {
+    mount_table()
+        .into_iter()
+        .filter(|m| m.mount_point.starts_with(base))
+        .collect()
+}
+
 /// Detach every mount at or below `base`, deepest first, stacked mounts included; returns the
 /// mount points that are still there afterwards.
 pub fn unmount_all_under(base: &Path) -> Vec<PathBuf> {
