@@ -1,8 +1,8 @@
 //! What the local backend writes to its journal, and the replay that redoes it after a crash.
 //!
-//! A create or delete changes the record and the volume directory without syncing them, then
-//! commits one entry saying what the volume's state now is; the call is answered only after
-//! that (see [`crate::os::journal`]). The replay at start-up takes each volume's last entry
+//! A create or delete first commits one entry saying what the volume's state is to be (see
+//! [`crate::os::journal`]), then changes the record and the volume directory without syncing
+//! them. The replay at start-up takes each volume's last entry
 //! and makes the disk match it: the record and the directory exist, or neither does. Only the
 //! last entry counts, because an earlier one may describe a volume of the same name that was
 //! deleted and made again since.

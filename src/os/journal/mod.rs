@@ -1,9 +1,9 @@
 //! A write-ahead journal that makes finished directory work durable with one shared flush.
 //!
-//! The local backend applies a create or delete to its directories without syncing them, then
-//! commits an entry describing the result here, and answers only once the entry is on disk. A
-//! crash or power cut after the answer loses nothing: the next start replays the entries and
-//! brings the directories to the state they describe (see `domain::local::journal`).
+//! The local backend commits an entry describing a create or delete here, and once it is on
+//! disk applies it to its directories without syncing them. A crash or power cut after the
+//! answer loses nothing: the next start replays the entries and brings the directories to the
+//! state they describe (see `domain::local::journal`).
 //!
 //! Why: the alternative is syncing each changed file and directory in order, three to five
 //! flushes per create and delete, and a flush is what a busy disk makes slow. Here a commit is
@@ -191,15 +191,14 @@ impl Journal {
             if i == 0 {
                 lock(&file, &path)?;
             }
-            let bytes =
-                std::fs::read(format!("/proc/self/fd/{}", file.as_raw_fd())).map_err(|source| {
-                    JournalError::Open {
-                        path: path.clone(),
-                        source,
-                    }
-                })?;
-            *size = bytes.len() as u64;
-            let (epoch, entries, _) = segment::parse(&bytes);
+            *size = file
+                .metadata()
+                .map_err(|source| JournalError::Open {
+                    path: path.clone(),
+                    source,
+                })?
+                .len();
+            let (epoch, entries, _) = segment::read(&file);
             found.push((epoch, entries));
             files.push(file);
         }

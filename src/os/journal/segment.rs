@@ -94,38 +94,46 @@ pub struct Entry {
     pub payload: Vec<u8>,
 }
 
-/// The valid run of entries in a segment's bytes (header included), and the slot after it.
-pub fn parse(bytes: &[u8]) -> (u64, Vec<Entry>, u64) {
-    let epoch = decode_header(bytes);
+/// The valid run of entries in a segment file, and the slot after it. Read entry by entry: a
+/// start-up never holds a whole segment (up to 16 MiB) in memory.
+pub fn read(file: &File) -> (u64, Vec<Entry>, u64) {
+    parse_with(|at, buf| file.read_exact_at(buf, at).is_ok())
+}
+
+/// `read_at(offset, buf)` fills `buf` from `offset`, or says the segment ends before.
+fn parse_with(read_at: impl Fn(u64, &mut [u8]) -> bool) -> (u64, Vec<Entry>, u64) {
+    let mut header = [0u8; SLOT];
+    let epoch = match read_at(0, &mut header) {
+        true => decode_header(&header),
+        false => 0,
+    };
     let mut entries: Vec<Entry> = Vec::new();
     let mut slot = 1u64;
     if epoch == 0 {
         return (0, entries, slot);
     }
+    let mut head = [0u8; ENTRY_HEADER];
     loop {
-        let at = slot as usize * SLOT;
-        let Some(head) = bytes.get(at..at + ENTRY_HEADER) else {
+        let at = slot * SLOT as u64;
+        if !read_at(at, &mut head) {
             break;
-        };
-        let len = u32_at(head, 24) as usize;
-        let lsn = u64_at(head, 16);
+        }
+        let len = u32_at(&head, 24) as usize;
+        let lsn = u64_at(&head, 16);
         let ok_shape = &head[0..4] == ENTRY_MAGIC
-            && u64_at(head, 8) == epoch
+            && u64_at(&head, 8) == epoch
             && len <= MAX_PAYLOAD
             && entries.last().is_none_or(|e| e.lsn + 1 == lsn);
         if !ok_shape {
             break;
         }
-        let Some(payload) = bytes.get(at + ENTRY_HEADER..at + ENTRY_HEADER + len) else {
-            break;
-        };
-        if u32_at(head, 28) != crc(&[&head[0..28], payload]) {
+        let mut payload = vec![0u8; len];
+        if !read_at(at + ENTRY_HEADER as u64, &mut payload)
+            || u32_at(&head, 28) != crc(&[&head[0..28], &payload])
+        {
             break;
         }
-        entries.push(Entry {
-            lsn,
-            payload: payload.to_vec(),
-        });
+        entries.push(Entry { lsn, payload });
         slot += slots_for(len);
     }
     (epoch, entries, slot)
@@ -139,6 +147,19 @@ pub fn write_at(file: &File, bytes: &[u8], offset: u64) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The valid run of entries in a segment's bytes (header included), and the slot after it.
+    fn parse(bytes: &[u8]) -> (u64, Vec<Entry>, u64) {
+        parse_with(
+            |at, buf| match bytes.get(at as usize..at as usize + buf.len()) {
+                Some(b) => {
+                    buf.copy_from_slice(b);
+                    true
+                }
+                None => false,
+            },
+        )
+    }
 
     fn segment(epoch: u64, entries: &[(u64, &[u8])]) -> Vec<u8> {
         let mut bytes = encode_header(epoch).to_vec();
