@@ -121,6 +121,13 @@ async fn a_valid_authority_passes_byte_for_byte() {
 }
 
 #[tokio::test]
+async fn after_a_valid_first_block_nothing_more_is_looked_at() {
+    // The adapter stepped aside: even a socket path later on passes as it came.
+    let input = client_stream(&[request_block("localhost"), request_block(PATH)]);
+    assert_eq!(through(&input).await, input);
+}
+
+#[tokio::test]
 async fn a_socket_path_becomes_localhost_and_later_references_follow() {
     let input = client_stream(&[request_block(PATH), repeated_block()]);
     let out = through(&input).await;
