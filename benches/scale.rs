@@ -56,9 +56,14 @@ async fn services(root: &Path) -> Services {
     for d in LocalBackend::new(root.to_path_buf(), "bench".into(), os.clone()).layout_dirs() {
         std::fs::create_dir_all(d).expect("layout");
     }
-    let backend = LocalBackend::open(root.to_path_buf(), "bench".into(), os.clone())
-        .await
-        .expect("open the local backend");
+    let backend = LocalBackend::open(
+        root.to_path_buf(),
+        "bench".into(),
+        os.clone(),
+        Arc::new(pvdir::metrics::Metrics::new()),
+    )
+    .await
+    .expect("open the local backend");
     let backend = Arc::new(Backend::Local(backend));
     let kind = backend.kind();
     let in_flight = InFlight::default();

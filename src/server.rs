@@ -171,7 +171,7 @@ fn node_id(args: &ServeArgs) -> Result<String, ServerError> {
 pub async fn assemble(
     args: &ServeArgs,
     os: Arc<dyn Os>,
-    metrics: &Metrics,
+    metrics: &Arc<Metrics>,
 ) -> Result<Vec<Plugin>, ServerError> {
     let node_id = node_id(args)?;
     let (local, nfs) = args.endpoints();
@@ -239,7 +239,7 @@ pub async fn assemble(
             prepare_dir(&dir)?;
         }
         let backend = match local_mode.controller() {
-            true => LocalBackend::open(root, node_id.clone(), Arc::clone(&os))
+            true => LocalBackend::open(root, node_id.clone(), Arc::clone(&os), Arc::clone(metrics))
                 .await
                 .map_err(ServerError::Journal)?,
             false => backend,

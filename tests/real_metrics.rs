@@ -212,6 +212,12 @@ async fn the_numbers_move_with_real_calls() {
         after.helper_runs("umount") - before.helper_runs("umount"),
         1.0
     );
+    // The create and the delete each committed one journal entry, one flush apiece as they
+    // came one after the other.
+    assert_eq!(
+        after.helper_runs("journal_flush") - before.helper_runs("journal_flush"),
+        2.0
+    );
     // Nothing here was refused by a guard (the ABORTED above is a bad token) or killed.
     assert_eq!(after.sum("pvdir_guard_refusals_total", &[]), 0.0);
     assert_eq!(after.sum("pvdir_helper_kills_total", &[]), 0.0);

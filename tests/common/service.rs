@@ -44,9 +44,14 @@ impl Rig {
         {
             std::fs::create_dir_all(d).unwrap();
         }
-        let backend = LocalBackend::open(root, "n1".into(), Arc::new(fake.clone()))
-            .await
-            .expect("open the local backend");
+        let backend = LocalBackend::open(
+            root,
+            "n1".into(),
+            Arc::new(fake.clone()),
+            Arc::new(pvdir::metrics::Metrics::new()),
+        )
+        .await
+        .expect("open the local backend");
         Self::wire(fake, dir, Backend::Local(backend), &[])
     }
 
@@ -62,9 +67,14 @@ impl Rig {
         } = self;
         drop((controller, node));
         let root = dir.path().canonicalize().unwrap().join("root");
-        let backend = LocalBackend::open(root, "n1".into(), Arc::new(fake.clone()))
-            .await
-            .expect("reopen the local backend");
+        let backend = LocalBackend::open(
+            root,
+            "n1".into(),
+            Arc::new(fake.clone()),
+            Arc::new(pvdir::metrics::Metrics::new()),
+        )
+        .await
+        .expect("reopen the local backend");
         Self::wire(fake, dir, Backend::Local(backend), &[])
     }
 

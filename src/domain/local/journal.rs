@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use super::LocalRecord;
 use crate::domain::error::ControllerError;
 use crate::domain::volume_id::VolumeKey;
+use crate::metrics::Metrics;
 use crate::os::journal::{Journal, JournalError};
 use crate::os::OsError;
 
@@ -79,14 +80,18 @@ pub(super) struct Pending {
 impl LocalJournal {
     /// Open the journal in `dir`, covering the filesystems of `roots`; waits while another
     /// process holds it.
-    pub async fn open(dir: PathBuf, roots: Vec<PathBuf>) -> Result<Pending, ControllerError> {
+    pub async fn open(
+        dir: PathBuf,
+        roots: Vec<PathBuf>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Pending, ControllerError> {
         let where_ = dir.display().to_string();
         let (journal, replay) = off_runtime("open journal", &where_, move || {
             std::fs::create_dir_all(&dir).map_err(|source| JournalError::Open {
                 path: dir.clone(),
                 source,
             })?;
-            Journal::open(&dir, &roots)
+            Journal::open(&dir, &roots, metrics)
         })
         .await?;
         let mut last: BTreeMap<VolumeKey, Entry> = BTreeMap::new();

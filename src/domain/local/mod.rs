@@ -68,14 +68,16 @@ impl LocalBackend {
 
     /// A backend that also creates and deletes: makes the layout, takes the journal (waiting
     /// while another process holds it) and redoes what it holds, before any call is served.
+    /// Journal flushes and checkpoints are timed into `metrics`.
     pub async fn open(
         root: PathBuf,
         node_id: String,
         os: Arc<dyn Os>,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Result<Self, ControllerError> {
         let mut backend = Self::new(root, node_id, os);
         let roots = backend.layout_dirs()[..2].to_vec();
-        let pending = LocalJournal::open(backend.root.join(JOURNAL), roots).await?;
+        let pending = LocalJournal::open(backend.root.join(JOURNAL), roots, metrics).await?;
         for (key, entry) in &pending.last {
             backend.redo(key, entry).await?;
         }

@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
 
+use crate::metrics::Metrics;
 use segment::{encode_entry, encode_header, slots_for, SLOT};
 
 pub use segment::MAX_PAYLOAD;
@@ -107,6 +108,8 @@ struct State {
 
 struct Shared {
     dir: PathBuf,
+    /// Flushes and checkpoints are timed as helper work (`journal_flush`, `journal_checkpoint`).
+    metrics: Arc<Metrics>,
     files: [File; 2],
     /// Directories whose filesystems a checkpoint syncs.
     roots: Vec<(PathBuf, OwnedFd)>,
@@ -170,7 +173,11 @@ impl Journal {
     /// Open (or make) the journal in `dir`, which must be pvdir's own, symlink-free directory.
     /// `roots` are the directories whose filesystems hold what the entries describe. Blocks:
     /// call it off the async runtime. Waits while another process holds the journal.
-    pub fn open(dir: &Path, roots: &[PathBuf]) -> Result<(Journal, Replay), JournalError> {
+    pub fn open(
+        dir: &Path,
+        roots: &[PathBuf],
+        metrics: Arc<Metrics>,
+    ) -> Result<(Journal, Replay), JournalError> {
         let mut files = Vec::new();
         let mut sizes = [0u64; 2];
         let mut found = Vec::new();
@@ -218,6 +225,7 @@ impl Journal {
         let [f0, f1]: [File; 2] = files.try_into().unwrap_or_else(|_| unreachable!("two"));
         let shared = Arc::new(Shared {
             dir: dir.to_path_buf(),
+            metrics,
             files: [f0, f1],
             roots,
             state: Mutex::new(State {
@@ -438,6 +446,7 @@ impl Shared {
             bytes.extend(encode_entry(epoch, *lsn, payload));
         }
         let at = start * SLOT as u64;
+        let started = Instant::now();
         let result = self
             .prepare(active, at + bytes.len() as u64)
             .and_then(|()| {
@@ -449,6 +458,8 @@ impl Shared {
                 })
             })
             .and_then(|()| fdatasync(&self.files[active], &self.path(active)));
+        self.metrics
+            .observe_helper("journal flush", false, started.elapsed());
         let mut st = self.lock();
         st.leading = false;
         match result {
@@ -502,7 +513,10 @@ impl Shared {
             st.syncs_started += 1;
             let ticket = st.syncs_started;
             drop(st);
+            let started = Instant::now();
             let result = self.sync_roots();
+            self.metrics
+                .observe_helper("journal checkpoint", false, started.elapsed());
             st = self.lock();
             match result {
                 Ok(()) => {

@@ -2,9 +2,11 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
 use super::*;
+use crate::metrics::Metrics;
 
 fn open(dir: &Path) -> (Journal, Vec<Vec<u8>>) {
-    let (j, replay) = Journal::open(dir, &[dir.to_path_buf()]).expect("open journal");
+    let (j, replay) =
+        Journal::open(dir, &[dir.to_path_buf()], Arc::new(Metrics::new())).expect("open journal");
     (j, replay.entries)
 }
 
