@@ -247,7 +247,10 @@ async fn delete_refuses_escaping_ids() {
             s.display()
         );
     }
-    assert_eq!(names_in(&d.root()), ["meta", "sentinel", "volumes"]);
+    assert_eq!(
+        names_in(&d.root()),
+        ["journal", "meta", "sentinel", "volumes"]
+    );
     assert_eq!(
         std::fs::read(d.volume_dir(&keep).join("data")).unwrap(),
         b"bystander"
