@@ -19,20 +19,22 @@
 //! after its last entry was written; after a failed write or flush the journal refuses every
 //! later commit (the kernel may have dropped the failed pages), until a restart replays it.
 
+mod engine;
 mod segment;
 
 use std::fs::{File, OpenOptions};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
 
 use crate::metrics::Metrics;
-use segment::{encode_entry, encode_header, slots_for, SLOT};
+use engine::{Phase, Shared, State};
+use segment::encode_header;
 
 pub use segment::MAX_PAYLOAD;
 
@@ -74,52 +76,6 @@ fn io(e: nix::errno::Errno) -> std::io::Error {
     std::io::Error::from_raw_os_error(e as i32)
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Phase {
-    Replaying,
-    Open,
-    Broken(String),
-}
-
-struct State {
-    phase: Phase,
-    active: usize,
-    /// Epoch of each segment; 0 for one that holds nothing.
-    epochs: [u64; 2],
-    /// Zero-filled bytes of each segment file.
-    sizes: [u64; 2],
-    next_slot: u64,
-    next_lsn: u64,
-    /// Every LSN up to this one is on disk.
-    synced: u64,
-    queue: Vec<(u64, Vec<u8>)>,
-    leading: bool,
-    /// Segment switches so far, and the last one a finished checkpoint covers: the older
-    /// segment may be written over only when they are equal.
-    rotations: u64,
-    checkpointed: u64,
-    /// Filesystem syncs begun and finished by the checkpoint thread, and whether one is
-    /// wanted without a rotation (see [`Journal::sync_ticket`]).
-    syncs_started: u64,
-    syncs_done: u64,
-    sync_wanted: bool,
-    closing: bool,
-}
-
-struct Shared {
-    dir: PathBuf,
-    /// Flushes and checkpoints are timed as helper work (`journal_flush`, `journal_checkpoint`).
-    metrics: Arc<Metrics>,
-    files: [File; 2],
-    /// Directories whose filesystems a checkpoint syncs.
-    roots: Vec<(PathBuf, OwnedFd)>,
-    state: Mutex<State>,
-    /// Commits wait here for their flush or for a checkpoint.
-    progress: Condvar,
-    /// The checkpoint thread waits here for work.
-    work: Condvar,
-}
-
 pub struct Journal {
     shared: Arc<Shared>,
     checkpointer: Option<std::thread::JoinHandle<()>>,
@@ -135,13 +91,6 @@ fn open_dir(path: &Path) -> Result<OwnedFd, JournalError> {
     nix::fcntl::open(path, flags, Mode::empty()).map_err(|e| JournalError::Open {
         path: path.to_path_buf(),
         source: io(e),
-    })
-}
-
-fn fdatasync(file: &File, path: &Path) -> Result<(), JournalError> {
-    file.sync_data().map_err(|source| JournalError::Write {
-        path: path.to_path_buf(),
-        source,
     })
 }
 
@@ -345,196 +294,6 @@ impl Drop for Journal {
         self.shared.work.notify_all();
         if let Some(t) = self.checkpointer.take() {
             let _ = t.join();
-        }
-    }
-}
-
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, State> {
-        // A panic while holding the lock cannot leave State half-changed in a way that matters
-        // more than refusing to go on; keep serving with what is there.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn path(&self, segment: usize) -> PathBuf {
-        self.dir.join(format!("segment-{segment}"))
-    }
-
-    fn sync_roots(&self) -> Result<(), JournalError> {
-        for (path, fd) in &self.roots {
-            // SAFETY: syncfs on a directory descriptor owned by self.
-            if unsafe { libc::syncfs(fd.as_raw_fd()) } != 0 {
-                return Err(JournalError::Checkpoint {
-                    path: path.clone(),
-                    source: std::io::Error::last_os_error(),
-                });
-            }
-        }
-        Ok(())
-    }
-
-    /// Zero-fill segment `i` up to at least `bytes`, durably, so that entries written there
-    /// later change no metadata.
-    fn prepare(&self, i: usize, bytes: u64) -> Result<(), JournalError> {
-        let have = self.lock().sizes[i];
-        if have >= bytes {
-            return Ok(());
-        }
-        let want = bytes.div_ceil(GROW) * GROW;
-        let zeros = vec![0u8; (want - have) as usize];
-        segment::write_at(&self.files[i], &zeros, have)
-            .and_then(|()| self.files[i].sync_all())
-            .map_err(|source| JournalError::Write {
-                path: self.path(i),
-                source,
-            })?;
-        self.lock().sizes[i] = want;
-        Ok(())
-    }
-
-    fn commit(&self, payload: Vec<u8>) -> Result<(), JournalError> {
-        let mut st = self.lock();
-        if st.phase == Phase::Replaying {
-            return Err(JournalError::NotReplayed);
-        }
-        let lsn = st.next_lsn;
-        st.next_lsn += 1;
-        st.queue.push((lsn, payload));
-        loop {
-            if let Phase::Broken(reason) = &st.phase {
-                return Err(JournalError::Broken {
-                    reason: reason.clone(),
-                });
-            }
-            if st.synced >= lsn {
-                return Ok(());
-            }
-            if st.leading {
-                st = self.progress.wait(st).unwrap_or_else(|p| p.into_inner());
-                continue;
-            }
-            st = self.lead(st);
-        }
-    }
-
-    /// Write and flush every queued entry as one batch; called with no other leader.
-    fn lead<'a>(&'a self, mut st: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
-        let batch = std::mem::take(&mut st.queue);
-        let need: u64 = batch.iter().map(|(_, p)| slots_for(p.len())).sum();
-        let max_slots = SEGMENT_BYTES / SLOT as u64;
-        if st.next_slot + need > max_slots {
-            if st.checkpointed < st.rotations {
-                // Both segments hold entries not yet on disk by themselves: wait for the
-                // checkpoint, with the batch queued again in order.
-                st.queue.splice(0..0, batch);
-                self.work.notify_all();
-                return self.progress.wait(st).unwrap_or_else(|p| p.into_inner());
-            }
-            st = self.rotate(st);
-            if st.phase != Phase::Open {
-                st.queue.splice(0..0, batch);
-                return st;
-            }
-        }
-        st.leading = true;
-        let (active, epoch, start) = (st.active, st.epochs[st.active], st.next_slot);
-        st.next_slot += need;
-        let last = batch.last().map_or(st.synced, |(lsn, _)| *lsn);
-        drop(st);
-        let mut bytes = Vec::with_capacity(need as usize * SLOT);
-        for (lsn, payload) in &batch {
-            bytes.extend(encode_entry(epoch, *lsn, payload));
-        }
-        let at = start * SLOT as u64;
-        let started = Instant::now();
-        let result = self
-            .prepare(active, at + bytes.len() as u64)
-            .and_then(|()| {
-                segment::write_at(&self.files[active], &bytes, at).map_err(|source| {
-                    JournalError::Write {
-                        path: self.path(active),
-                        source,
-                    }
-                })
-            })
-            .and_then(|()| fdatasync(&self.files[active], &self.path(active)));
-        self.metrics
-            .observe_helper("journal flush", false, started.elapsed());
-        let mut st = self.lock();
-        st.leading = false;
-        match result {
-            Ok(()) => st.synced = last,
-            Err(e) => st.phase = Phase::Broken(e.to_string()),
-        }
-        self.progress.notify_all();
-        st
-    }
-
-    /// Point new entries at the other segment, which a checkpoint has emptied, and ask for a
-    /// checkpoint of the one just filled.
-    fn rotate<'a>(&'a self, mut st: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
-        let next = 1 - st.active;
-        let epoch = st.epochs[st.active] + 1;
-        st.leading = true;
-        drop(st);
-        let result = segment::write_at(&self.files[next], &encode_header(epoch), 0)
-            .and_then(|()| self.files[next].sync_data())
-            .map_err(|source| JournalError::Write {
-                path: self.path(next),
-                source,
-            });
-        let mut st = self.lock();
-        st.leading = false;
-        match result {
-            Ok(()) => {
-                st.epochs[next] = epoch;
-                st.active = next;
-                st.next_slot = 1;
-                st.rotations += 1;
-                self.work.notify_all();
-            }
-            Err(e) => st.phase = Phase::Broken(e.to_string()),
-        }
-        st
-    }
-
-    fn checkpoint_loop(&self) {
-        let mut st = self.lock();
-        loop {
-            if st.closing {
-                return;
-            }
-            if st.checkpointed == st.rotations && !st.sync_wanted {
-                st = self.work.wait(st).unwrap_or_else(|p| p.into_inner());
-                continue;
-            }
-            let target = st.rotations;
-            st.sync_wanted = false;
-            st.syncs_started += 1;
-            let ticket = st.syncs_started;
-            drop(st);
-            let started = Instant::now();
-            let result = self.sync_roots();
-            self.metrics
-                .observe_helper("journal checkpoint", false, started.elapsed());
-            st = self.lock();
-            match result {
-                Ok(()) => {
-                    st.checkpointed = target;
-                    st.syncs_done = ticket;
-                }
-                Err(e) => {
-                    // The old segment stays in use; commits go on until the other is full.
-                    tracing::warn!(error = %e, "journal checkpoint failed; retrying in 1 s");
-                    st.sync_wanted = true;
-                    st = self
-                        .work
-                        .wait_timeout(st, Duration::from_secs(1))
-                        .map(|(g, _)| g)
-                        .unwrap_or_else(|p| p.into_inner().0);
-                }
-            }
-            self.progress.notify_all();
         }
     }
 }

@@ -1,6 +1,7 @@
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
+use super::segment::SLOT;
 use super::*;
 use crate::metrics::Metrics;
 
