@@ -53,9 +53,6 @@ async fn services(root: &Path) -> Services {
     os.prepare()
         .await
         .expect("prepare the mount staging directory");
-    for d in LocalBackend::new(root.to_path_buf(), "bench".into(), os.clone()).layout_dirs() {
-        std::fs::create_dir_all(d).expect("layout");
-    }
     let backend = LocalBackend::open(
         root.to_path_buf(),
         "bench".into(),

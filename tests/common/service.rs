@@ -37,22 +37,7 @@ impl Rig {
     }
 
     pub async fn local() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let fake = FakeOs::new();
-        let root = dir.path().canonicalize().unwrap().join("root");
-        for d in LocalBackend::new(root.clone(), "n1".into(), Arc::new(fake.clone())).layout_dirs()
-        {
-            std::fs::create_dir_all(d).unwrap();
-        }
-        let backend = LocalBackend::open(
-            root,
-            "n1".into(),
-            Arc::new(fake.clone()),
-            Arc::new(pvdir::metrics::Metrics::new()),
-        )
-        .await
-        .expect("open the local backend");
-        Self::wire(fake, dir, Backend::Local(backend), &[])
+        Self::open_local(FakeOs::new(), tempfile::tempdir().unwrap()).await
     }
 
     /// The same local root opened again, as a driver restarted after a crash opens it: the
@@ -66,6 +51,10 @@ impl Rig {
             ..
         } = self;
         drop((controller, node));
+        Self::open_local(fake, dir).await
+    }
+
+    async fn open_local(fake: FakeOs, dir: tempfile::TempDir) -> Self {
         let root = dir.path().canonicalize().unwrap().join("root");
         let backend = LocalBackend::open(
             root,
@@ -74,7 +63,7 @@ impl Rig {
             Arc::new(pvdir::metrics::Metrics::new()),
         )
         .await
-        .expect("reopen the local backend");
+        .expect("open the local backend");
         Self::wire(fake, dir, Backend::Local(backend), &[])
     }
 

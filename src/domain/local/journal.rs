@@ -87,10 +87,13 @@ impl LocalJournal {
     ) -> Result<Pending, ControllerError> {
         let where_ = dir.display().to_string();
         let (journal, replay) = off_runtime("open journal", &where_, move || {
-            std::fs::create_dir_all(&dir).map_err(|source| JournalError::Open {
-                path: dir.clone(),
-                source,
-            })?;
+            // The layout too: what the journal covers must exist before it is opened.
+            for d in roots.iter().chain([&dir]) {
+                std::fs::create_dir_all(d).map_err(|source| JournalError::Open {
+                    path: d.clone(),
+                    source,
+                })?;
+            }
             Journal::open(&dir, &roots, metrics)
         })
         .await?;

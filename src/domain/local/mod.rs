@@ -21,7 +21,7 @@ use super::params::{from_map, parse_mode, LocalParams};
 use super::record::{RecordDir, RECORD_SUFFIX};
 use super::volume::{CreateSpec, Deleted, Volume, TOPOLOGY_KEY};
 use super::volume_id::{LocalId, VolumeId, VolumeKey};
-use crate::os::{mountinfo, FsOp, FsReply, Medium, Os, OsError, RelPath};
+use crate::os::{mountinfo, FsOp, FsReply, Medium, MountEntry, Os, OsError, RelPath};
 use journal::{Entry, LocalJournal};
 
 const VOLUMES: &str = "volumes";
@@ -78,8 +78,17 @@ impl LocalBackend {
         let mut backend = Self::new(root, node_id, os);
         let roots = backend.layout_dirs()[..2].to_vec();
         let pending = LocalJournal::open(backend.root.join(JOURNAL), roots, metrics).await?;
+        // One read of the mount table for the whole replay, and none without a delete in it.
+        let mounts = match pending
+            .last
+            .iter()
+            .any(|(_, e)| matches!(e, Entry::Delete { .. }))
+        {
+            true => backend.mount_table("*").await?,
+            false => Vec::new(),
+        };
         for (key, entry) in &pending.last {
-            backend.redo(key, entry).await?;
+            backend.redo(key, entry, &mounts).await?;
         }
         if !pending.last.is_empty() {
             tracing::info!(
@@ -92,7 +101,12 @@ impl LocalBackend {
     }
 
     /// Make the disk match a journal entry: the volume exists as recorded, or not at all.
-    async fn redo(&self, key: &VolumeKey, entry: &Entry) -> Result<(), ControllerError> {
+    async fn redo(
+        &self,
+        key: &VolumeKey,
+        entry: &Entry,
+        mounts: &[MountEntry],
+    ) -> Result<(), ControllerError> {
         match entry {
             Entry::Create { record, .. } => {
                 let name = Self::record_name(key);
@@ -113,8 +127,7 @@ impl LocalBackend {
                     .await
             }
             Entry::Delete { .. } => {
-                self.refuse_if_mounted(&self.volume_dir(key), key.as_str())
-                    .await?;
+                refuse_if_mounted(mounts, &self.volume_dir(key), key.as_str())?;
                 self.remove(key, key.as_str()).await
             }
         }
@@ -319,7 +332,7 @@ impl LocalBackend {
             return Ok(Deleted::NothingToDo);
         }
         let dir = self.volume_dir(&id.key);
-        self.refuse_if_mounted(&dir, raw).await?;
+        refuse_if_mounted(&self.mount_table(raw).await?, &dir, raw)?;
         // Write-ahead, as in create: from here on, a crash is completed at start-up.
         let entry = Entry::Delete {
             key: id.key.as_str().to_string(),
@@ -330,21 +343,11 @@ impl LocalBackend {
         Ok(Deleted::Removed)
     }
 
-    /// Deleting the source of a live bind mount would delete a running pod's data. That
-    /// includes binds of a subdirectory (kubelet's subPath mounts), hence the prefix match.
-    async fn refuse_if_mounted(&self, dir: &Path, raw: &str) -> Result<(), ControllerError> {
-        let mounts = self
-            .os
+    async fn mount_table(&self, raw: &str) -> Result<Vec<MountEntry>, ControllerError> {
+        self.os
             .mounts()
             .await
-            .map_err(ControllerError::os("read mount table", raw))?;
-        if let Some(m) = mountinfo::mounts_of_tree(&mounts, dir).next() {
-            return Err(ControllerError::InUse {
-                id: raw.to_string(),
-                at: m.mount_point.clone(),
-            });
-        }
-        Ok(())
+            .map_err(ControllerError::os("read mount table", raw))
     }
 
     /// Remove the volume's directory and then its record; the caller checked for mounts.
@@ -401,5 +404,17 @@ impl LocalBackend {
                 OsError::unexpected_reply("statfs", &other),
             )),
         }
+    }
+}
+
+/// Deleting the source of a live bind mount would delete a running pod's data. That includes
+/// binds of a subdirectory (kubelet's subPath mounts), hence the prefix match.
+fn refuse_if_mounted(mounts: &[MountEntry], dir: &Path, raw: &str) -> Result<(), ControllerError> {
+    match mountinfo::mounts_of_tree(mounts, dir).next() {
+        Some(m) => Err(ControllerError::InUse {
+            id: raw.to_string(),
+            at: m.mount_point.clone(),
+        }),
+        None => Ok(()),
     }
 }
