@@ -83,7 +83,7 @@ fn serve(args: ServeArgs) -> ExitCode {
                     .ok_or_else(|| pvdir::server::ServerError::BadHttpEndpoint(e.into()))
             })
             .transpose()?;
-        let plugins = pvdir::server::assemble(&args, os, &metrics).await?;
+        let plugins = pvdir::server::assemble(&args, os.clone(), os, &metrics).await?;
         pvdir::server::serve(plugins, http, metrics, terminated()).await
     });
     match result {

@@ -27,7 +27,7 @@ use crate::http::{HealthTarget, Served};
 use crate::kubelet::{Registrar, RegistrarError};
 use crate::metrics::rpc::RpcLayer;
 use crate::metrics::Metrics;
-use crate::os::Os;
+use crate::os::{LocalDisk, Os};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Endpoint {
@@ -167,10 +167,12 @@ fn node_id(args: &ServeArgs) -> Result<String, ServerError> {
 
 /// Build the plugins that `args` asks for. Creates the local root and staging directories, and
 /// replays the local journal where this process creates and deletes local volumes. Their
-/// guards count into `metrics`.
+/// guards count into `metrics`. `disk` does the local backend's work on the node's own disk
+/// (usually the same machine as `os`).
 pub async fn assemble(
     args: &ServeArgs,
     os: Arc<dyn Os>,
+    disk: Arc<dyn LocalDisk>,
     metrics: &Arc<Metrics>,
 ) -> Result<Vec<Plugin>, ServerError> {
     let node_id = node_id(args)?;
@@ -234,12 +236,12 @@ pub async fn assemble(
     };
     if let Some(endpoint) = local {
         let root = prepare_dir(&args.local_root)?;
-        let backend = LocalBackend::new(root.clone(), node_id.clone(), Arc::clone(&os));
+        let backend = LocalBackend::new(root.clone(), node_id.clone(), Arc::clone(&disk));
         for dir in backend.layout_dirs() {
             prepare_dir(&dir)?;
         }
         let backend = match local_mode.controller() {
-            true => LocalBackend::open(root, node_id.clone(), Arc::clone(&os), Arc::clone(metrics))
+            true => LocalBackend::open(root, node_id.clone(), disk, Arc::clone(metrics))
                 .await
                 .map_err(ServerError::Journal)?,
             false => backend,

@@ -56,9 +56,14 @@ async fn a_clean_shutdown_unmounts_the_controllers_exports() {
     };
     let fake = FakeOs::new();
     let metrics = Arc::new(pvdir::metrics::Metrics::new());
-    let plugins = pvdir::server::assemble(&args, Arc::new(fake.clone()), &metrics)
-        .await
-        .unwrap();
+    let plugins = pvdir::server::assemble(
+        &args,
+        Arc::new(fake.clone()),
+        Arc::new(fake.clone()),
+        &metrics,
+    )
+    .await
+    .unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(pvdir::server::serve(plugins, None, metrics, async {
         let _ = stopped.await;

@@ -5,6 +5,8 @@ use super::access::BackendKind;
 use super::local::LocalBackend;
 use super::nfs::NfsBackend;
 
+// Made once per endpoint and shared behind an Arc: the size of a variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Backend {
     Local(LocalBackend),
     Nfs(NfsBackend),

@@ -194,8 +194,8 @@ mod tests {
         mount(&fake, volume, "/kubelet/pods/p/mount").await;
         let other = MountSource::Bind("/var/lib/other".into());
         mount(&fake, other, "/kubelet/pods/q/mount").await;
+        let local = LocalBackend::new("/var/lib/pvdir".into(), "n".into(), Arc::new(fake.clone()));
         let os: Arc<dyn Os> = Arc::new(fake);
-        let local = LocalBackend::new("/var/lib/pvdir".into(), "n".into(), Arc::clone(&os));
         let inventory = Inventory::new(Arc::new(Backend::Local(local)), os, true, true);
         let counts = inventory.count().await;
         assert_eq!(roles(&counts), [("target", 1)]);

@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use super::error::ControllerError;
 use crate::os::safe_fs::SwapOutcome;
-use crate::os::{FsOp, FsReply, Medium, Os, OsError, RelPath};
+use crate::os::{FsOp, FsReply, LocalDisk, Medium, Os, OsError, RelPath};
 
 /// What [`RecordDir::claim`] found.
 pub enum Claim<T> {
@@ -34,10 +34,11 @@ impl<T: PartialEq> Claim<T> {
 /// interrupted write) are not records.
 pub const RECORD_SUFFIX: &str = ".json";
 
-/// One state directory: `base/dir`, reached without following symlinks.
-pub struct RecordDir {
-    os: Arc<dyn Os>,
-    medium: Medium,
+/// One state directory, `base/dir`, reached without following symlinks: the operations on
+/// it and what their replies mean, whoever runs them ([`RecordDir`] through [`Os`],
+/// [`DiskRecords`] on a blocking thread).
+#[derive(Clone)]
+pub struct RecordSpec {
     base: PathBuf,
     dir: RelPath,
     /// Whether each write is synced before it returns; false where a journal makes the
@@ -45,11 +46,9 @@ pub struct RecordDir {
     durable: bool,
 }
 
-impl RecordDir {
-    pub fn new(os: Arc<dyn Os>, medium: Medium, base: PathBuf, dir: RelPath) -> Self {
+impl RecordSpec {
+    pub fn new(base: PathBuf, dir: RelPath) -> Self {
         Self {
-            os,
-            medium,
             base,
             dir,
             durable: true,
@@ -75,24 +74,22 @@ impl RecordDir {
         })
     }
 
-    /// The records `names`, `None` for each that does not exist.
-    pub async fn load_many<T: DeserializeOwned>(
-        &self,
-        names: &[String],
-        volume: &str,
-    ) -> Result<Vec<Option<T>>, ControllerError> {
-        let op = FsOp::ReadRecords {
+    fn read_op(&self, names: &[String]) -> FsOp {
+        FsOp::ReadRecords {
             base: self.base.clone(),
             dir: self.dir.clone(),
             names: names.to_vec(),
-        };
+        }
+    }
+
+    fn read_reply<T: DeserializeOwned>(
+        &self,
+        names: &[String],
+        reply: Result<FsReply, OsError>,
+        volume: &str,
+    ) -> Result<Vec<Option<T>>, ControllerError> {
         let step = "read volume record";
-        match self
-            .os
-            .fs(op, self.medium)
-            .await
-            .map_err(ControllerError::os(step, volume))?
-        {
+        match reply.map_err(ControllerError::os(step, volume))? {
             FsReply::Records(found) if found.len() == names.len() => names
                 .iter()
                 .zip(found)
@@ -102,6 +99,102 @@ impl RecordDir {
                 OsError::unexpected_reply("read-records", &other),
             )),
         }
+    }
+
+    fn write_op<T: Serialize>(
+        &self,
+        name: &str,
+        value: &T,
+        exclusive: bool,
+    ) -> Result<FsOp, ControllerError> {
+        let contents = serde_json::to_vec(value).map_err(|e| ControllerError::CorruptRecord {
+            path: self.path().join(name),
+            reason: e.to_string(),
+        })?;
+        Ok(FsOp::WriteRecord {
+            base: self.base.clone(),
+            dir: self.dir.clone(),
+            name: name.to_string(),
+            contents,
+            exclusive,
+            durable: self.durable,
+        })
+    }
+
+    fn write_reply(reply: Result<FsReply, OsError>, volume: &str) -> Result<bool, ControllerError> {
+        let step = "write volume record";
+        match reply.map_err(ControllerError::os(step, volume))? {
+            FsReply::Written(stored) => Ok(stored),
+            other => Err(ControllerError::os(step, volume)(
+                OsError::unexpected_reply("write-record", &other),
+            )),
+        }
+    }
+
+    fn remove_op(&self, name: &str) -> FsOp {
+        FsOp::RemoveRecord {
+            base: self.base.clone(),
+            dir: self.dir.clone(),
+            name: name.to_string(),
+        }
+    }
+
+    fn remove_reply(reply: Result<FsReply, OsError>, volume: &str) -> Result<(), ControllerError> {
+        reply.map_err(ControllerError::os("remove volume record", volume))?;
+        Ok(())
+    }
+
+    fn list_op(&self) -> FsOp {
+        FsOp::ListRecords {
+            base: self.base.clone(),
+            dir: self.dir.clone(),
+        }
+    }
+
+    fn list_reply(reply: Result<FsReply, OsError>) -> Result<Vec<String>, ControllerError> {
+        let step = "list volume records";
+        match reply.map_err(ControllerError::os(step, "*"))? {
+            FsReply::Names(names) => Ok(names),
+            other => Err(ControllerError::os(step, "*")(OsError::unexpected_reply(
+                "list-records",
+                &other,
+            ))),
+        }
+    }
+}
+
+/// A state directory worked on through [`Os`], on the medium it lives on.
+pub struct RecordDir {
+    os: Arc<dyn Os>,
+    medium: Medium,
+    spec: RecordSpec,
+}
+
+impl RecordDir {
+    pub fn new(os: Arc<dyn Os>, medium: Medium, base: PathBuf, dir: RelPath) -> Self {
+        Self {
+            os,
+            medium,
+            spec: RecordSpec::new(base, dir),
+        }
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.spec.path()
+    }
+
+    async fn run(&self, op: FsOp) -> Result<FsReply, OsError> {
+        self.os.fs(op, self.medium).await
+    }
+
+    /// The records `names`, `None` for each that does not exist.
+    pub async fn load_many<T: DeserializeOwned>(
+        &self,
+        names: &[String],
+        volume: &str,
+    ) -> Result<Vec<Option<T>>, ControllerError> {
+        let reply = self.run(self.spec.read_op(names)).await;
+        self.spec.read_reply(names, reply, volume)
     }
 
     pub async fn load<T: DeserializeOwned>(
@@ -121,30 +214,8 @@ impl RecordDir {
         exclusive: bool,
         volume: &str,
     ) -> Result<bool, ControllerError> {
-        let contents = serde_json::to_vec(value).map_err(|e| ControllerError::CorruptRecord {
-            path: self.path().join(name),
-            reason: e.to_string(),
-        })?;
-        let op = FsOp::WriteRecord {
-            base: self.base.clone(),
-            dir: self.dir.clone(),
-            name: name.to_string(),
-            contents,
-            exclusive,
-            durable: self.durable,
-        };
-        let step = "write volume record";
-        match self
-            .os
-            .fs(op, self.medium)
-            .await
-            .map_err(ControllerError::os(step, volume))?
-        {
-            FsReply::Written(stored) => Ok(stored),
-            other => Err(ControllerError::os(step, volume)(
-                OsError::unexpected_reply("write-record", &other),
-            )),
-        }
+        let op = self.spec.write_op(name, value, exclusive)?;
+        RecordSpec::write_reply(self.run(op).await, volume)
     }
 
     /// Store `wanted` as `name` unless a record is there already. Exclusive, so of two
@@ -181,28 +252,27 @@ impl RecordDir {
     ) -> Result<Option<Option<T>>, ControllerError> {
         let encode = |value: &T| {
             serde_json::to_string(value).map_err(|e| ControllerError::CorruptRecord {
-                path: self.path().join(name),
+                path: self.spec.path().join(name),
                 reason: e.to_string(),
             })
         };
         let op = FsOp::SwapRecord {
-            base: self.base.clone(),
-            dir: self.dir.clone(),
+            base: self.spec.base.clone(),
+            dir: self.spec.dir.clone(),
             name: name.to_string(),
             expected: encode(expected)?,
             new: new.map(encode).transpose()?,
         };
         let step = "swap volume record";
         match self
-            .os
-            .fs(op, self.medium)
+            .run(op)
             .await
             .map_err(ControllerError::os(step, volume))?
         {
             FsReply::Swapped(SwapOutcome::Swapped) => Ok(None),
-            FsReply::Swapped(SwapOutcome::Changed(now)) => {
-                Ok(Some(now.map(|text| self.decode(name, &text)).transpose()?))
-            }
+            FsReply::Swapped(SwapOutcome::Changed(now)) => Ok(Some(
+                now.map(|text| self.spec.decode(name, &text)).transpose()?,
+            )),
             other => Err(ControllerError::os(step, volume)(
                 OsError::unexpected_reply("swap-record", &other),
             )),
@@ -211,16 +281,7 @@ impl RecordDir {
 
     /// Remove `name`; absent is fine.
     pub async fn remove(&self, name: &str, volume: &str) -> Result<(), ControllerError> {
-        let op = FsOp::RemoveRecord {
-            base: self.base.clone(),
-            dir: self.dir.clone(),
-            name: name.to_string(),
-        };
-        self.os
-            .fs(op, self.medium)
-            .await
-            .map_err(ControllerError::os("remove volume record", volume))?;
-        Ok(())
+        RecordSpec::remove_reply(self.run(self.spec.remove_op(name)).await, volume)
     }
 
     /// Every record in the directory with its file name, in name order. One listing and one
@@ -246,22 +307,56 @@ impl RecordDir {
 
     /// Every name in the directory, sorted.
     pub async fn names(&self) -> Result<Vec<String>, ControllerError> {
-        let op = FsOp::ListRecords {
-            base: self.base.clone(),
-            dir: self.dir.clone(),
-        };
-        let step = "list volume records";
-        match self
-            .os
-            .fs(op, self.medium)
-            .await
-            .map_err(ControllerError::os(step, "*"))?
-        {
-            FsReply::Names(names) => Ok(names),
-            other => Err(ControllerError::os(step, "*")(OsError::unexpected_reply(
-                "list-records",
-                &other,
-            ))),
-        }
+        RecordSpec::list_reply(self.run(self.spec.list_op()).await)
+    }
+}
+
+/// A state directory on the node's own disk, worked on from a blocking thread (see
+/// [`LocalDisk`]).
+pub struct DiskRecords<'a> {
+    pub disk: &'a dyn LocalDisk,
+    pub spec: &'a RecordSpec,
+}
+
+impl DiskRecords<'_> {
+    /// The records `names`, `None` for each that does not exist.
+    pub fn load_many<T: DeserializeOwned>(
+        &self,
+        names: &[String],
+        volume: &str,
+    ) -> Result<Vec<Option<T>>, ControllerError> {
+        let reply = self.disk.run(self.spec.read_op(names));
+        self.spec.read_reply(names, reply, volume)
+    }
+
+    pub fn load<T: DeserializeOwned>(
+        &self,
+        name: &str,
+        volume: &str,
+    ) -> Result<Option<T>, ControllerError> {
+        let mut found = self.load_many(&[name.to_string()], volume)?;
+        Ok(found.pop().flatten())
+    }
+
+    /// Write `name`. With `exclusive`, an existing record is kept and `Ok(false)` returned.
+    pub fn store<T: Serialize>(
+        &self,
+        name: &str,
+        value: &T,
+        exclusive: bool,
+        volume: &str,
+    ) -> Result<bool, ControllerError> {
+        let op = self.spec.write_op(name, value, exclusive)?;
+        RecordSpec::write_reply(self.disk.run(op), volume)
+    }
+
+    /// Remove `name`; absent is fine.
+    pub fn remove(&self, name: &str, volume: &str) -> Result<(), ControllerError> {
+        RecordSpec::remove_reply(self.disk.run(self.spec.remove_op(name)), volume)
+    }
+
+    /// Every name in the directory, sorted.
+    pub fn names(&self) -> Result<Vec<String>, ControllerError> {
+        RecordSpec::list_reply(self.disk.run(self.spec.list_op()))
     }
 }

@@ -10,7 +10,9 @@ use async_trait::async_trait;
 
 use super::fsop::{self, FsOp, FsReply};
 use super::safe_fs::SafeFsError;
-use super::{Medium, MountEntry, MountFlags, MountSource, MountSpec, Os, OsError, Unmounted};
+use super::{
+    LocalDisk, Medium, MountEntry, MountFlags, MountSource, MountSpec, Os, OsError, Unmounted,
+};
 
 #[derive(Default)]
 struct State {
@@ -158,6 +160,52 @@ impl FakeOs {
         self.with(|s| s.calls.clone())
     }
 
+    /// A receiver that shows whether `name` is held, counting this operation as held if so.
+    fn until_released(
+        &self,
+        name: &'static str,
+    ) -> tokio::sync::watch::Receiver<Option<&'static str>> {
+        let held = self.held_op.subscribe();
+        if *held.borrow() == Some(name) {
+            self.held_count.send_modify(|n| *n += 1);
+        }
+        held
+    }
+
+    /// What a directory operation meets before it runs: a dead or stale server, an injected
+    /// failure; and the operation to run in its place (fake NFS mounts are plain directories).
+    fn gate(&self, op: FsOp, medium: Medium) -> Result<FsOp, OsError> {
+        if medium == Medium::Remote && self.with(|s| s.server_dead) {
+            return Err(Self::timed_out(op.name()));
+        }
+        let injected = self.with(|s| {
+            let i = s.fail_fs.iter().position(|(name, _)| *name == op.name())?;
+            Some(s.fail_fs.remove(i).1)
+        });
+        if let Some(errno) = injected {
+            return Err(OsError::Fs(SafeFsError::Io {
+                step: op.name().into(),
+                path: op.path().to_path_buf(),
+                errno,
+            }));
+        }
+        // An NFS statfs is answered for real when the path is at or below a fake NFS mount,
+        // and refused like the real one when it is not.
+        let op = match op {
+            FsOp::StatfsNfs { path } if self.on_fake_nfs(&path) => FsOp::Statfs { path },
+            FsOp::StatfsNfs { path } => return Err(OsError::Fs(SafeFsError::NotNfs { path })),
+            other => other,
+        };
+        if medium == Medium::Remote && self.stale_at(op.path()) {
+            return Err(OsError::Fs(SafeFsError::Io {
+                step: op.name().into(),
+                path: op.path().to_path_buf(),
+                errno: nix::errno::Errno::ESTALE as i32,
+            }));
+        }
+        Ok(op)
+    }
+
     fn timed_out(what: &str) -> OsError {
         OsError::TimedOut {
             what: what.into(),
@@ -252,45 +300,29 @@ impl Os for FakeOs {
     }
 
     async fn fs(&self, op: FsOp, medium: Medium) -> Result<FsReply, OsError> {
-        let mut held = self.held_op.subscribe();
-        let name = op.name();
-        if *held.borrow() == Some(name) {
-            self.held_count.send_modify(|n| *n += 1);
-        }
-        let _ = held.wait_for(|h| *h != Some(name)).await;
-        if medium == Medium::Remote && self.with(|s| s.server_dead) {
-            return Err(Self::timed_out(op.name()));
-        }
-        let injected = self.with(|s| {
-            let i = s.fail_fs.iter().position(|(name, _)| *name == op.name())?;
-            Some(s.fail_fs.remove(i).1)
-        });
-        if let Some(errno) = injected {
-            return Err(OsError::Fs(SafeFsError::Io {
-                step: op.name().into(),
-                path: op.path().to_path_buf(),
-                errno,
-            }));
-        }
-        // Fake NFS mounts are plain directories: an NFS statfs is answered for real when the
-        // path is at or below one, and refused like the real one when it is not.
-        let op = match op {
-            FsOp::StatfsNfs { path } if self.on_fake_nfs(&path) => FsOp::Statfs { path },
-            FsOp::StatfsNfs { path } => return Err(OsError::Fs(SafeFsError::NotNfs { path })),
-            other => other,
-        };
-        if medium == Medium::Remote && self.stale_at(op.path()) {
-            return Err(OsError::Fs(SafeFsError::Io {
-                step: op.name().into(),
-                path: op.path().to_path_buf(),
-                errno: nix::errno::Errno::ESTALE as i32,
-            }));
-        }
+        let mut held = self.until_released(op.name());
+        let _ = held.wait_for(|h| *h != Some(op.name())).await;
+        let op = self.gate(op, medium)?;
         tokio::task::spawn_blocking(move || fsop::execute(&op).map_err(OsError::Fs))
             .await
             .map_err(|e| OsError::Helper {
                 what: "fake fs".into(),
                 message: e.to_string(),
             })?
+    }
+}
+
+/// The same directory work as [`Os::fs`] on [`Medium::Local`], with the same holds and
+/// injected failures, run on the caller's (blocking) thread.
+impl LocalDisk for FakeOs {
+    fn run(&self, op: FsOp) -> Result<FsReply, OsError> {
+        let mut held = self.until_released(op.name());
+        let _ = futures::executor::block_on(held.wait_for(|h| *h != Some(op.name())));
+        let op = self.gate(op, Medium::Local)?;
+        fsop::execute(&op).map_err(OsError::Fs)
+    }
+
+    fn mount_table(&self) -> Result<Vec<MountEntry>, OsError> {
+        Ok(self.table())
     }
 }

@@ -177,3 +177,25 @@ pub trait Os: Send + Sync + 'static {
     /// Run one directory operation.
     async fn fs(&self, op: FsOp, medium: Medium) -> Result<FsReply, OsError>;
 }
+
+/// Work on the node's own disk, for code that already runs on a thread allowed to block.
+///
+/// The local backend runs each call's steps (read the record, commit to the journal, write
+/// the record, make the directory) as one unit on the blocking pool: one hand-off from the
+/// runtime per call instead of one per step, which is what a local create or delete spends
+/// most of its time on. Beside [`Os`], not in it: only local disks may be worked on this way;
+/// anything that can hang on a server goes through [`Os::fs`] with [`Medium::Remote`].
+pub trait LocalDisk: Send + Sync + 'static {
+    /// Run one directory operation to its end.
+    fn run(&self, op: FsOp) -> Result<FsReply, OsError>;
+    /// The current mount table of this process's mount namespace.
+    fn mount_table(&self) -> Result<Vec<MountEntry>, OsError>;
+}
+
+/// Read `/proc/self/mountinfo`; it blocks (briefly) on the kernel.
+pub fn read_mount_table() -> Result<Vec<MountEntry>, OsError> {
+    // Bytes, not text: mount paths are whatever bytes someone gave a directory name.
+    let text = std::fs::read("/proc/self/mountinfo")
+        .map_err(|source| OsError::ReadMountTable { source })?;
+    Ok(mountinfo::parse(&text))
+}

@@ -11,8 +11,12 @@
 //! checkpoint. A power cut could then bring the old directory, with the old volume's files, back
 //! under the new volume. So a create of a name whose deletion is not yet on disk by itself
 //! syncs the filesystem before it makes the directory (rare: claim names are unique).
+//!
+//! Everything here blocks (a commit waits for its flush): it runs inside the local backend's
+//! one blocking call per request.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::hash::{BuildHasher, RandomState};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -42,33 +46,50 @@ impl Entry {
     }
 }
 
-fn failed(step: &'static str, volume: &str) -> impl FnOnce(OsError) -> ControllerError {
-    ControllerError::os(step, volume)
+fn failed(step: &'static str, volume: &str) -> impl FnOnce(JournalError) -> ControllerError {
+    let os = ControllerError::os(step, volume);
+    move |e| os(OsError::Journal(e))
 }
 
-async fn off_runtime<T: Send + 'static>(
-    step: &'static str,
-    volume: &str,
-    f: impl FnOnce() -> Result<T, JournalError> + Send + 'static,
-) -> Result<T, ControllerError> {
-    // Awaited to the end, like all local work: the caller's guard is held until it is done.
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| OsError::Helper {
-            what: step.into(),
-            message: e.to_string(),
-        })
-        .and_then(|r| r.map_err(OsError::Journal))
-        .map_err(failed(step, volume))
+/// Deleted names remembered before a filesystem sync is asked for. A sync is what lets them
+/// be forgotten, and a sync is costly beside a busy writer (it writes out everyone's dirty
+/// data): with 1,024 a delete-heavy load asked for several a second and lost half its rate
+/// beside a writer. At about 40 bytes each this is ~320 KiB at most.
+const REMEMBERED: usize = 8192;
+
+/// Names deleted since the filesystem sync that covers each (its ticket), oldest first.
+/// Names are kept as keyed 64-bit hashes: a collision costs one needless sync, never safety.
+#[derive(Default)]
+struct Deleted {
+    order: VecDeque<(u64, u64)>,
+    /// Each hash's latest ticket.
+    latest: HashMap<u64, u64>,
+    hasher: RandomState,
 }
 
-/// Deleted names remembered before a sync is asked for: a few hundred KiB at most.
-const REMEMBERED: usize = 1024;
+impl Deleted {
+    fn hash(&self, key: &VolumeKey) -> u64 {
+        self.hasher.hash_one(key.as_str())
+    }
+
+    /// Forget what a finished sync covers. Tickets grow along `order`, so this stops at the
+    /// first one not yet synced.
+    fn prune(&mut self, synced: impl Fn(u64) -> bool) {
+        while let Some(&(hash, ticket)) = self.order.front() {
+            if !synced(ticket) {
+                break;
+            }
+            self.order.pop_front();
+            if self.latest.get(&hash) == Some(&ticket) {
+                self.latest.remove(&hash);
+            }
+        }
+    }
+}
 
 pub(super) struct LocalJournal {
-    journal: Arc<Journal>,
-    /// Names deleted since the filesystem sync whose ticket each carries.
-    deleted: Mutex<HashMap<VolumeKey, u64>>,
+    journal: Journal,
+    deleted: Mutex<Deleted>,
 }
 
 /// The journal as found at start-up: the last entry of each volume, to redo before serving.
@@ -78,25 +99,25 @@ pub(super) struct Pending {
 }
 
 impl LocalJournal {
-    /// Open the journal in `dir`, covering the filesystems of `roots`; waits while another
-    /// process holds it.
-    pub async fn open(
+    /// Open the journal in `dir`, covering the filesystems of `roots`, and read what it holds;
+    /// waits while another process holds it. Blocks: called from the blocking pool.
+    pub fn open(
         dir: PathBuf,
         roots: Vec<PathBuf>,
         metrics: Arc<Metrics>,
     ) -> Result<Pending, ControllerError> {
         let where_ = dir.display().to_string();
-        let (journal, replay) = off_runtime("open journal", &where_, move || {
-            // The layout too: what the journal covers must exist before it is opened.
-            for d in roots.iter().chain([&dir]) {
-                std::fs::create_dir_all(d).map_err(|source| JournalError::Open {
+        // The layout too: what the journal covers must exist before it is opened.
+        for d in roots.iter().chain([&dir]) {
+            std::fs::create_dir_all(d)
+                .map_err(|source| JournalError::Open {
                     path: d.clone(),
                     source,
-                })?;
-            }
-            Journal::open(&dir, &roots, metrics)
-        })
-        .await?;
+                })
+                .map_err(failed("open journal", &where_))?;
+        }
+        let (journal, replay) =
+            Journal::open(&dir, &roots, metrics).map_err(failed("open journal", &where_))?;
         let mut last: BTreeMap<VolumeKey, Entry> = BTreeMap::new();
         for payload in replay.entries {
             let entry: Entry =
@@ -117,48 +138,56 @@ impl LocalJournal {
         })
     }
 
-    pub async fn commit(&self, entry: &Entry, volume: &str) -> Result<(), ControllerError> {
+    /// Write `entry` and return once it is on disk (a flush shared with concurrent commits).
+    pub fn commit(&self, entry: &Entry, volume: &str) -> Result<(), ControllerError> {
         let payload = serde_json::to_vec(entry).map_err(|e| ControllerError::CorruptRecord {
             path: PathBuf::from("journal"),
             reason: e.to_string(),
         })?;
-        let journal = Arc::clone(&self.journal);
-        off_runtime("commit to journal", volume, move || journal.commit(payload)).await
+        self.journal
+            .commit(payload)
+            .map_err(failed("commit to journal", volume))
     }
 
     /// After a committed delete of `key`.
-    pub fn deleted(&self, key: &VolumeKey) {
+    pub fn deleted(&self, key: &VolumeKey, volume: &str) -> Result<(), ControllerError> {
         let ticket = self.journal.sync_ticket();
-        let mut deleted = self.deleted.lock().unwrap_or_else(|p| p.into_inner());
-        deleted.insert(key.clone(), ticket);
-        if deleted.len() > REMEMBERED {
-            // Bounded: forget what a sync has covered, and ask for one if that was not enough.
-            deleted.retain(|_, t| !self.journal.synced(*t));
-            if deleted.len() > REMEMBERED / 2 {
-                self.journal.request_sync();
-            }
+        let waiting = {
+            let mut deleted = self.deleted.lock().unwrap_or_else(|p| p.into_inner());
+            let hash = deleted.hash(key);
+            deleted.order.push_back((hash, ticket));
+            deleted.latest.insert(hash, ticket);
+            deleted.prune(|t| self.journal.synced(t));
+            deleted.order.len()
+        };
+        if waiting > 2 * REMEMBERED {
+            // The syncs asked for have not kept up (or keep failing): wait for one, so that
+            // memory stays bounded.
+            self.journal
+                .sync_now()
+                .map_err(failed("sync deletions", volume))?;
+        } else if waiting > REMEMBERED {
+            self.journal.request_sync();
         }
+        Ok(())
     }
 
     /// Before making the directory of `key`: if its deletion may still be undone by a power
     /// cut, sync it to disk first (see the module header).
-    pub async fn before_create(
-        &self,
-        key: &VolumeKey,
-        volume: &str,
-    ) -> Result<(), ControllerError> {
+    pub fn before_create(&self, key: &VolumeKey, volume: &str) -> Result<(), ControllerError> {
         let pending = {
             let deleted = self.deleted.lock().unwrap_or_else(|p| p.into_inner());
-            deleted.get(key).is_some_and(|t| !self.journal.synced(*t))
+            deleted
+                .latest
+                .get(&deleted.hash(key))
+                .is_some_and(|t| !self.journal.synced(*t))
         };
         if pending {
-            let journal = Arc::clone(&self.journal);
-            off_runtime("sync an earlier deletion", volume, move || {
-                journal.sync_now()
-            })
-            .await?;
+            self.journal
+                .sync_now()
+                .map_err(failed("sync an earlier deletion", volume))?;
             let mut deleted = self.deleted.lock().unwrap_or_else(|p| p.into_inner());
-            deleted.remove(key);
+            deleted.prune(|t| self.journal.synced(t));
         }
         Ok(())
     }
@@ -166,13 +195,88 @@ impl LocalJournal {
 
 impl Pending {
     /// The redo is done: sync it and take commits.
-    pub async fn finish(self) -> Result<LocalJournal, ControllerError> {
-        let journal = Arc::new(self.journal);
-        let j = Arc::clone(&journal);
-        off_runtime("finish journal replay", "*", move || j.replayed()).await?;
+    pub fn finish(self) -> Result<LocalJournal, ControllerError> {
+        self.journal
+            .replayed()
+            .map_err(failed("finish journal replay", "*"))?;
         Ok(LocalJournal {
-            journal,
-            deleted: Mutex::new(HashMap::new()),
+            journal: self.journal,
+            deleted: Mutex::default(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opened(dir: &std::path::Path) -> LocalJournal {
+        let roots = vec![dir.join("volumes"), dir.join("meta")];
+        LocalJournal::open(dir.join("journal"), roots, Arc::new(Metrics::new()))
+            .unwrap()
+            .finish()
+            .unwrap()
+    }
+
+    fn key(name: &str) -> VolumeKey {
+        VolumeKey::parse(name).unwrap()
+    }
+
+    #[test]
+    fn a_name_made_again_waits_for_the_sync_of_its_deletion() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = opened(dir.path());
+        let ticket = j.journal.sync_ticket();
+        j.deleted(&key("a"), "a").unwrap();
+        j.before_create(&key("b"), "b").unwrap();
+        assert!(!j.journal.synced(ticket), "another name needs no sync");
+        j.before_create(&key("a"), "a").unwrap();
+        assert!(
+            j.journal.synced(ticket),
+            "the deletion of a is on disk first"
+        );
+        assert!(j.deleted.lock().unwrap().order.is_empty(), "and forgotten");
+    }
+
+    #[test]
+    fn deletions_past_the_bound_ask_for_a_sync_and_are_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = opened(dir.path());
+        let ticket = j.journal.sync_ticket();
+        for i in 0..=REMEMBERED {
+            j.deleted(&key(&format!("k{i}")), "k").unwrap();
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !j.journal.synced(ticket) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no sync was asked for"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        j.deleted(&key("last"), "last").unwrap();
+        assert_eq!(
+            j.deleted.lock().unwrap().order.len(),
+            1,
+            "synced names pruned"
+        );
+    }
+
+    #[test]
+    fn pruning_stops_at_the_first_unsynced_ticket_and_keeps_a_later_delete() {
+        let mut d = Deleted::default();
+        let (a, b) = (d.hash(&key("a")), d.hash(&key("b")));
+        for (hash, ticket) in [(a, 1), (b, 2), (a, 3)] {
+            d.order.push_back((hash, ticket));
+            d.latest.insert(hash, ticket);
+        }
+        d.prune(|t| t <= 2);
+        assert_eq!(d.order, [(a, 3)]);
+        assert_eq!(
+            d.latest.get(&a),
+            Some(&3),
+            "a's later deletion is still unsynced"
+        );
+        assert_eq!(d.latest.get(&b), None);
     }
 }

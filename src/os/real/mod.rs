@@ -19,7 +19,9 @@ use super::mount::op::{MountOp, Unmount};
 use super::mount::staging::Staging;
 use super::mount::{self, ApiChoice, MountApi, MountError};
 use super::safe_fs::SafeFsError;
-use super::{child, mountinfo, Medium, MountEntry, MountSource, MountSpec, Os, OsError, Unmounted};
+use super::{
+    child, mountinfo, LocalDisk, Medium, MountEntry, MountSource, MountSpec, Os, OsError, Unmounted,
+};
 use crate::metrics::{DetachReason, Metrics, ProbeResult};
 use helper::{INTERNAL_FS_ARGS, INTERNAL_MOUNT_ARGS};
 
@@ -251,6 +253,24 @@ impl RealOs {
     }
 }
 
+/// One local directory operation on the calling thread, timed into `metrics`.
+fn run_local(op: &FsOp, metrics: &Metrics) -> Result<FsReply, OsError> {
+    let started = Instant::now();
+    let result = fsop::execute(op).map_err(OsError::Fs);
+    metrics.observe_helper(op.name(), false, started.elapsed());
+    result
+}
+
+impl LocalDisk for RealOs {
+    fn run(&self, op: FsOp) -> Result<FsReply, OsError> {
+        run_local(&op, &self.metrics)
+    }
+
+    fn mount_table(&self) -> Result<Vec<MountEntry>, OsError> {
+        super::read_mount_table()
+    }
+}
+
 /// The options for mount.nfs: the asked ones, then the flags the mount must have. mount.nfs
 /// lets the last of two contrary options win, so `ro` after a class's `rw` (or `nosuid` after
 /// its `suid`) must come last to hold.
@@ -263,11 +283,7 @@ fn nfs_options(spec: &MountSpec) -> Vec<String> {
 #[async_trait]
 impl Os for RealOs {
     async fn mounts(&self) -> Result<Vec<MountEntry>, OsError> {
-        // Bytes, not text: mount paths are whatever bytes someone gave a directory name.
-        let text = tokio::fs::read("/proc/self/mountinfo")
-            .await
-            .map_err(|source| OsError::ReadMountTable { source })?;
-        Ok(mountinfo::parse(&text))
+        Self::blocking(super::read_mount_table).await
     }
 
     async fn mount(&self, spec: &MountSpec) -> Result<(), OsError> {
@@ -307,8 +323,8 @@ impl Os for RealOs {
         let probe = matches!(op, FsOp::StatfsNfs { .. });
         let result = match medium {
             Medium::Local => {
-                let work = Self::blocking(move || fsop::execute(&op).map_err(OsError::Fs));
-                self.timed(name, false, work).await
+                let metrics = Arc::clone(&self.metrics);
+                Self::blocking(move || run_local(&op, &metrics)).await
             }
             Medium::Remote => {
                 let call = helper::call(

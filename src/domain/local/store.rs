@@ -1,0 +1,316 @@
+//! The local backend's work on disk: each public method here is one request's steps, run to
+//! the end on a blocking thread (see [`crate::os::LocalDisk`]), so that a create or delete
+//! costs one hand-off from the runtime however many steps it takes.
+//!
+//! Order of steps (see the module header of `local`): check what can be refused, commit the
+//! intent to the journal, then apply it unsynced; the journal's replay at start-up redoes an
+//! applied step a crash or power cut interrupted.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use super::journal::{Entry, LocalJournal};
+use super::{LocalPlan, LocalRecord, JOURNAL, META, VOLUMES};
+use crate::domain::error::ControllerError;
+use crate::domain::record::{DiskRecords, RecordSpec, RECORD_SUFFIX};
+use crate::domain::volume::{CreateSpec, Deleted, Volume};
+use crate::domain::volume_id::{LocalId, VolumeId, VolumeKey};
+use crate::os::{mountinfo, FsOp, FsReply, LocalDisk, MountEntry, OsError, RelPath};
+
+fn meta_dir() -> RelPath {
+    // A constant plain segment always parses; the fallback only keeps this panic-free.
+    RelPath::parse(META).unwrap_or_else(|_| unreachable!("\"meta\" is a valid RelPath"))
+}
+
+pub(super) struct Store {
+    pub(super) root: PathBuf,
+    pub(super) node_id: String,
+    disk: Arc<dyn LocalDisk>,
+    /// Records are synced by the journal, not one by one.
+    records: RecordSpec,
+    /// Present where this process creates and deletes volumes (see [`Store::open`]).
+    journal: Option<LocalJournal>,
+}
+
+impl Store {
+    pub(super) fn new(root: PathBuf, node_id: String, disk: Arc<dyn LocalDisk>) -> Self {
+        // META is a constant single segment; the records are reached without following links.
+        let records = RecordSpec::new(root.clone(), meta_dir()).journaled();
+        Self {
+            root,
+            node_id,
+            disk,
+            records,
+            journal: None,
+        }
+    }
+
+    pub(super) fn layout_dirs(&self) -> [PathBuf; 3] {
+        [
+            self.root.join(VOLUMES),
+            self.root.join(META),
+            self.root.join(JOURNAL),
+        ]
+    }
+
+    /// Take the journal and redo what it holds; then this store creates and deletes.
+    pub(super) fn open(
+        mut self,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Result<Self, ControllerError> {
+        let roots = self.layout_dirs()[..2].to_vec();
+        let pending = LocalJournal::open(self.root.join(JOURNAL), roots, metrics)?;
+        // One read of the mount table for the whole replay, and none without a delete in it.
+        let mounts = match pending
+            .last
+            .iter()
+            .any(|(_, e)| matches!(e, Entry::Delete { .. }))
+        {
+            true => self.mount_table("*")?,
+            false => Vec::new(),
+        };
+        for (key, entry) in &pending.last {
+            self.redo(key, entry, &mounts)?;
+        }
+        if !pending.last.is_empty() {
+            tracing::info!(
+                volumes = pending.last.len(),
+                "local journal replayed after an unclean stop"
+            );
+        }
+        self.journal = Some(pending.finish()?);
+        Ok(self)
+    }
+
+    /// Make the disk match a journal entry: the volume exists as recorded, or not at all.
+    fn redo(
+        &self,
+        key: &VolumeKey,
+        entry: &Entry,
+        mounts: &[MountEntry],
+    ) -> Result<(), ControllerError> {
+        match entry {
+            Entry::Create { record, .. } => {
+                // After a power cut the record may be missing or empty (its name made it to
+                // disk, its data did not): both are rewritten from the entry.
+                let found = match self.read_record(key) {
+                    Ok(found) => found,
+                    Err(ControllerError::CorruptRecord { .. }) => None,
+                    Err(e) => return Err(e),
+                };
+                if found.as_ref() != Some(record) {
+                    self.records()
+                        .store(&record_name(key), record, false, &record.name)?;
+                }
+                self.ensure_dir(key, record.mount_permissions, &record.name)
+            }
+            Entry::Delete { .. } => {
+                refuse_if_mounted(mounts, &self.volume_dir(key), key.as_str())?;
+                self.remove(key, key.as_str())
+            }
+        }
+    }
+
+    fn journal(&self) -> Result<&LocalJournal, ControllerError> {
+        // Only a wiring mistake gets here: the controller is always given an opened backend.
+        self.journal.as_ref().ok_or_else(|| {
+            ControllerError::os("commit to journal", "*")(OsError::Journal(
+                crate::os::journal::JournalError::NotReplayed,
+            ))
+        })
+    }
+
+    fn volume_dir(&self, key: &VolumeKey) -> PathBuf {
+        self.root.join(VOLUMES).join(key.as_str())
+    }
+
+    fn volume(&self, key: VolumeKey, capacity_bytes: i64) -> Volume {
+        Volume {
+            id: VolumeId::Local(LocalId {
+                node: self.node_id.clone(),
+                key,
+            }),
+            capacity_bytes,
+            node: Some(self.node_id.clone()),
+        }
+    }
+
+    fn fs(&self, op: FsOp, step: &'static str, volume: &str) -> Result<FsReply, ControllerError> {
+        self.disk.run(op).map_err(ControllerError::os(step, volume))
+    }
+
+    fn records(&self) -> DiskRecords<'_> {
+        DiskRecords {
+            disk: &*self.disk,
+            spec: &self.records,
+        }
+    }
+
+    pub(super) fn read_record(
+        &self,
+        key: &VolumeKey,
+    ) -> Result<Option<LocalRecord>, ControllerError> {
+        self.records().load(&record_name(key), key.as_str())
+    }
+
+    pub(super) fn create(
+        &self,
+        spec: &CreateSpec,
+        plan: LocalPlan,
+    ) -> Result<Volume, ControllerError> {
+        let (key, mode) = (plan.id.key, plan.mode);
+        let wanted = LocalRecord {
+            name: spec.name.clone(),
+            capacity_bytes: spec.capacity_bytes,
+            mount_permissions: mode,
+        };
+        let journal = self.journal()?;
+        let conflict = |existing: LocalRecord| ControllerError::NameConflict {
+            name: spec.name.clone(),
+            difference: format!(
+                "existing capacity {} bytes, mode {:?}; requested {} bytes, mode {:?}",
+                existing.capacity_bytes, existing.mount_permissions, spec.capacity_bytes, mode
+            ),
+        };
+        // Refuse a conflict before the intent is logged: a replay would overwrite the record.
+        let existing = self.read_record(&key)?;
+        if let Some(other) = existing.clone().filter(|r| *r != wanted) {
+            return Err(conflict(other));
+        }
+        journal.before_create(&key, &spec.name)?;
+        // Write-ahead: once the intent is on disk, a crash at any later step (or a power cut
+        // that keeps a record's name but not its contents) is redone at start-up. Committed
+        // again on an idempotent retry, which costs one shared flush.
+        let entry = Entry::Create {
+            key: key.as_str().to_string(),
+            record: wanted.clone(),
+        };
+        journal.commit(&entry, &spec.name)?;
+        if existing.is_none() {
+            // Exclusive all the same: only another process could have written it meanwhile,
+            // and the journal's lock keeps others out, but a record is never overwritten.
+            if !self
+                .records()
+                .store(&record_name(&key), &wanted, true, &spec.name)?
+            {
+                if let Some(other) = self.read_record(&key)?.filter(|r| *r != wanted) {
+                    return Err(conflict(other));
+                }
+            }
+        }
+        self.ensure_dir(&key, mode, &spec.name)?;
+        Ok(self.volume(key, spec.capacity_bytes))
+    }
+
+    fn ensure_dir(
+        &self,
+        key: &VolumeKey,
+        mode: Option<u32>,
+        volume: &str,
+    ) -> Result<(), ControllerError> {
+        let op = FsOp::EnsureDir {
+            base: self.root.join(VOLUMES),
+            rel: key.rel().clone(),
+            mode,
+        };
+        self.fs(op, "create volume directory", volume)?;
+        Ok(())
+    }
+
+    /// Acts only while the volume's record exists. The record goes last, so a retry after a
+    /// crash finds it and finishes; a directory without a record was never made by create.
+    pub(super) fn delete(&self, key: &VolumeKey, raw: &str) -> Result<Deleted, ControllerError> {
+        let journal = self.journal()?;
+        if self.read_record(key)?.is_none() {
+            // Never made, or its deletion is in the journal already and redone at start-up.
+            return Ok(Deleted::NothingToDo);
+        }
+        refuse_if_mounted(&self.mount_table(raw)?, &self.volume_dir(key), raw)?;
+        // Write-ahead, as in create: from here on, a crash is completed at start-up.
+        let entry = Entry::Delete {
+            key: key.as_str().to_string(),
+        };
+        journal.commit(&entry, raw)?;
+        self.remove(key, raw)?;
+        journal.deleted(key, raw)?;
+        Ok(Deleted::Removed)
+    }
+
+    fn mount_table(&self, raw: &str) -> Result<Vec<MountEntry>, ControllerError> {
+        self.disk
+            .mount_table()
+            .map_err(ControllerError::os("read mount table", raw))
+    }
+
+    /// Remove the volume's directory and then its record; the caller checked for mounts.
+    fn remove(&self, key: &VolumeKey, raw: &str) -> Result<(), ControllerError> {
+        let op = FsOp::RemoveTree {
+            base: self.root.join(VOLUMES),
+            rel: key.rel().clone(),
+            prune_parents: false,
+        };
+        self.fs(op, "remove volume directory", raw)?;
+        self.records().remove(&record_name(key), raw)
+    }
+
+    pub(super) fn count(&self) -> Result<usize, ControllerError> {
+        let names = self.records().names()?;
+        Ok(names
+            .iter()
+            .filter(|n| {
+                n.strip_suffix(RECORD_SUFFIX)
+                    .and_then(VolumeKey::parse)
+                    .is_some()
+            })
+            .count())
+    }
+
+    pub(super) fn list(&self) -> Result<Vec<Volume>, ControllerError> {
+        let records = self.records();
+        // Temp files of an interrupted write and foreign files are not volumes.
+        let (keys, names): (Vec<VolumeKey>, Vec<String>) = records
+            .names()?
+            .into_iter()
+            .filter_map(|n| Some((n.strip_suffix(RECORD_SUFFIX).and_then(VolumeKey::parse)?, n)))
+            .unzip();
+        let found: Vec<Option<LocalRecord>> = records.load_many(&names, "*")?;
+        // A record deleted between listing and reading is simply no longer a volume.
+        Ok(keys
+            .into_iter()
+            .zip(found)
+            .filter_map(|(key, record)| record.map(|r| self.volume(key, r.capacity_bytes)))
+            .collect())
+    }
+
+    pub(super) fn available_bytes(&self) -> Result<i64, ControllerError> {
+        let op = FsOp::Statfs {
+            path: self.root.clone(),
+        };
+        match self.fs(op, "statfs local root", "*")? {
+            FsReply::Stats(s) => Ok(i64::try_from(s.available_bytes).unwrap_or(i64::MAX)),
+            other => Err(ControllerError::os("statfs local root", "*")(
+                OsError::unexpected_reply("statfs", &other),
+            )),
+        }
+    }
+}
+
+fn record_name(key: &VolumeKey) -> String {
+    format!("{}{RECORD_SUFFIX}", key.as_str())
+}
+
+/// Deleting the source of a live bind mount would delete a running pod's data. That includes
+/// binds of a subdirectory (kubelet's subPath mounts), hence the prefix match.
+fn refuse_if_mounted(
+    mounts: &[MountEntry],
+    dir: &std::path::Path,
+    raw: &str,
+) -> Result<(), ControllerError> {
+    match mountinfo::mounts_of_tree(mounts, dir).next() {
+        Some(m) => Err(ControllerError::InUse {
+            id: raw.to_string(),
+            at: m.mount_point.clone(),
+        }),
+        None => Ok(()),
+    }
+}
