@@ -24,6 +24,9 @@ pub fn fs_code(e: &SafeFsError) -> Code {
         | SafeFsError::CrossesMount { .. }
         | SafeFsError::NotADirectory { .. }
         | SafeFsError::NotEmpty { .. } => Code::FailedPrecondition,
+        // The CO's part of NodePublish (a target's parent exists) is not done: nothing pvdir
+        // or a retry can fix until it is.
+        SafeFsError::NoParent { .. } => Code::FailedPrecondition,
         SafeFsError::InvalidName { .. } => Code::Internal,
         // A mount went away while the call looked at it (a concurrent unmount): look again.
         SafeFsError::NotNfs { .. } => Code::Aborted,
@@ -213,6 +216,14 @@ mod tests {
             controller_code(&ControllerError::BadPageToken { token: "x".into() }),
             Code::Aborted
         );
+    }
+
+    #[test]
+    fn a_target_without_its_parent_is_the_callers_precondition() {
+        let missing = SafeFsError::NoParent {
+            path: "/pods/x/mount".into(),
+        };
+        assert_eq!(fs_code(&missing), Code::FailedPrecondition);
     }
 
     #[test]

@@ -205,6 +205,13 @@ pub fn execute(op: &FsOp) -> Result<FsReply, SafeFsError> {
                         });
                     }
                 }
+                // CSI: "The CO SHALL ensure that the parent directory of this path exists";
+                // pvdir makes the target itself, never its parents.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(SafeFsError::NoParent {
+                        path: path.to_path_buf(),
+                    });
+                }
                 Err(e) => return Err(io("create target", path, e)),
             }
             Ok(FsReply::Done)
@@ -270,6 +277,17 @@ fn statfs(path: &Path) -> Result<FsStats, SafeFsError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_target_whose_parent_is_missing_is_refused_and_no_parent_is_made() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = dir.path().join("pod").join("mount");
+        assert!(matches!(
+            execute(&FsOp::MakeTarget { path: t }),
+            Err(SafeFsError::NoParent { .. })
+        ));
+        assert!(!dir.path().join("pod").exists());
+    }
 
     #[test]
     fn targets_are_made_and_removed_idempotently() {

@@ -66,6 +66,11 @@ pub enum SafeFsError {
         #[serde(serialize_with = "serialize_path_lossy")]
         path: PathBuf,
     },
+    #[error("the parent directory of {path:?} does not exist")]
+    NoParent {
+        #[serde(serialize_with = "serialize_path_lossy")]
+        path: PathBuf,
+    },
     #[error("{path:?} is on another mount; refusing to cross into it")]
     CrossesMount {
         #[serde(serialize_with = "serialize_path_lossy")]
