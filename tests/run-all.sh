@@ -12,6 +12,7 @@ fi
 
 echo "== fmt and clippy"
 cargo fmt --all -- --check
+cargo fmt --manifest-path fuzz/Cargo.toml -- --check
 cargo clippy --all-targets -- -D warnings
 
 # Kubernetes and csi-provisioner from the Go module proxy, cached outside the clone (seconds
@@ -30,6 +31,11 @@ cargo test --lib --bins --tests
 echo "== csi-sanity against the real binary"
 cargo build --release
 tests/csi-sanity.sh
+
+# Coverage-guided fuzzing of what pvdir reads off the wire, a bounded time per target (README:
+# Tests); the kept corpus in fuzz/corpus is replayed first, so an old crash stays fixed.
+echo "== fuzzing the wire parsers (tests/fuzz.sh)"
+tests/fuzz.sh
 
 # The host kernel has no NFS client or server: the NFS backend is proven in a VM that has both.
 echo "== NFS backend in a VM: kernel nfsd and NFS client (csi-sanity, seed story, faults)"

@@ -14,12 +14,12 @@ cd "$(dirname "$0")/.."
 # The cluster tier (tests/k8s): etcd, containerd with runc and the CNI plugins, umoci and
 # mmdebstrap to build images offline, gcc for the static pause program, iptables and socat for
 # the loopback-only networking, openssl for the cluster's PKI, jq for the image recipe's reading
-# of the Dockerfile.
+# of the Dockerfile. g++: libFuzzer, which the fuzz targets link (tests/fuzz.sh).
 PACKAGES=(
     util-linux mount ca-certificates strace python3 python3-venv
     qemu-system-x86 linux-image-amd64 busybox-static nfs-kernel-server nfs-common
     containerd runc etcd-server containernetworking-plugins umoci mmdebstrap gcc libc6-dev
-    iptables conntrack openssl curl iproute2 psmisc socat jq
+    iptables conntrack openssl curl iproute2 psmisc socat jq g++
 )
 missing=()
 for package in "${PACKAGES[@]}"; do
