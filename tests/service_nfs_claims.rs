@@ -334,9 +334,22 @@ async fn creates_of_one_directory_run_one_at_a_time() {
 
 #[tokio::test]
 async fn a_create_past_half_its_claim_expiry_hands_nothing_out() {
-    // An expiry of 2 ms: every create is past its deadline by the time it would be done.
-    let rig = Rig::nfs_with_claim_expiry(std::time::Duration::from_millis(2));
-    assert_eq!(code(rig.create(claim_as("pvc-slow")).await), Code::Aborted);
+    // An expiry of 20 ms, and the create held at its directory step for longer than that:
+    // past half the expiry by the time it would hand the volume out, however fast the machine.
+    let rig = std::sync::Arc::new(Rig::nfs_with_claim_expiry(
+        std::time::Duration::from_millis(20),
+    ));
+    rig.fake.hold_op("ensure-dir");
+    let slow = {
+        let rig = std::sync::Arc::clone(&rig);
+        tokio::spawn(async move { rig.create(claim_as("pvc-slow")).await })
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(20), rig.fake.until_held())
+        .await
+        .expect("the create reached its directory step");
+    tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+    rig.fake.release_op();
+    assert_eq!(code(slow.await.unwrap()), Code::Aborted);
     let left = record(&rig.export_dir(), DIR);
     assert!(
         left["creating"].is_object(),
