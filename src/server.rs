@@ -379,7 +379,13 @@ pub async fn serve(
     for (plugin, listener) in bound {
         tracing::info!(endpoint = %plugin.endpoint, driver = plugin.identity.name(), "serving");
         let layer = RpcLayer::new(Arc::clone(&metrics), plugin.health.kind().label());
+        // Bounds against a client that never reads: HTTP/2 refuses streams past 64 on one
+        // connection, and a connection that stops answering pings is closed (the socket's
+        // own bounds are in socket::limit). Sidecars and kubelet make a call or two at once.
         let mut router = Server::builder()
+            .max_concurrent_streams(Some(64))
+            .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
             .layer(layer)
             .add_service(IdentityServer::new(plugin.identity));
         if let Some(c) = plugin.controller {

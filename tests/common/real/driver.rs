@@ -107,6 +107,11 @@ impl Driver {
         self.path("csi.sock")
     }
 
+    /// The running driver's process ID.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("driver is running").id()
+    }
+
     pub fn root(&self) -> PathBuf {
         self.path("root")
     }
