@@ -403,8 +403,10 @@ pub async fn serve(
                 tasks.spawn(async move { serving.await.map_err(ServerError::Serve) });
             }
             Listener::Tcp(listener) => {
-                let serving =
-                    router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop);
+                let serving = router.serve_with_incoming_shutdown(
+                    crate::socket::limit::bounded(TcpListenerStream::new(listener)),
+                    stop,
+                );
                 tasks.spawn(async move { serving.await.map_err(ServerError::Serve) });
             }
         }

@@ -1,4 +1,4 @@
-//! Bounds on the connections one socket serves, so that a client that opens connections and
+//! Bounds on the connections one endpoint serves, so that a client that opens connections and
 //! never uses them cannot grow the driver's memory or starve kubelet.
 //!
 //! - At most [`MAX_CONNECTIONS`] at once. kubelet and each sidecar keep one or two; a new
@@ -14,17 +14,45 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_stream::{Stream, StreamExt};
 
 /// Connections served at once on one socket.
 pub const MAX_CONNECTIONS: usize = 256;
 /// How long a new connection may stay silent.
 pub const FIRST_BYTES: Duration = Duration::from_secs(10);
+
+/// `connections` within the bounds above: one past [`MAX_CONNECTIONS`] is closed at once.
+pub fn bounded<S>(
+    connections: impl Stream<Item = io::Result<S>>,
+) -> impl Stream<Item = io::Result<Limited<S>>> {
+    let places = Places::new(MAX_CONNECTIONS);
+    let refused = AtomicU64::new(0);
+    connections.filter_map(move |conn| match conn {
+        Ok(stream) => match places.admit(stream, FIRST_BYTES) {
+            Some(admitted) => Some(Ok(admitted)),
+            None => {
+                // Once per thousand: a flood of connections must not become a flood of logs.
+                let n = refused.fetch_add(1, Ordering::Relaxed);
+                if n.is_multiple_of(1000) {
+                    tracing::warn!(
+                        limit = MAX_CONNECTIONS,
+                        refused = n + 1,
+                        "closing new connections: the socket serves as many as it may"
+                    );
+                }
+                None
+            }
+        },
+        Err(e) => Some(Err(e)),
+    })
+}
 
 /// Hands out a place to each accepted connection while there is one.
 #[derive(Clone)]

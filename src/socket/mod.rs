@@ -19,30 +19,11 @@ pub mod limit;
 pub use authority::AuthorityFix;
 
 /// The connections of a unix listener, each behind [`AuthorityFix`], within the bounds of
-/// [`limit`]: a connection beyond them is closed at once.
+/// [`limit`].
 pub fn incoming(
     listener: UnixListener,
 ) -> impl Stream<Item = std::io::Result<limit::Limited<AuthorityFix<tokio::net::UnixStream>>>> {
-    let places = limit::Places::new(limit::MAX_CONNECTIONS);
-    let refused = std::sync::atomic::AtomicU64::new(0);
-    UnixListenerStream::new(listener).filter_map(move |conn| match conn {
-        Ok(stream) => match places.admit(AuthorityFix::new(stream), limit::FIRST_BYTES) {
-            Some(admitted) => Some(Ok(admitted)),
-            None => {
-                // Once per thousand: a flood of connections must not become a flood of logs.
-                let n = refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if n.is_multiple_of(1000) {
-                    tracing::warn!(
-                        limit = limit::MAX_CONNECTIONS,
-                        refused = n + 1,
-                        "closing new connections: the socket serves as many as it may"
-                    );
-                }
-                None
-            }
-        },
-        Err(e) => Some(Err(e)),
-    })
+    limit::bounded(UnixListenerStream::new(listener).map(|conn| conn.map(AuthorityFix::new)))
 }
 
 /// A socket file this process bound, remembered by inode so that shutdown removes only our
