@@ -151,9 +151,10 @@ impl LocalJournal {
 
     /// After a committed delete of `key`.
     pub fn deleted(&self, key: &VolumeKey, volume: &str) -> Result<(), ControllerError> {
-        let ticket = self.journal.sync_ticket();
         let waiting = {
             let mut deleted = self.deleted.lock().unwrap_or_else(|p| p.into_inner());
+            // Taken under the lock, so that tickets grow along `order` (see `prune`).
+            let ticket = self.journal.sync_ticket();
             let hash = deleted.hash(key);
             deleted.order.push_back((hash, ticket));
             deleted.latest.insert(hash, ticket);
