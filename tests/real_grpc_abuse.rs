@@ -68,6 +68,20 @@ fn framed(message: &[u8]) -> Bytes {
     Bytes::from(out)
 }
 
+/// A CreateVolume for `name` begun on a raw connection: the handles to send its body on
+/// (and to drop, to hang up), and the whole framed message.
+async fn begin_create(
+    d: &Driver,
+    name: &str,
+) -> (h2::client::SendRequest<Bytes>, h2::SendStream<Bytes>, Bytes) {
+    let whole = create_request(name, Mode::SingleNodeWriter, MIB).encode_to_vec();
+    let mut send = raw_h2(d).await;
+    let (_answer, body) = send
+        .send_request(grpc_request("CreateVolume"), false)
+        .unwrap();
+    (send, body, framed(&whole))
+}
+
 fn volumes(d: &Driver) -> usize {
     std::fs::read_dir(d.root().join("volumes")).map_or(0, |r| r.count())
 }
@@ -90,13 +104,9 @@ async fn an_oversized_message_is_refused_and_the_driver_serves_on() {
 async fn a_message_cut_short_and_dropped_changes_nothing() {
     require_root!();
     let d = Driver::start().await;
-    let whole = create_request("pvc-cut", Mode::SingleNodeWriter, MIB).encode_to_vec();
-    let mut send = raw_h2(&d).await;
-    let (_answer, mut body) = send
-        .send_request(grpc_request("CreateVolume"), false)
-        .unwrap();
+    let (send, mut body, whole) = begin_create(&d, "pvc-cut").await;
     // The length prefix promises the whole message; half of it comes, then the connection goes.
-    let cut = framed(&whole).slice(..5 + whole.len() / 2);
+    let cut = whole.slice(..(5 + whole.len()) / 2);
     body.send_data(cut, false).unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     drop((body, send));
@@ -111,12 +121,8 @@ async fn a_message_cut_short_and_dropped_changes_nothing() {
 async fn a_client_that_hangs_up_mid_call_leaves_no_guard() {
     require_root!();
     let d = Driver::start().await;
-    let whole = create_request("pvc-gone", Mode::SingleNodeWriter, MIB).encode_to_vec();
-    let mut send = raw_h2(&d).await;
-    let (_answer, mut body) = send
-        .send_request(grpc_request("CreateVolume"), false)
-        .unwrap();
-    body.send_data(framed(&whole), true).unwrap();
+    let (send, mut body, whole) = begin_create(&d, "pvc-gone").await;
+    body.send_data(whole, true).unwrap();
     // Gone before the answer: the call still runs to its end (handlers are detached), and its
     // guard goes with it, so a retry by a new client is answered, not ABORTED for ever.
     drop((body, send));
