@@ -38,6 +38,9 @@ pub enum Command {
     Unpublish(UnpublishArgs),
     /// Delete a volume (DeleteVolume).
     Delete(DeleteArgs),
+    /// Drive any CSI driver with a mix of calls at a set concurrency and report latency,
+    /// errors, throughput and the driver's memory.
+    Load(crate::ctl::load::args::LoadArgs),
     /// Helpers the driver runs as its own child processes (not for people).
     #[command(hide = true, subcommand)]
     Internal(Internal),

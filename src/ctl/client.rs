@@ -152,6 +152,11 @@ impl Client {
         &self.endpoint
     }
 
+    /// The connection itself, for callers that make their own clients on it (`pvdir load`).
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
+
     pub fn identity(&self) -> IdentityClient<Channel> {
         IdentityClient::new(self.channel.clone())
     }

@@ -1,15 +1,16 @@
-//! The operator CLI (`pvdir probe|list|show|create|publish|unpublish|delete`): a CSI *client*
+//! The operator CLI (`pvdir probe|list|show|create|publish|unpublish|delete|load`): a CSI *client*
 //! adapter, the counterpart of [`crate::csi`]. It may see tonic and the generated proto; it
 //! reuses the domain's volume ID parser and the OS layer's mountinfo parser, and never changes
 //! anything except through the driver's own RPCs.
 //!
 //! This file owns the error type, the exit codes and the runner that turns a handler's result
 //! into a process exit status. Handlers live one per file: probe.rs, list.rs, show.rs, and
-//! volume.rs (create, publish, unpublish, delete).
+//! volume.rs (create, publish, unpublish, delete), and load/ (the load generator).
 
 pub mod args;
 pub mod client;
 pub mod list;
+pub mod load;
 pub mod probe;
 pub mod show;
 pub mod values;
@@ -85,6 +86,30 @@ pub enum CtlError {
     },
     #[error("starting the runtime: {0}")]
     Runtime(std::io::Error),
+    #[error("{endpoint} does not offer {what}, which the load needs")]
+    LoadUnsupported {
+        endpoint: Endpoint,
+        what: &'static str,
+    },
+    #[error("making the target directory {path}: {source}")]
+    LoadTargetDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("writing the report to {path}: {source}")]
+    LoadWrite {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "the load finished with {abandoned} abandoned steps, {lost} volumes whose data was \
+         lost and {teardown_failed} volumes not torn down"
+    )]
+    LoadFailures {
+        abandoned: u64,
+        lost: u64,
+        teardown_failed: u64,
+    },
 }
 
 impl CtlError {
@@ -95,13 +120,17 @@ impl CtlError {
             | Self::ListUnsupported { .. }
             | Self::ListLoop { .. }
             | Self::ListTooLong { .. }
-            | Self::EmptyReply { .. } => EXIT_REFUSED,
+            | Self::EmptyReply { .. }
+            | Self::LoadUnsupported { .. } => EXIT_REFUSED,
             Self::DuplicateKey { .. } => EXIT_USAGE,
             Self::SomeProbesFailed { exit_code, .. } => *exit_code,
             Self::NotReady { .. }
             | Self::DecodeId { .. }
             | Self::ReadMountinfo { .. }
-            | Self::Runtime(_) => EXIT_FAILED,
+            | Self::Runtime(_)
+            | Self::LoadTargetDir { .. }
+            | Self::LoadWrite { .. }
+            | Self::LoadFailures { .. } => EXIT_FAILED,
         }
     }
 }

@@ -24,7 +24,7 @@ fn mode(access: Access) -> Mode {
 }
 
 /// A mount (never block) capability: pvdir volumes are directories.
-fn capability(args: &CapabilityArgs) -> csi::VolumeCapability {
+pub fn capability(args: &CapabilityArgs) -> csi::VolumeCapability {
     csi::VolumeCapability {
         access_mode: Some(csi::volume_capability::AccessMode {
             mode: mode(args.access) as i32,
