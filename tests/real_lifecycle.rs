@@ -30,6 +30,7 @@ use common::real::mounts::*;
 use common::real::requests::*;
 use pvdir::csi::proto as csi;
 use pvdir::csi::proto::volume_capability::access_mode::Mode;
+use pvdir::os::safe_fs::{scratch_name, Scratch};
 use tonic::Code;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -235,4 +236,26 @@ async fn concurrent_creates_of_same_name() {
     );
     assert_eq!(names_in(&d.root().join("volumes")), ["pvc-concurrent"]);
     assert_eq!(names_in(&d.root().join("meta")), ["pvc-concurrent.json"]);
+}
+
+/// Found by the chaos soak (tests/real_chaos.rs): a driver killed between writing a record's
+/// temporary file and renaming it left the file in `meta/` for ever. A restart removes such
+/// files of writers that are gone, and nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_sweeps_temporary_records_of_a_killed_driver() {
+    require_root!();
+    let mut d = Driver::start().await;
+    create_volume(&d, "pvc-kept", Mode::SingleNodeWriter).await;
+    let killed = d.pid();
+    d.kill();
+    let meta = d.root().join("meta");
+    // A scratch name as the killed driver made it: this host's tag, the driver's pid.
+    let ours = scratch_name("pvc-lost.json", Scratch::Temporary);
+    let stale = ours.replace(&format!("-{}-", std::process::id()), &format!("-{killed}-"));
+    let foreign = "notes.txt";
+    std::fs::write(meta.join(&stale), b"{\"name\":").unwrap();
+    std::fs::write(meta.join(foreign), b"an operator's file").unwrap();
+    d.spawn().await;
+    assert_eq!(names_in(&meta), [foreign, "pvc-kept.json"]);
+    assert_eq!(names_in(&d.root().join("volumes")), ["pvc-kept"]);
 }

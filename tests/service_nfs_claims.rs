@@ -403,3 +403,61 @@ async fn reuse_never_adopts_a_directory_holding_an_archive() {
         .insert("reuseExisting".into(), "true".into());
     assert_eq!(code(rig.create(outer).await), Code::AlreadyExists);
 }
+
+/// Found by the chaos soak (tests/vm_nfs_chaos.rs): a driver killed while its helper wrote a
+/// record, or held one aside to swap it, left the scratch file in `.pvdir/` for ever. Each
+/// fresh mount of the export (a new process's first, or a remount), and the next call after a
+/// failed record write, sweeps those of gone writers of this host, and leaves another host's
+/// and every record alone.
+#[tokio::test]
+async fn scratch_files_of_a_killed_driver_are_swept_when_the_export_is_mounted_afresh() {
+    use pvdir::os::safe_fs::{scratch_name, Scratch};
+    let rig = Rig::nfs();
+    rig.create(seed_claim(0, "delete")).await.unwrap();
+    let export = rig.export_dir();
+    let records = export.join(".pvdir");
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let dead = child.id();
+    child.wait().unwrap();
+    let of_dead = |name: &str, kind| {
+        scratch_name(name, kind).replace(&format!("-{}-", std::process::id()), &format!("-{dead}-"))
+    };
+    let stale = [
+        of_dead("a.json", Scratch::Temporary),
+        of_dead("b.json", Scratch::Tomb),
+    ];
+    let other_host = ".c.json.tmp-0123456789abcdef-42-1796".to_string();
+    for name in stale.iter().chain([&other_host]) {
+        std::fs::write(records.join(name), b"{}").unwrap();
+    }
+    // Not swept while the mount lives: the sweep is for a new process's (or a new mount's)
+    // first look.
+    rig.create(seed_claim(1, "delete")).await.unwrap();
+    assert_eq!(common::names_in(&records).len(), 5);
+    // The export recreated on the server: the controller mounts it afresh, as a restarted
+    // driver does.
+    rig.fake.make_stale(&export);
+    rig.create(seed_claim(2, "delete")).await.unwrap();
+    let left = common::names_in(&records);
+    for name in &stale {
+        assert!(!left.contains(name), "{name} left: {left:?}");
+    }
+    assert!(left.contains(&other_host), "{left:?}");
+    assert_eq!(
+        left.len(),
+        4,
+        "the other host's file and 3 records: {left:?}"
+    );
+    // A helper killed mid-write while the driver lives on (here: a write failing at the
+    // server) makes the sweep due again on the next call.
+    let later = of_dead("f.json", Scratch::Temporary);
+    std::fs::write(records.join(&later), b"{}").unwrap();
+    rig.fake.fail_next_fs("write-record", libc::EIO);
+    assert_eq!(
+        code(rig.create(seed_claim(3, "delete")).await),
+        Code::Unavailable
+    );
+    assert!(common::names_in(&records).contains(&later));
+    rig.create(seed_claim(3, "delete")).await.unwrap();
+    assert!(!common::names_in(&records).contains(&later));
+}

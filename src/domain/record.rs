@@ -3,6 +3,7 @@
 //! only state pvdir keeps, so a restarted driver knows everything it knew before.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
@@ -151,8 +152,21 @@ impl RecordSpec {
         }
     }
 
+    fn sweep_op(&self) -> FsOp {
+        FsOp::SweepScratch {
+            base: self.base.clone(),
+            dir: self.dir.clone(),
+        }
+    }
+
     fn list_reply(reply: Result<FsReply, OsError>) -> Result<Vec<String>, ControllerError> {
-        let step = "list volume records";
+        Self::names_reply("list volume records", reply)
+    }
+
+    fn names_reply(
+        step: &'static str,
+        reply: Result<FsReply, OsError>,
+    ) -> Result<Vec<String>, ControllerError> {
         match reply.map_err(ControllerError::os(step, "*"))? {
             FsReply::Names(names) => Ok(names),
             other => Err(ControllerError::os(step, "*")(OsError::unexpected_reply(
@@ -168,6 +182,9 @@ pub struct RecordDir {
     os: Arc<dyn Os>,
     medium: Medium,
     spec: RecordSpec,
+    /// Set when a write or swap failed: its writer (a helper killed at its time bound, or
+    /// one that could not clean up on a failing server) may have left a scratch file.
+    scratch_due: Option<Arc<AtomicBool>>,
 }
 
 impl RecordDir {
@@ -176,6 +193,15 @@ impl RecordDir {
             os,
             medium,
             spec: RecordSpec::new(base, dir),
+            scratch_due: None,
+        }
+    }
+
+    /// Raise `flag` whenever a write or swap here fails (see [`RecordDir::sweep_scratch`]).
+    pub fn flagging_scratch(self, flag: Arc<AtomicBool>) -> Self {
+        Self {
+            scratch_due: Some(flag),
+            ..self
         }
     }
 
@@ -184,7 +210,12 @@ impl RecordDir {
     }
 
     async fn run(&self, op: FsOp) -> Result<FsReply, OsError> {
-        self.os.fs(op, self.medium).await
+        let writes = matches!(op, FsOp::WriteRecord { .. } | FsOp::SwapRecord { .. });
+        let result = self.os.fs(op, self.medium).await;
+        if let (true, Err(_), Some(flag)) = (writes, &result, &self.scratch_due) {
+            flag.store(true, Ordering::Relaxed);
+        }
+        result
     }
 
     /// The records `names`, `None` for each that does not exist.
@@ -309,6 +340,11 @@ impl RecordDir {
     pub async fn names(&self) -> Result<Vec<String>, ControllerError> {
         RecordSpec::list_reply(self.run(self.spec.list_op()).await)
     }
+
+    /// Remove what writers of this host killed mid-write left (scratch files); their names.
+    pub async fn sweep_scratch(&self) -> Result<Vec<String>, ControllerError> {
+        RecordSpec::names_reply("sweep scratch files", self.run(self.spec.sweep_op()).await)
+    }
 }
 
 /// A state directory on the node's own disk, worked on from a blocking thread (see
@@ -358,5 +394,10 @@ impl DiskRecords<'_> {
     /// Every name in the directory, sorted.
     pub fn names(&self) -> Result<Vec<String>, ControllerError> {
         RecordSpec::list_reply(self.disk.run(self.spec.list_op()))
+    }
+
+    /// Remove what writers of this host killed mid-write left (scratch files); their names.
+    pub fn sweep_scratch(&self) -> Result<Vec<String>, ControllerError> {
+        RecordSpec::names_reply("sweep scratch files", self.disk.run(self.spec.sweep_op()))
     }
 }

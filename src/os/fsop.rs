@@ -73,6 +73,9 @@ pub enum FsOp {
     },
     /// Names in `base/dir`, sorted; an absent directory is empty.
     ListRecords { base: PathBuf, dir: RelPath },
+    /// Remove the scratch files (temporaries, tombs) in `base/dir` of writers of this host
+    /// that no longer run (see `safe_fs::sweep_scratch`); replies with their names.
+    SweepScratch { base: PathBuf, dir: RelPath },
     /// Whether `base/rel` holds anything; `None` when it does not exist.
     HasEntries { base: PathBuf, rel: RelPath },
     /// Create a publish target directory (the CO creates its parent).
@@ -114,6 +117,7 @@ impl FsOp {
             | FsOp::SwapRecord { base, .. }
             | FsOp::RemoveRecord { base, .. }
             | FsOp::ListRecords { base, .. }
+            | FsOp::SweepScratch { base, .. }
             | FsOp::HasEntries { base, .. } => base,
         }
     }
@@ -131,6 +135,7 @@ impl FsOp {
             FsOp::SwapRecord { .. } => "swap-record",
             FsOp::RemoveRecord { .. } => "remove-record",
             FsOp::ListRecords { .. } => "list-records",
+            FsOp::SweepScratch { .. } => "sweep-scratch",
             FsOp::HasEntries { .. } => "has-entries",
             FsOp::MakeTarget { .. } => "make-target",
             FsOp::RemoveTarget { .. } => "remove-target",
@@ -191,6 +196,7 @@ pub fn execute(op: &FsOp) -> Result<FsReply, SafeFsError> {
             safe_fs::remove_record(base, dir, name).map(|()| FsReply::Done)
         }
         FsOp::ListRecords { base, dir } => safe_fs::list_records(base, dir).map(FsReply::Names),
+        FsOp::SweepScratch { base, dir } => safe_fs::sweep_scratch(base, dir).map(FsReply::Names),
         FsOp::HasEntries { base, rel } => safe_fs::has_entries(base, rel).map(FsReply::Entries),
         FsOp::MakeTarget { path } => {
             match fs::create_dir(path) {

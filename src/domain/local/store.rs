@@ -72,6 +72,15 @@ impl Store {
         for (key, entry) in &pending.last {
             self.redo(key, entry, &mounts)?;
         }
+        // A process killed between writing a record's temporary file and renaming it leaves
+        // that file; no later call would ever remove it.
+        let swept = self.records().sweep_scratch()?;
+        if !swept.is_empty() {
+            tracing::info!(
+                files = swept.len(),
+                "removed scratch files of a killed driver"
+            );
+        }
         if !pending.last.is_empty() {
             tracing::info!(
                 volumes = pending.last.len(),

@@ -21,6 +21,9 @@ use crate::os::{
 /// holder works below it.
 pub struct ExportMount {
     pub path: PathBuf,
+    /// Whether this call made the mount (the first use of the export by this process, or a
+    /// remount of a stale one).
+    pub fresh: bool,
     _hold: OwnedRwLockReadGuard<()>,
 }
 
@@ -71,6 +74,7 @@ impl Exports {
         if self.state(&target, &device, volume).await? == NfsMountProbe::Answering {
             return Ok(ExportMount {
                 path: target,
+                fresh: false,
                 _hold: shared,
             });
         }
@@ -81,6 +85,7 @@ impl Exports {
             NfsMountProbe::Answering => {
                 return Ok(ExportMount {
                     path: target,
+                    fresh: false,
                     _hold: exclusive.downgrade(),
                 })
             }
@@ -121,6 +126,7 @@ impl Exports {
         }
         Ok(ExportMount {
             path: target,
+            fresh: true,
             _hold: exclusive.downgrade(),
         })
     }

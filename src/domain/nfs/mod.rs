@@ -5,7 +5,7 @@
 //! [`Medium::Remote`]: in a killable child under a time bound, so a dead server costs one
 //! bounded call and never a hung thread. Who owns which directory is recorded on the export
 //! itself (`claims.rs`); `onDelete: archive` moves a directory aside under a claimed name
-//! (`archive.rs`).
+//! (`archive.rs`). What killed writers leave among the records is swept (`scratch.rs`).
 //!
 //! DeleteVolume acts only while the record still names the ID's owner: a late retry for a
 //! volume whose directory has since been taken by a new volume touches nothing. Calls for one
@@ -16,6 +16,7 @@
 mod archive;
 mod claims;
 mod export;
+mod scratch;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -32,6 +33,7 @@ use super::volume_id::{owner_tag, NfsId, OnDelete, VolumeId};
 use crate::os::{FsOp, FsReply, Medium, Os, OsError, RelPath};
 use claims::{claimed_by, record_name, NfsRecord, Placement};
 use export::Exports;
+use scratch::ScratchSweeps;
 
 pub use claims::{ClaimPolicy, RECORD_DIR};
 
@@ -48,6 +50,7 @@ pub struct NfsBackend {
     claims: ClaimPolicy,
     /// Directories with a create or delete in flight in this process.
     dirs: InFlight,
+    scratch: ScratchSweeps,
 }
 
 impl NfsBackend {
@@ -57,6 +60,7 @@ impl NfsBackend {
             os,
             claims,
             dirs: InFlight::default(),
+            scratch: ScratchSweeps::default(),
         }
     }
 
@@ -71,6 +75,22 @@ impl NfsBackend {
         self.exports.staging_dir()
     }
 
+    /// The export mounted (see [`Exports::mount`]), with what killed writers left among its
+    /// records swept first when that is due (see `scratch.rs`).
+    async fn export(
+        &self,
+        server: &str,
+        share: &str,
+        options: &[String],
+        volume: &str,
+    ) -> Result<export::ExportMount, ControllerError> {
+        let export = self.exports.mount(server, share, options, volume).await?;
+        self.scratch
+            .sweep_if_due(&export, &self.records(&export.path))
+            .await;
+        Ok(export)
+    }
+
     fn records(&self, mount: &Path) -> RecordDir {
         // RECORD_DIR is a constant single segment; see meta_dir in local.rs.
         let dir = RelPath::parse(RECORD_DIR).unwrap_or_else(|_| unreachable!("valid segment"));
@@ -80,6 +100,7 @@ impl NfsBackend {
             mount.to_path_buf(),
             dir,
         )
+        .flagging_scratch(self.scratch.flag(mount))
     }
 
     /// The in-flight guard of `id`'s directory (its export and path, whoever the owner).
@@ -145,8 +166,7 @@ impl NfsBackend {
         let _dir = self.claim_dir(&id)?;
         // Held until this function returns: no remount under our feet.
         let export = self
-            .exports
-            .mount(&id.server, &id.share, &id.mount_options, volume)
+            .export(&id.server, &id.share, &id.mount_options, volume)
             .await?;
         let records = self.records(&export.path);
         let placement = Placement {
@@ -277,8 +297,7 @@ impl NfsBackend {
         let _dir = self.claim_dir(id)?;
         // Held until this function returns: no remount under our feet.
         let export = self
-            .exports
-            .mount(&id.server, &id.share, &id.mount_options, raw)
+            .export(&id.server, &id.share, &id.mount_options, raw)
             .await?;
         let records = self.records(&export.path);
         let name = record_name(&id.subdir);
@@ -314,8 +333,7 @@ impl NfsBackend {
     pub async fn exists(&self, id: &NfsId, raw: &str) -> Result<bool, ControllerError> {
         // Held until this function returns: no remount under our feet.
         let export = self
-            .exports
-            .mount(&id.server, &id.share, &id.mount_options, raw)
+            .export(&id.server, &id.share, &id.mount_options, raw)
             .await?;
         let record: Option<NfsRecord> = self
             .records(&export.path)
@@ -341,10 +359,7 @@ impl NfsBackend {
         let share = params.export()?;
         let options = merged_mount_flags(caps);
         // Held until this function returns: no remount under our feet.
-        let export = self
-            .exports
-            .mount(&params.server, &share, &options, "*")
-            .await?;
+        let export = self.export(&params.server, &share, &options, "*").await?;
         let op = FsOp::StatfsNfs {
             path: export.path.clone(),
         };

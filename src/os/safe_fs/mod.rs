@@ -25,6 +25,7 @@ mod ensure;
 mod prune;
 mod record;
 mod remove;
+mod scratch;
 mod swap;
 mod walk;
 
@@ -44,6 +45,7 @@ pub use record::{
     list_records, read_records, remove_record, write_record, write_record_with, MAX_RECORD_BYTES,
 };
 pub use remove::remove_tree;
+pub use scratch::{scratch_name, sweep_scratch, Scratch};
 pub use swap::{swap_record, SwapOutcome};
 pub use walk::has_entries;
 

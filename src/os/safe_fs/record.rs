@@ -23,6 +23,7 @@ use nix::fcntl::{openat, renameat, AtFlags, OFlag};
 use nix::sys::stat::{fstat, FileStat, Mode, SFlag};
 use nix::unistd::{fsync, linkat, unlinkat, UnlinkatFlags};
 
+use super::scratch::{scratch_name, Scratch};
 use super::walk::open_leaf;
 use super::{ensure_dir, io, SafeFsError};
 use crate::os::relpath::RelPath;
@@ -162,11 +163,7 @@ pub fn write_record_with(
             Errno::ENOENT,
         )
     })?;
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default();
-    let tmp = format!(".{name}.tmp-{}-{nanos}", std::process::id());
+    let tmp = scratch_name(name, Scratch::Temporary);
     let flags =
         OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
     let file = openat(

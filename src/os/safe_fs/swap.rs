@@ -18,6 +18,7 @@ use nix::unistd::{linkat, unlinkat, UnlinkatFlags};
 use serde::{Deserialize, Serialize};
 
 use super::record::{check_name, open_dir, read_one, write_record};
+use super::scratch::{scratch_name, Scratch};
 use super::{io, SafeFsError};
 use crate::os::relpath::RelPath;
 
@@ -39,11 +40,7 @@ pub fn swap_record(
     expected: &str,
     new: Option<&str>,
 ) -> Result<SwapOutcome, SafeFsError> {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default();
-    let tomb = format!(".{name}.taken-{:x}-{nanos:x}", std::process::id());
+    let tomb = scratch_name(name, Scratch::Tomb);
     let Some(taken) = take_record(base, dir, name, &tomb)? else {
         return Ok(SwapOutcome::Changed(None));
     };
