@@ -7,10 +7,10 @@ cd "$top"
 cargo build --release --bin pvdir
 # The NFS integration tests are built here; the guest only runs them.
 mkdir -p target/vm
-cargo test --release --test vm_nfs --test vm_nfs_faults --test vm_nfs_crashes --no-run \
+cargo test --release --test vm_nfs --test vm_nfs_faults --test vm_nfs_crashes --test vm_nfs_chaos --no-run \
     --message-format=json 2>/dev/null \
     | sed -n 's/.*"executable":"\([^"]*\/vm_nfs[a-z_]*-[^"]*\)".*/\1/p' >target/vm/tests
-[ "$(wc -l <target/vm/tests)" -eq 3 ] || { echo "could not build the vm_nfs tests"; exit 1; }
+[ "$(wc -l <target/vm/tests)" -eq 4 ] || { echo "could not build the vm_nfs tests"; exit 1; }
 started=$(date +%s)
 tests/vm/run.sh tests/vm/guest/csi-sanity-nfs.sh 1200
 tests/vm/run.sh tests/vm/guest/nfs-suite.sh 900

@@ -5,6 +5,7 @@
 pub mod driver;
 pub mod mounts;
 pub mod requests;
+pub mod soak;
 pub mod vm;
 
 /// `true` when the privileged tests should run. Panics (fails the test) when they cannot run
