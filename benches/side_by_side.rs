@@ -21,7 +21,6 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,94 +30,13 @@ use pvdir::csi::proto as csi;
 use pvdir::csi::proto::controller_client::ControllerClient;
 use tonic::transport::{Channel, Uri};
 
+mod common;
+
+use common::{env_or, hostpath_binary, start_hostpath, start_pvdir, Driver};
+
 const CLIENTS: usize = 8;
 
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// A driver process serving CSI on `socket`, killed when dropped.
-struct Driver {
-    name: &'static str,
-    socket: PathBuf,
-    child: Child,
-}
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_pvdir(name: &'static str, binary: &Path, dir: &Path) -> Driver {
-    let dir = dir.join(name);
-    std::fs::create_dir_all(&dir).expect("driver directory");
-    let socket = dir.join("pvdir.sock");
-    let child = Command::new(binary)
-        .arg("serve")
-        .arg("--mode")
-        .arg("controller")
-        .arg("--local-endpoint")
-        .arg(format!("unix://{}", socket.display()))
-        .arg("--local-root")
-        .arg(dir.join("pvdir-root"))
-        .arg("--mount-staging-dir")
-        .arg(dir.join("pvdir-mounts"))
-        .arg("--node-id")
-        .arg("bench")
-        .arg("--log")
-        .arg("warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start pvdir serve");
-    Driver {
-        name,
-        socket,
-        child,
-    }
-}
-
-fn hostpath_binary() -> Option<PathBuf> {
-    let given = std::env::var_os("PVDIR_BENCH_HOSTPATH").map(PathBuf::from);
-    let anchor =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/anchors/hostpathplugin-v1.18.0");
-    given.or(Some(anchor)).filter(|p| p.is_file())
-}
-
-fn start_hostpath(binary: &Path, dir: &Path) -> Driver {
-    let socket = dir.join("hostpath.sock");
-    let child = Command::new(binary)
-        .arg("--endpoint")
-        .arg(format!("unix://{}", socket.display()))
-        .arg("--nodeid")
-        .arg("bench")
-        .arg("--statedir")
-        .arg(dir.join("hostpath-state"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start hostpathplugin");
-    Driver {
-        name: "host-path",
-        socket,
-        child,
-    }
-}
-
 async fn connect(socket: &Path) -> ControllerClient<Channel> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !socket.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "{} never appeared",
-            socket.display()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
     let path = socket.to_path_buf();
     let channel = tonic::transport::Endpoint::from_static("http://localhost")
         .connect_with_connector(tower::service_fn(move |_: Uri| {
@@ -283,7 +201,7 @@ async fn condition(drivers: &[Driver], pairs: usize, secs: u64) -> Vec<(Samples,
     // Two alternating concurrent runs each; the better one counts (less disturbed by the rest).
     for _ in 0..2 {
         for (d, (_, best)) in drivers.iter().zip(results.iter_mut()) {
-            let run = throughput(&d.socket, d.child.id(), secs).await;
+            let run = throughput(&d.socket, d.pid(), secs).await;
             if run.0 > best.0 {
                 *best = run;
             }
@@ -302,8 +220,7 @@ async fn main() {
     let secs = env_or("PVDIR_BENCH_SECS", 3u64);
     let disk: PathBuf = env_or("PVDIR_BENCH_DISK", PathBuf::from("/var/tmp"));
     let hostpath = hostpath_binary();
-    let pvdir = std::env::var_os("PVDIR_BENCH_BINARY")
-        .map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_pvdir")), PathBuf::from);
+    let pvdir = common::pvdir_binary();
     let baseline = std::env::var_os("PVDIR_BENCH_BASELINE").map(PathBuf::from);
     if hostpath.is_none() {
         println!("csi-driver-host-path not found: measuring pvdir alone");
@@ -319,12 +236,20 @@ async fn main() {
             .prefix("pvdir-bench-")
             .tempdir_in(&parent)
             .expect("bench directory");
-        let mut drivers = vec![start_pvdir("pvdir", &pvdir, dir.path())];
+        let mut drivers = vec![start_pvdir("pvdir", &pvdir, dir.path(), "controller")];
         if let Some(before) = &baseline {
-            drivers.push(start_pvdir("pvdir-before", before, dir.path()));
+            drivers.push(start_pvdir(
+                "pvdir-before",
+                before,
+                dir.path(),
+                "controller",
+            ));
         }
         if let Some(binary) = &hostpath {
             drivers.push(start_hostpath(binary, dir.path()));
+        }
+        for d in &drivers {
+            d.ready().await;
         }
         for writer in [false, true] {
             let running = writer.then(|| start_writer(dir.path()));

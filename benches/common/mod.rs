@@ -1,0 +1,110 @@
+//! The drivers the benchmarks compare, as real processes on unix sockets: pvdir and
+//! csi-driver-host-path v1.18.0 (found at `PVDIR_BENCH_HOSTPATH` or in `../shared/anchors/`
+//! beside the checkout). A directory module, so cargo does not take it for a bench of its own.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A driver process serving CSI on `socket`, killed when dropped.
+pub struct Driver {
+    pub name: &'static str,
+    pub socket: PathBuf,
+    pub child: Child,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Driver {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Wait (at most 30 s) until the driver has made its socket.
+    pub async fn ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.socket.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "{} never appeared",
+                self.socket.display()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// `pvdir serve` of the local backend in `dir/<name>`, serving the CSI services `mode` names.
+pub fn start_pvdir(name: &'static str, binary: &Path, dir: &Path, mode: &str) -> Driver {
+    let dir = dir.join(name);
+    std::fs::create_dir_all(&dir).expect("driver directory");
+    let socket = dir.join("pvdir.sock");
+    let child = Command::new(binary)
+        .arg("serve")
+        .arg("--mode")
+        .arg(mode)
+        .arg("--local-endpoint")
+        .arg(format!("unix://{}", socket.display()))
+        .arg("--local-root")
+        .arg(dir.join("pvdir-root"))
+        .arg("--mount-staging-dir")
+        .arg(dir.join("pvdir-mounts"))
+        .arg("--node-id")
+        .arg("bench")
+        .arg("--log")
+        .arg("warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start pvdir serve");
+    Driver {
+        name,
+        socket,
+        child,
+    }
+}
+
+pub fn hostpath_binary() -> Option<PathBuf> {
+    let given = std::env::var_os("PVDIR_BENCH_HOSTPATH").map(PathBuf::from);
+    let anchor =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/anchors/hostpathplugin-v1.18.0");
+    given.or(Some(anchor)).filter(|p| p.is_file())
+}
+
+/// csi-driver-host-path with its state directory in `dir`.
+pub fn start_hostpath(binary: &Path, dir: &Path) -> Driver {
+    let socket = dir.join("hostpath.sock");
+    let child = Command::new(binary)
+        .arg("--endpoint")
+        .arg(format!("unix://{}", socket.display()))
+        .arg("--nodeid")
+        .arg("bench")
+        .arg("--statedir")
+        .arg(dir.join("hostpath-state"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start hostpathplugin");
+    Driver {
+        name: "host-path",
+        socket,
+        child,
+    }
+}
+
+/// The pvdir binary to measure: `PVDIR_BENCH_BINARY`, else the one just built.
+pub fn pvdir_binary() -> PathBuf {
+    std::env::var_os("PVDIR_BENCH_BINARY")
+        .map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_pvdir")), PathBuf::from)
+}
