@@ -119,6 +119,48 @@ async fn publishes_are_recognised_when_the_root_is_a_bind_mount() {
     assert!(!d.path("host-root/volumes/pvc-hostpath").exists());
 }
 
+/// Found by `pvdir load` on a machine with two tmpfs stacked at /dev/shm: with the local root
+/// below such a stack, the driver looked at the covered filesystem, so a repeated publish got
+/// ALREADY_EXISTS ("a different mount") and stats NOT_FOUND. Here two binds are stacked at
+/// the root.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_are_recognised_when_the_root_is_below_stacked_mounts() {
+    require_root!();
+    let d = Driver::start_with(|base| {
+        let root = base.join("root");
+        for dir in [&root, &base.join("lower"), &base.join("upper")] {
+            std::fs::create_dir(dir).unwrap();
+        }
+        bind_mount(&base.join("lower"), &root);
+        bind_mount(&base.join("upper"), &root);
+    })
+    .await;
+    assert_eq!(mounts_at(&d.root()).len(), 2, "two stacked mounts");
+    assert!(
+        d.path("upper/volumes").is_dir(),
+        "the driver sees the upper"
+    );
+    let mode = Mode::SingleNodeWriter;
+    let id = create_volume(&d, "pvc-stacked", mode).await;
+    let a = target_in_pod(&d, "a");
+    for attempt in ["publish", "repeated publish"] {
+        publish(&d, &id, &a, mode, false).await.expect(attempt);
+    }
+    assert_eq!(mounts_at(&a).len(), 1);
+    let stats = d.node().node_get_volume_stats(stats_request(&id, &a)).await;
+    expect_ok(stats, "stats at the publish");
+    expect_ok(
+        d.node()
+            .node_unpublish_volume(unpublish_request(&id, &a))
+            .await,
+        "unpublish",
+    );
+    expect_ok(
+        d.controller().delete_volume(delete_request(&id)).await,
+        "delete",
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_keeps_volumes() {
     require_root!();

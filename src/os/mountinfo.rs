@@ -116,11 +116,14 @@ pub fn top_at<'a>(entries: &'a [MountEntry], path: &Path) -> Option<&'a MountEnt
     entries.iter().rev().find(|e| e.mount_point == path)
 }
 
-/// The mount that holds `path` (longest mount point that is a prefix), topmost first.
+/// The mount that holds `path`: the longest mount point that is a prefix, and of several
+/// stacked there the topmost (the last listed), which is the one a lookup of `path` sees.
 pub fn containing<'a>(entries: &'a [MountEntry], path: &Path) -> Option<&'a MountEntry> {
+    // max_by_key returns the last of equal maxima: in table order, the topmost. (Iterating in
+    // reverse here once returned the covered mount, so on a machine with two tmpfs stacked at
+    // /dev/shm a local root below it never recognised its own publishes.)
     entries
         .iter()
-        .rev()
         .filter(|e| path.starts_with(&e.mount_point))
         .max_by_key(|e| e.mount_point.as_os_str().len())
 }
@@ -233,6 +236,24 @@ bad line
             .collect();
         // Not 51: /volumes/ab only shares a string prefix, not a path prefix.
         assert_eq!(found, vec![41, 50]);
+    }
+
+    /// Found by `pvdir load` with the local root in /dev/shm on a machine where two tmpfs are
+    /// stacked there: the covered one was taken, so a publish retry found "a different mount"
+    /// and NodeGetVolumeStats found no volume.
+    #[test]
+    fn containing_takes_the_topmost_of_stacked_mounts() {
+        let e = parse(
+            b"22 1 8:1 / / rw - ext4 /dev/sda1 rw\n\
+              25 22 0:23 / /dev/shm rw - tmpfs tmpfs rw\n\
+              30 25 0:27 / /dev/shm rw - tmpfs tmpfs rw\n",
+        );
+        let path = Path::new("/dev/shm/pvdir/volumes/a");
+        assert_eq!(containing(&e, path).unwrap().id, 30);
+        assert_eq!(
+            bind_identity(&e, path),
+            Some(("0:27".to_string(), PathBuf::from("/pvdir/volumes/a")))
+        );
     }
 
     #[test]
