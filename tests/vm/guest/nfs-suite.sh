@@ -8,6 +8,9 @@ source "$here/nfs-server.sh"
 nfs_server_start
 nfs_server_add_sub_exports
 cd "$top"
+# tests/vm_nfs_chaos.rs's long mode, as suite.sh was given it.
+kills=$(cat target/vm/soak-kills 2>/dev/null || true)
+[ -z "$kills" ] || export PVDIR_SOAK_KILLS="$kills"
 while read -r bin; do
     echo "== $(basename "$bin")"
     PVDIR_VM_EXPORT=/srv/export "$bin" --ignored --test-threads=1 --nocapture
