@@ -1,4 +1,4 @@
-//! The operator CLI (`pvdir probe|list|show|create|publish|unpublish|delete`) run as a process
+//! The operator CLI (`pvdir probe|list|show|create|publish|unpublish|delete|load`) run as a
 //! against a real `pvdir serve` (the [`Driver`] harness, local backend, temporary root).
 //!
 //! Assertions are on exit codes, volume IDs and paths, never on prose. Exit codes: 0 success,
@@ -381,4 +381,83 @@ async fn list_on_the_nfs_backend_is_unsupported() {
     let run = pvdir(&["list", "--endpoint", &endpoint(&d)]).expect(3, "list on NFS");
     assert!(run.stderr.contains("UNIMPLEMENTED"), "{}", run.stderr);
     assert!(run.stdout.is_empty(), "{}", run.stdout);
+}
+
+/// `pvdir load` against the real driver: the JSON report counts what was done, the data came
+/// back intact, and nothing is left (no volume, target or mount).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_reports_as_json_and_leaves_nothing() {
+    require_root!();
+    let d = Driver::start().await;
+    let targets = d.path("load-targets");
+    let ep = endpoint(&d);
+    let pid = d.pid().to_string();
+    let run = pvdir(&[
+        "load",
+        "--endpoint",
+        &ep,
+        "--operations",
+        "300",
+        "--clients",
+        "3",
+        "--write-bytes",
+        "512",
+        "--target-dir",
+        path(&targets),
+        "--pid",
+        &pid,
+        "--seed",
+        "7",
+        "--json",
+        "-",
+        "--progress",
+        "off",
+    ])
+    .expect(0, "load");
+    let report: serde_json::Value = serde_json::from_str(&run.stdout).expect("JSON on stdout");
+    assert_eq!(report["operations"], 300);
+    assert_eq!(report["abandoned"], 0);
+    assert_eq!(report["data"]["lost"], 0);
+    assert!(report["data"]["written"].as_u64() > Some(0), "{report}");
+    assert!(report["driver_process"]["after"]["rss_kib"].as_u64() > Some(0));
+    let rpcs: Vec<&str> = report["rpcs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["rpc"].as_str().unwrap())
+        .collect();
+    assert!(rpcs.contains(&"NodePublishVolume") && rpcs.contains(&"NodeGetVolumeStats"));
+    assert!(common::names_in(&d.root().join("volumes")).is_empty());
+    assert!(!targets.exists(), "the emptied target directory is removed");
+    assert!(mounts_below(&d.path(""))
+        .iter()
+        .all(|m| m.mount_point == d.path("mounts")));
+}
+
+/// Refused calls are counted by code and make the exit status 1; a malformed mix is a usage
+/// error before anything is contacted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_counts_refusals_and_fails_on_them() {
+    require_root!();
+    let d = Driver::start().await;
+    let ep = endpoint(&d);
+    let run = pvdir(&[
+        "load",
+        "--endpoint",
+        &ep,
+        "--operations",
+        "20",
+        "--param",
+        "no-such-parameter=1",
+        "--json",
+        "-",
+        "--progress",
+        "off",
+    ])
+    .expect(1, "every create refused");
+    let report: serde_json::Value = serde_json::from_str(&run.stdout).expect("JSON on stdout");
+    assert_eq!(report["abandoned"], 20);
+    assert_eq!(report["rpcs"][0]["rpc"], "CreateVolume");
+    assert_eq!(report["rpcs"][0]["errors"]["INVALID_ARGUMENT"], 20);
+    pvdir(&["load", "--endpoint", &ep, "--mix", "create=1"]).expect(2, "no delete in the mix");
 }

@@ -91,14 +91,10 @@ pub struct CapabilityArgs {
     pub mount_flags: Vec<String>,
 }
 
+/// What a CreateVolume asks for: size, StorageClass parameters and the capability (for
+/// `create`, and for each volume of `load`).
 #[derive(Debug, Args)]
-pub struct CreateArgs {
-    /// The volume name (Kubernetes uses the PV name, e.g. `pvc-<uid>`).
-    pub name: String,
-
-    #[command(flatten)]
-    pub driver: DriverArgs,
-
+pub struct VolumeArgs {
     /// Requested capacity: plain bytes or Ki, Mi, Gi, Ti (e.g. 1Gi). Default: unspecified.
     #[arg(long, value_parser = parse_size)]
     pub size: Option<i64>,
@@ -109,6 +105,18 @@ pub struct CreateArgs {
 
     #[command(flatten)]
     pub capability: CapabilityArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// The volume name (Kubernetes uses the PV name, e.g. `pvc-<uid>`).
+    pub name: String,
+
+    #[command(flatten)]
+    pub driver: DriverArgs,
+
+    #[command(flatten)]
+    pub volume: VolumeArgs,
 
     /// Require the volume on this node (local backend: the accessibility requirement).
     #[arg(long)]
@@ -217,10 +225,13 @@ mod tests {
         ]) else {
             panic!("create")
         };
-        assert_eq!(c.size, Some(2 << 30));
-        assert_eq!(c.params, [("a".to_string(), "b".to_string())]);
-        assert_eq!(c.capability.access, super::Access::SingleNodeSingleWriter);
-        assert_eq!(c.capability.mount_flags, ["noatime"]);
+        assert_eq!(c.volume.size, Some(2 << 30));
+        assert_eq!(c.volume.params, [("a".to_string(), "b".to_string())]);
+        assert_eq!(
+            c.volume.capability.access,
+            super::Access::SingleNodeSingleWriter
+        );
+        assert_eq!(c.volume.capability.mount_flags, ["noatime"]);
         assert_eq!(c.node.as_deref(), Some("n1"));
         for bad in [
             ["--size", "1G"],

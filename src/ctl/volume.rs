@@ -48,12 +48,12 @@ fn create_request(args: &CreateArgs) -> Result<csi::CreateVolumeRequest, CtlErro
     });
     Ok(csi::CreateVolumeRequest {
         name: args.name.clone(),
-        capacity_range: args.size.map(|bytes| csi::CapacityRange {
+        capacity_range: args.volume.size.map(|bytes| csi::CapacityRange {
             required_bytes: bytes,
             limit_bytes: 0,
         }),
-        volume_capabilities: vec![capability(&args.capability)],
-        parameters: to_map("--param", &args.params)?,
+        volume_capabilities: vec![capability(&args.volume.capability)],
+        parameters: to_map("--param", &args.volume.params)?,
         accessibility_requirements: on_node.map(|t| csi::TopologyRequirement {
             requisite: vec![t.clone()],
             preferred: vec![t],

@@ -8,8 +8,8 @@ use clap::{Args, ValueEnum};
 use super::engine::{Progress, Settings, Until};
 use super::plan::Mix;
 use super::session::Shape;
-use crate::ctl::args::{CapabilityArgs, DriverArgs};
-use crate::ctl::values::{parse_key_value, parse_size, to_map};
+use crate::ctl::args::{DriverArgs, VolumeArgs};
+use crate::ctl::values::to_map;
 use crate::ctl::volume::capability;
 use crate::ctl::CtlError;
 
@@ -53,16 +53,9 @@ pub struct LoadArgs {
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub volumes_per_client: u32,
 
-    /// Requested capacity of each volume: bytes or Ki, Mi, Gi, Ti. Default: unspecified.
-    #[arg(long, value_parser = parse_size)]
-    pub size: Option<i64>,
-
-    /// A StorageClass parameter, key=value; repeat for several.
-    #[arg(long = "param", value_name = "KEY=VALUE", value_parser = parse_key_value)]
-    pub params: Vec<(String, String)>,
-
+    /// Each volume's size, parameters and capability, as for `create`.
     #[command(flatten)]
-    pub capability: CapabilityArgs,
+    pub volume: VolumeArgs,
 
     /// Where targets and staging paths are made (the driver's node must see it). Default: a
     /// new directory under the temporary directory, removed at the end if empty.
@@ -144,9 +137,9 @@ impl LoadArgs {
             prefill: self.prefill,
             per_client: self.volumes_per_client as usize,
             shape: Shape {
-                capacity_bytes: self.size,
-                parameters: to_map("--param", &self.params)?,
-                capability: capability(&self.capability),
+                capacity_bytes: self.volume.size,
+                parameters: to_map("--param", &self.volume.params)?,
+                capability: capability(&self.volume.capability),
                 write_bytes: self.write_bytes as usize,
                 target_dir,
             },
