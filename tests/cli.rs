@@ -1,5 +1,6 @@
 //! The operator CLI (`pvdir probe|list|show|create|publish|unpublish|delete|load`) run as a
-//! against a real `pvdir serve` (the [`Driver`] harness, local backend, temporary root).
+//! process against a real `pvdir serve` (the [`Driver`] harness, local backend, temporary
+//! root).
 //!
 //! Assertions are on exit codes, volume IDs and paths, never on prose. Exit codes: 0 success,
 //! 1 local failure or not ready, 2 bad command line, 3 the driver refused the call, 4 the
