@@ -422,6 +422,7 @@ pub async fn run(settings: Settings, stop: Arc<AtomicBool>) -> Result<Outcome, C
     };
     let fill_started = Instant::now();
     let filled = prefill(&common, common.settings.prefill).await?;
+    let prefilled = filled.len();
     let prefill_secs = fill_started.elapsed().as_secs_f64();
 
     let mut sessions = Vec::new();
@@ -476,7 +477,8 @@ pub async fn run(settings: Settings, stop: Arc<AtomicBool>) -> Result<Outcome, C
         &tally,
         elapsed,
     );
-    report.prefilled = settings.prefill;
+    // What the driver made, which a refusing driver may leave short of what was asked.
+    report.prefilled = prefilled;
     report.prefill_secs = prefill_secs;
     report.abandoned = abandoned;
     if let (Some(pid), Ok(Some(before))) = (pid, before) {
