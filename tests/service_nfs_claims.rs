@@ -408,7 +408,7 @@ async fn reuse_never_adopts_a_directory_holding_an_archive() {
 /// record, or held one aside to swap it, left the scratch file in `.pvdir/` for ever. Each
 /// fresh mount of the export (a new process's first, or a remount), and the next call after a
 /// failed record write, sweeps those of gone writers of this host, and leaves another host's
-/// and every record alone.
+/// and every record alone; a tomb (a record held aside for a swap) goes back under its name.
 #[tokio::test]
 async fn scratch_files_of_a_killed_driver_are_swept_when_the_export_is_mounted_afresh() {
     use pvdir::os::safe_fs::{scratch_name, Scratch};
@@ -443,10 +443,12 @@ async fn scratch_files_of_a_killed_driver_are_swept_when_the_export_is_mounted_a
         assert!(!left.contains(name), "{name} left: {left:?}");
     }
     assert!(left.contains(&other_host), "{left:?}");
+    // The tomb held the only copy of b.json: it is put back, never deleted.
+    assert!(left.contains(&"b.json".to_string()), "{left:?}");
     assert_eq!(
         left.len(),
-        4,
-        "the other host's file and 3 records: {left:?}"
+        5,
+        "the other host's file and 4 records: {left:?}"
     );
     // A helper killed mid-write while the driver lives on (here: a write failing at the
     // server) makes the sweep due again on the next call.

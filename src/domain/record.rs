@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::error::ControllerError;
-use crate::os::safe_fs::SwapOutcome;
+use crate::os::safe_fs::{SwapOutcome, Swept, Writers};
 use crate::os::{FsOp, FsReply, LocalDisk, Medium, Os, OsError, RelPath};
 
 /// What [`RecordDir::claim`] found.
@@ -152,21 +152,27 @@ impl RecordSpec {
         }
     }
 
-    fn sweep_op(&self) -> FsOp {
+    fn sweep_op(&self, writers: Writers) -> FsOp {
         FsOp::SweepScratch {
             base: self.base.clone(),
             dir: self.dir.clone(),
+            writers,
+        }
+    }
+
+    fn sweep_reply(reply: Result<FsReply, OsError>) -> Result<Swept, ControllerError> {
+        let step = "sweep scratch files";
+        match reply.map_err(ControllerError::os(step, "*"))? {
+            FsReply::Swept(swept) => Ok(swept),
+            other => Err(ControllerError::os(step, "*")(OsError::unexpected_reply(
+                "sweep-scratch",
+                &other,
+            ))),
         }
     }
 
     fn list_reply(reply: Result<FsReply, OsError>) -> Result<Vec<String>, ControllerError> {
-        Self::names_reply("list volume records", reply)
-    }
-
-    fn names_reply(
-        step: &'static str,
-        reply: Result<FsReply, OsError>,
-    ) -> Result<Vec<String>, ControllerError> {
+        let step = "list volume records";
         match reply.map_err(ControllerError::os(step, "*"))? {
             FsReply::Names(names) => Ok(names),
             other => Err(ControllerError::os(step, "*")(OsError::unexpected_reply(
@@ -341,9 +347,11 @@ impl RecordDir {
         RecordSpec::list_reply(self.run(self.spec.list_op()).await)
     }
 
-    /// Remove what writers of this host killed mid-write left (scratch files); their names.
-    pub async fn sweep_scratch(&self) -> Result<Vec<String>, ControllerError> {
-        RecordSpec::names_reply("sweep scratch files", self.run(self.spec.sweep_op()).await)
+    /// Deal with what writers of this host killed mid-write left (scratch files): a directory
+    /// other hosts may write too.
+    pub async fn sweep_scratch(&self) -> Result<Swept, ControllerError> {
+        let op = self.spec.sweep_op(Writers::ThisHostGone);
+        RecordSpec::sweep_reply(self.run(op).await)
     }
 }
 
@@ -396,8 +404,9 @@ impl DiskRecords<'_> {
         RecordSpec::list_reply(self.disk.run(self.spec.list_op()))
     }
 
-    /// Remove what writers of this host killed mid-write left (scratch files); their names.
-    pub fn sweep_scratch(&self) -> Result<Vec<String>, ControllerError> {
-        RecordSpec::names_reply("sweep scratch files", self.disk.run(self.spec.sweep_op()))
+    /// Deal with every scratch file here: for a directory only this process writes (the
+    /// local root, under the journal's exclusive lock), so every other writer is gone.
+    pub fn sweep_all_scratch(&self) -> Result<Swept, ControllerError> {
+        RecordSpec::sweep_reply(self.disk.run(self.spec.sweep_op(Writers::All)))
     }
 }

@@ -73,9 +73,13 @@ pub enum FsOp {
     },
     /// Names in `base/dir`, sorted; an absent directory is empty.
     ListRecords { base: PathBuf, dir: RelPath },
-    /// Remove the scratch files (temporaries, tombs) in `base/dir` of writers of this host
-    /// that no longer run (see `safe_fs::sweep_scratch`); replies with their names.
-    SweepScratch { base: PathBuf, dir: RelPath },
+    /// Deal with the scratch files (temporaries, tombs) in `base/dir` of the writers allowed
+    /// (see `safe_fs::sweep_scratch`).
+    SweepScratch {
+        base: PathBuf,
+        dir: RelPath,
+        writers: safe_fs::Writers,
+    },
     /// Whether `base/rel` holds anything; `None` when it does not exist.
     HasEntries { base: PathBuf, rel: RelPath },
     /// Create a publish target directory (the CO creates its parent).
@@ -98,6 +102,7 @@ pub enum FsReply {
     /// Whether a directory has entries (`None`: it does not exist).
     Entries(Option<bool>),
     Names(Vec<String>),
+    Swept(safe_fs::Swept),
     Done,
 }
 
@@ -196,7 +201,9 @@ pub fn execute(op: &FsOp) -> Result<FsReply, SafeFsError> {
             safe_fs::remove_record(base, dir, name).map(|()| FsReply::Done)
         }
         FsOp::ListRecords { base, dir } => safe_fs::list_records(base, dir).map(FsReply::Names),
-        FsOp::SweepScratch { base, dir } => safe_fs::sweep_scratch(base, dir).map(FsReply::Names),
+        FsOp::SweepScratch { base, dir, writers } => {
+            safe_fs::sweep_scratch(base, dir, *writers).map(FsReply::Swept)
+        }
         FsOp::HasEntries { base, rel } => safe_fs::has_entries(base, rel).map(FsReply::Entries),
         FsOp::MakeTarget { path } => {
             match fs::create_dir(path) {

@@ -15,6 +15,7 @@ use crate::domain::error::ControllerError;
 use crate::domain::record::{DiskRecords, RecordSpec, RECORD_SUFFIX};
 use crate::domain::volume::{CreateSpec, Deleted, Volume};
 use crate::domain::volume_id::{LocalId, VolumeId, VolumeKey};
+use crate::os::safe_fs::Swept;
 use crate::os::{mountinfo, FsOp, FsReply, LocalDisk, MountEntry, OsError, RelPath};
 
 fn meta_dir() -> RelPath {
@@ -73,19 +74,18 @@ impl Store {
             self.redo(key, entry, &mounts)?;
         }
         // A process killed between writing a record's temporary file and renaming it leaves
-        // that file; no later call would ever remove it.
-        let swept = self.records().sweep_scratch()?;
-        if !swept.is_empty() {
-            tracing::info!(
-                files = swept.len(),
-                "removed scratch files of a killed driver"
-            );
-        }
-        if !pending.last.is_empty() {
-            tracing::info!(
-                volumes = pending.last.len(),
-                "local journal replayed after an unclean stop"
-            );
+        // that file, and nothing else would ever remove it. The journal's lock is held: no
+        // other process writes here now. Only clutter is at stake, so a failure is logged.
+        match self.records().sweep_all_scratch() {
+            Ok(swept) if swept != Swept::default() => {
+                tracing::info!(
+                    removed = swept.removed.len(),
+                    restored = swept.restored.len(),
+                    "dealt with the scratch files of a killed driver"
+                );
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "could not sweep scratch files"),
         }
         self.journal = Some(pending.finish()?);
         Ok(self)

@@ -41,11 +41,18 @@ impl ScratchSweeps {
             return;
         }
         match records.sweep_scratch().await {
-            Ok(swept) if !swept.is_empty() => {
-                tracing::info!(export.path = %export.path.display(), files = swept.len(),
-                    "removed scratch files of killed writers");
+            Ok(swept) => {
+                if !swept.removed.is_empty() || !swept.restored.is_empty() {
+                    tracing::info!(export.path = %export.path.display(),
+                        removed = swept.removed.len(), restored = swept.restored.len(),
+                        "dealt with the scratch files of killed writers");
+                }
+                // A writer of this host still runs (a helper stuck on a server that stopped
+                // answering dies only once its call returns): look again next time.
+                if swept.waiting > 0 {
+                    flag.store(true, Ordering::Relaxed);
+                }
             }
-            Ok(_) => {}
             Err(e) => {
                 flag.store(true, Ordering::Relaxed);
                 tracing::warn!(export.path = %export.path.display(), error = %e,

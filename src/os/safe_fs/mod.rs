@@ -45,7 +45,7 @@ pub use record::{
     list_records, read_records, remove_record, write_record, write_record_with, MAX_RECORD_BYTES,
 };
 pub use remove::remove_tree;
-pub use scratch::{scratch_name, sweep_scratch, Scratch};
+pub use scratch::{scratch_name, sweep_scratch, Scratch, Swept, Writers};
 pub use swap::{swap_record, SwapOutcome};
 pub use walk::has_entries;
 

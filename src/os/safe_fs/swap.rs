@@ -107,7 +107,12 @@ fn take_record(
 
 /// Put the record taken to `tomb` back as `name`, unless `name` was taken meanwhile; the tomb
 /// is removed either way. `Ok(true)` when it is back.
-fn restore_record(base: &Path, dir: &RelPath, tomb: &str, name: &str) -> Result<bool, SafeFsError> {
+pub(super) fn restore_record(
+    base: &Path,
+    dir: &RelPath,
+    tomb: &str,
+    name: &str,
+) -> Result<bool, SafeFsError> {
     check_name(name)?;
     check_name(tomb)?;
     let Some((fd, path)) = open_dir(base, dir)? else {
