@@ -110,22 +110,40 @@ fn unescape(field: &[u8]) -> OsString {
     OsString::from_vec(out)
 }
 
-/// The topmost mount at `path`, if `path` is a mount point. Later lines are mounted later, so
-/// the last match is the one a lookup of `path` sees.
+/// The topmost mount at `path`, if `path` is a mount point: of several stacked there, the one
+/// no other mount at `path` sits on (its ID is no other's parent). Table order alone is not
+/// enough: a mount propagated in beneath an existing one (tucked, since Linux 4.11) or moved
+/// there is listed after the mount that covers it. Without such a relation (a malformed
+/// table), the last listed.
 pub fn top_at<'a>(entries: &'a [MountEntry], path: &Path) -> Option<&'a MountEntry> {
-    entries.iter().rev().find(|e| e.mount_point == path)
+    topmost(entries.iter().filter(|e| e.mount_point == path))
+}
+
+/// Of mounts at one mount point, the one none of the others sits on; else the last.
+fn topmost<'a>(at: impl Iterator<Item = &'a MountEntry>) -> Option<&'a MountEntry> {
+    let stack: Vec<&MountEntry> = at.collect();
+    let covered = |m: &MountEntry| stack.iter().any(|o| o.parent_id == m.id && o.id != m.id);
+    stack
+        .iter()
+        .rev()
+        .find(|m| !covered(m))
+        .or(stack.last())
+        .copied()
 }
 
 /// The mount that holds `path`: the longest mount point that is a prefix, and of several
 /// stacked there the topmost (the last listed), which is the one a lookup of `path` sees.
 pub fn containing<'a>(entries: &'a [MountEntry], path: &Path) -> Option<&'a MountEntry> {
-    // max_by_key returns the last of equal maxima: in table order, the topmost. (Iterating in
-    // reverse here once returned the covered mount, so on a machine with two tmpfs stacked at
-    // /dev/shm a local root below it never recognised its own publishes.)
-    entries
+    // Of the stack at the longest prefix, the topmost (see top_at). Taking the covered one
+    // once meant that on a machine with two tmpfs stacked at /dev/shm a local root below it
+    // never recognised its own publishes.
+    let point = entries
         .iter()
         .filter(|e| path.starts_with(&e.mount_point))
-        .max_by_key(|e| e.mount_point.as_os_str().len())
+        .max_by_key(|e| e.mount_point.as_os_str().len())?
+        .mount_point
+        .clone();
+    top_at(entries, &point)
 }
 
 /// Identity of the directory `path` as a bind-mount source: the filesystem's device and the
@@ -253,6 +271,37 @@ bad line
         assert_eq!(
             bind_identity(&e, path),
             Some(("0:27".to_string(), PathBuf::from("/pvdir/volumes/a")))
+        );
+    }
+
+    /// A mount propagated in beneath an existing one is listed after it, though covered.
+    #[test]
+    fn the_topmost_is_found_by_parents_not_by_order() {
+        let e = parse(
+            b"22 1 8:1 / / rw - ext4 /dev/sda1 rw\n\
+              30 22 0:27 / /data rw - tmpfs tmpfs rw\n\
+              25 22 0:23 / /data rw - tmpfs tmpfs rw\n",
+        );
+        // 30 sits on 22, 25 on 22: neither covers the other; the last listed wins.
+        assert_eq!(top_at(&e, Path::new("/data")).unwrap().id, 25);
+        let tucked = parse(
+            b"22 1 8:1 / / rw - ext4 /dev/sda1 rw\n\
+              30 22 0:27 / /data rw - tmpfs tmpfs rw\n\
+              25 22 0:23 / /data rw - tmpfs tmpfs rw\n\
+              31 25 0:27 / /data rw - tmpfs tmpfs rw\n",
+        );
+        // 31 sits on 25: 25 is covered although listed after 30; 31 is on top.
+        assert_eq!(top_at(&tucked, Path::new("/data")).unwrap().id, 31);
+        let moved_under = parse(
+            b"22 1 8:1 / / rw - ext4 /dev/sda1 rw\n\
+              30 25 0:27 / /data rw - tmpfs tmpfs rw\n\
+              25 22 0:23 / /data rw - tmpfs tmpfs rw\n",
+        );
+        // 30 sits on 25, which is listed later: 30 is still the top.
+        assert_eq!(top_at(&moved_under, Path::new("/data")).unwrap().id, 30);
+        assert_eq!(
+            containing(&moved_under, Path::new("/data/x")).unwrap().id,
+            30
         );
     }
 
