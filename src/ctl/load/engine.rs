@@ -13,11 +13,15 @@ use std::time::{Duration, Instant};
 
 use tonic::transport::Channel;
 
+use super::discover::{discover, effective_mix};
 use super::plan::{Mix, Op, Pool, Rng};
-use super::record::{DataCheck, DriverUsage, Heading, Live, Report, Tally};
+use super::progress::watch;
+pub use super::progress::Progress;
+use super::record::{DriverUsage, Heading, Live, Report, Tally};
 use super::session::{Facts, Session, Shape, Volume};
+pub use super::teardown::teardown;
+use super::teardown::uncertain;
 use super::usage::Sample;
-use crate::csi::proto as csi;
 use crate::ctl::client::Client;
 use crate::ctl::CtlError;
 use crate::server::Endpoint;
@@ -27,16 +31,6 @@ use crate::server::Endpoint;
 pub struct Until {
     pub duration: Option<Duration>,
     pub operations: Option<u64>,
-}
-
-/// How progress is shown on stderr while the load runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Progress {
-    Off,
-    /// One line rewritten in place each second (a terminal).
-    Live,
-    /// A new line every this long (a log file or CI).
-    Lines(Duration),
 }
 
 #[derive(Debug, Clone)]
@@ -61,100 +55,13 @@ pub struct Settings {
     pub keep: bool,
 }
 
-/// What a run measured, and the volumes it left (only with `keep`).
+/// What a run measured, and what it left (only with `keep`): its volumes, and the names of
+/// creates that got no clear answer (the driver may have made them).
 pub struct Outcome {
     pub report: Report,
     pub facts: Arc<Facts>,
     pub left: Vec<Volume>,
-}
-
-fn capability_names<T>(list: &[T], name: impl Fn(&T) -> Option<i32>, wanted: i32) -> bool {
-    list.iter().any(|c| name(c) == Some(wanted))
-}
-
-/// Ask the driver who it is and which optional steps it wants.
-async fn discover(client: &Client) -> Result<Facts, CtlError> {
-    use csi::controller_service_capability::{rpc::Type as Ctl, Type as CtlKind};
-    use csi::node_service_capability::{rpc::Type as Nd, Type as NdKind};
-    let info = client
-        .call(
-            "GetPluginInfo",
-            client
-                .identity()
-                .get_plugin_info(csi::GetPluginInfoRequest {}),
-        )
-        .await?;
-    let controller = client
-        .call(
-            "ControllerGetCapabilities",
-            client
-                .controller()
-                .controller_get_capabilities(csi::ControllerGetCapabilitiesRequest {}),
-        )
-        .await?;
-    let controller_rpc =
-        |c: &csi::ControllerServiceCapability| c.r#type.as_ref().map(|CtlKind::Rpc(r)| r.r#type);
-    if !capability_names(
-        &controller.capabilities,
-        controller_rpc,
-        Ctl::CreateDeleteVolume as i32,
-    ) {
-        return Err(CtlError::LoadUnsupported {
-            endpoint: client.endpoint().clone(),
-            what: "CREATE_DELETE_VOLUME",
-        });
-    }
-    let node_info = client
-        .call_optional(
-            "NodeGetInfo",
-            client.node().node_get_info(csi::NodeGetInfoRequest {}),
-        )
-        .await?;
-    let node_caps = match node_info {
-        None => Vec::new(),
-        Some(_) => {
-            client
-                .call(
-                    "NodeGetCapabilities",
-                    client
-                        .node()
-                        .node_get_capabilities(csi::NodeGetCapabilitiesRequest {}),
-                )
-                .await?
-                .capabilities
-        }
-    };
-    let node_rpc =
-        |c: &csi::NodeServiceCapability| c.r#type.as_ref().map(|NdKind::Rpc(r)| r.r#type);
-    Ok(Facts {
-        driver: format!("{} {}", info.name, info.vendor_version),
-        topology: node_info
-            .as_ref()
-            .and_then(|n| n.accessible_topology.clone()),
-        node_id: node_info.map(|n| n.node_id),
-        controller_publish: capability_names(
-            &controller.capabilities,
-            controller_rpc,
-            Ctl::PublishUnpublishVolume as i32,
-        ),
-        stage: capability_names(&node_caps, node_rpc, Nd::StageUnstageVolume as i32),
-        stats: capability_names(&node_caps, node_rpc, Nd::GetVolumeStats as i32),
-    })
-}
-
-/// The mix the driver can serve: no node service, no publish; no stats capability, no stats.
-fn effective_mix(mix: Mix, facts: &Facts) -> Mix {
-    let mut mix = mix;
-    if facts.node_id.is_none() {
-        mix = mix
-            .without(Op::Publish)
-            .without(Op::Stats)
-            .without(Op::Unpublish);
-    }
-    if !facts.stats {
-        mix = mix.without(Op::Stats);
-    }
-    mix
+    pub unsure: Vec<String>,
 }
 
 async fn channel(settings: &Settings) -> Result<Channel, CtlError> {
@@ -167,20 +74,21 @@ async fn channel(settings: &Settings) -> Result<Channel, CtlError> {
 struct ClientEnd {
     tally: Tally,
     volumes: Vec<Volume>,
+    unsure: Vec<String>,
     abandoned: u64,
 }
 
 /// What every session of a run shares.
 #[derive(Clone)]
-struct Common {
-    settings: Settings,
-    facts: Arc<Facts>,
-    shape: Arc<Shape>,
-    live: Arc<Live>,
+pub(super) struct Common {
+    pub(super) settings: Settings,
+    pub(super) facts: Arc<Facts>,
+    pub(super) shape: Arc<Shape>,
+    pub(super) live: Arc<Live>,
 }
 
 impl Common {
-    async fn session(&self) -> Result<Session, CtlError> {
+    pub(super) async fn session(&self) -> Result<Session, CtlError> {
         Ok(Session::new(
             channel(&self.settings).await?,
             self.settings.call_timeout,
@@ -238,6 +146,7 @@ async fn client(shared: Arc<Shared>, index: usize, mut session: Session) -> Clie
     );
     let mut pool: Pool<Volume> = Pool::new(shared.settings().per_client);
     let mut broken = Vec::new();
+    let mut unsure = Vec::new();
     let mut abandoned = 0;
     let mut made = 0u64;
     while shared.go_on() {
@@ -248,10 +157,19 @@ async fn client(shared: Arc<Shared>, index: usize, mut session: Session) -> Clie
             Op::Create => {
                 let name = format!("{}-{index}-{made}", shared.settings().name_prefix);
                 made += 1;
-                session.create(name).await.map(|v| {
-                    live.volumes.fetch_add(1, Ordering::Relaxed);
-                    pool.idle.push(v);
-                })
+                match session.create(name.clone()).await {
+                    Ok(v) => {
+                        live.volumes.fetch_add(1, Ordering::Relaxed);
+                        pool.idle.push(v);
+                        Ok(())
+                    }
+                    Err(e) => {
+                        if uncertain(e.code) {
+                            unsure.push(name);
+                        }
+                        Err(e)
+                    }
+                }
             }
             Op::Publish => {
                 let Some(mut v) = pool.take(false, &mut rng) else {
@@ -295,13 +213,16 @@ async fn client(shared: Arc<Shared>, index: usize, mut session: Session) -> Clie
                 let Some(v) = pool.take(false, &mut rng) else {
                     continue;
                 };
+                let mut v = v;
                 match session.delete(&v).await {
                     Ok(()) => {
                         live.volumes.fetch_sub(1, Ordering::Relaxed);
                         Ok(())
                     }
                     Err(e) => {
-                        broken.push(suspect(v, &facts));
+                        // Unpublished already: the teardown only deletes it again.
+                        v.deleting = true;
+                        broken.push(v);
                         Err(e)
                     }
                 }
@@ -324,87 +245,73 @@ async fn client(shared: Arc<Shared>, index: usize, mut session: Session) -> Clie
     ClientEnd {
         tally: session.tally,
         volumes,
+        unsure,
         abandoned,
     }
 }
 
-/// Create `count` volumes up front with all clients, outside the measured run.
-async fn prefill(common: &Common, count: usize) -> Result<Vec<Volume>, CtlError> {
-    let clients = common.settings.clients.max(1);
+/// What the prefill made, and what it could not.
+#[derive(Default)]
+struct Filled {
+    volumes: Vec<Volume>,
+    unsure: Vec<String>,
+    failed: u64,
+}
+
+/// Create `count` volumes up front with the clients' sessions, outside the measured run, and
+/// hand the sessions back with their counts cleared.
+async fn prefill(common: &Common, sessions: Vec<Session>, count: usize) -> (Vec<Session>, Filled) {
+    let clients = sessions.len().max(1);
     let mut tasks = Vec::new();
-    for index in 0..clients {
-        let mut session = common.session().await?;
+    for (index, mut session) in sessions.into_iter().enumerate() {
         let live = Arc::clone(&common.live);
         let prefix = common.settings.name_prefix.clone();
         tasks.push(tokio::spawn(async move {
-            let mut made = Vec::new();
+            let mut filled = Filled::default();
             for i in (index..count).step_by(clients) {
-                if let Ok(v) = session.create(format!("{prefix}-fill-{i}")).await {
-                    live.volumes.fetch_add(1, Ordering::Relaxed);
-                    made.push(v);
+                let name = format!("{prefix}-fill-{i}");
+                match session.create(name.clone()).await {
+                    Ok(v) => {
+                        live.volumes.fetch_add(1, Ordering::Relaxed);
+                        filled.volumes.push(v);
+                    }
+                    Err(e) => {
+                        filled.failed += 1;
+                        if uncertain(e.code) {
+                            filled.unsure.push(name);
+                        }
+                    }
                 }
             }
-            made
+            session.tally = Tally::default();
+            (session, filled)
         }));
     }
-    let mut all = Vec::new();
+    let mut sessions = Vec::new();
+    let mut all = Filled::default();
     for task in tasks {
-        all.extend(task.await.expect("a prefill client does not panic"));
+        let (session, filled) = task.await.expect("a prefill client does not panic");
+        sessions.push(session);
+        all.volumes.extend(filled.volumes);
+        all.unsure.extend(filled.unsure);
+        all.failed += filled.failed;
     }
-    Ok(all)
-}
-
-fn progress_line(started: Instant, live: &Live, pid: Option<u32>) -> String {
-    let (ops, errors, volumes) = live.get();
-    let secs = started.elapsed().as_secs_f64();
-    let rss = pid
-        .and_then(|p| Sample::of(p).ok())
-        .map(|s| format!(", driver RSS {:.1} MiB", s.rss_kib as f64 / 1024.0))
-        .unwrap_or_default();
-    format!(
-        "[{secs:>6.1} s] {ops} operations ({:.0}/s), {errors} errors, {volumes} volumes{rss}",
-        ops as f64 / secs.max(1e-9)
-    )
-}
-
-/// Show progress until `done`; returns the peak RSS of the driver seen meanwhile.
-async fn watch(
-    progress: Progress,
-    live: Arc<Live>,
-    pid: Option<u32>,
-    done: Arc<AtomicBool>,
-) -> u64 {
-    use std::io::Write;
-    let started = Instant::now();
-    let mut peak = 0;
-    let mut last_line = Instant::now();
-    while !done.load(Ordering::Relaxed) {
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        if let Some(s) = pid.and_then(|p| Sample::of(p).ok()) {
-            peak = peak.max(s.rss_kib);
-        }
-        match progress {
-            Progress::Off => {}
-            Progress::Live => {
-                eprint!("\r\x1b[K{}", progress_line(started, &live, pid));
-                let _ = std::io::stderr().flush();
-            }
-            Progress::Lines(every) if last_line.elapsed() >= every => {
-                last_line = Instant::now();
-                eprintln!("{}", progress_line(started, &live, pid));
-            }
-            Progress::Lines(_) => {}
-        }
-    }
-    if progress == Progress::Live {
-        eprintln!();
-    }
-    peak
+    (sessions, all)
 }
 
 /// Run the load. `stop` ends the measured run early when set (clients finish the operation in
 /// hand).
 pub async fn run(settings: Settings, stop: Arc<AtomicBool>) -> Result<Outcome, CtlError> {
+    run_counted(settings, stop, Arc::new(Live::default())).await
+}
+
+/// [`run`], counting into `live` as it goes (for a caller that watches, as the chaos soak
+/// waits for the first operations before it kills).
+pub async fn run_counted(
+    settings: Settings,
+    stop: Arc<AtomicBool>,
+    live: Arc<Live>,
+) -> Result<Outcome, CtlError> {
     let first = Client::connect(&settings.endpoint, settings.call_timeout).await?;
     let facts = Arc::new(discover(&first).await?);
     drop(first);
@@ -417,18 +324,18 @@ pub async fn run(settings: Settings, stop: Arc<AtomicBool>) -> Result<Outcome, C
     let common = Common {
         shape: Arc::new(settings.shape.clone()),
         facts: Arc::clone(&facts),
-        live: Arc::new(Live::default()),
+        live,
         settings,
     };
-    let fill_started = Instant::now();
-    let filled = prefill(&common, common.settings.prefill).await?;
-    let prefilled = filled.len();
-    let prefill_secs = fill_started.elapsed().as_secs_f64();
-
+    // Every connection first: a failure now leaves nothing made.
     let mut sessions = Vec::new();
     for _ in 0..common.settings.clients.max(1) {
         sessions.push(common.session().await?);
     }
+    let fill_started = Instant::now();
+    let (sessions, filled) = prefill(&common, sessions, common.settings.prefill).await;
+    let prefilled = filled.volumes.len();
+    let prefill_secs = fill_started.elapsed().as_secs_f64();
     let pid = common.settings.pid;
     let before = pid.map(Sample::of).transpose();
     let watching = Arc::new(AtomicBool::new(false));
@@ -453,12 +360,14 @@ pub async fn run(settings: Settings, stop: Arc<AtomicBool>) -> Result<Outcome, C
         .map(|(i, session)| tokio::spawn(client(Arc::clone(&shared), i, session)))
         .collect();
     let mut tally = Tally::default();
-    let mut volumes = filled;
-    let mut abandoned = 0;
+    let mut volumes = filled.volumes;
+    let mut unsure = filled.unsure;
+    let mut abandoned = filled.failed;
     for task in tasks {
         let end = task.await.expect("a load client does not panic");
         tally.merge(end.tally);
         volumes.extend(end.volumes);
+        unsure.extend(end.unsure);
         abandoned += end.abandoned;
     }
     let elapsed = started.elapsed();
@@ -480,6 +389,7 @@ pub async fn run(settings: Settings, stop: Arc<AtomicBool>) -> Result<Outcome, C
     // What the driver made, which a refusing driver may leave short of what was asked.
     report.prefilled = prefilled;
     report.prefill_secs = prefill_secs;
+    // Prefill failures count too: those volumes were asked for and not made.
     report.abandoned = abandoned;
     if let (Some(pid), Ok(Some(before))) = (pid, before) {
         if let Ok(after) = Sample::of(pid) {
@@ -499,70 +409,16 @@ pub async fn run(settings: Settings, stop: Arc<AtomicBool>) -> Result<Outcome, C
             report,
             facts,
             left: volumes,
+            unsure,
         });
     }
-    let (data, failed) = teardown(settings, &facts, volumes).await?;
+    let (data, failed) = teardown(settings, &facts, volumes, unsure).await;
     report.data.add(data);
     report.teardown_failed = failed;
     Ok(Outcome {
         report,
         facts,
         left: Vec::new(),
+        unsure: Vec::new(),
     })
-}
-
-/// Read written data back through a target (publishing for it if need be), then unpublish and
-/// delete every volume, spread over the clients. Returns the data check and the number of
-/// volumes whose teardown failed.
-pub async fn teardown(
-    settings: &Settings,
-    facts: &Arc<Facts>,
-    volumes: Vec<Volume>,
-) -> Result<(DataCheck, u64), CtlError> {
-    let clients = settings.clients.max(1);
-    let mut shares: Vec<Vec<Volume>> = (0..clients).map(|_| Vec::new()).collect();
-    for (i, v) in volumes.into_iter().enumerate() {
-        shares[i % clients].push(v);
-    }
-    let common = Common {
-        settings: settings.clone(),
-        facts: Arc::clone(facts),
-        shape: Arc::new(settings.shape.clone()),
-        live: Arc::new(Live::default()),
-    };
-    let mut tasks = Vec::new();
-    for share in shares {
-        let mut session = common.session().await?;
-        tasks.push(tokio::spawn(async move {
-            let mut failed = 0;
-            for mut v in share {
-                if v.written {
-                    // Publish again from the start (each step is idempotent): a volume whose
-                    // step failed may be anywhere along the way. Publish reads the data back.
-                    v.attached = false;
-                    v.staged = false;
-                    if session.publish(&mut v).await.is_err() {
-                        session.tally.data(false);
-                    }
-                }
-                let gone = match session.unpublish(&mut v).await {
-                    Ok(()) => session.delete(&v).await,
-                    Err(e) => Err(e),
-                };
-                if let Err(e) = gone {
-                    failed += 1;
-                    tracing::warn!(volume.id = %v.id, step = e.step, code = ?e.code, message = %e.message, "teardown failed");
-                }
-            }
-            (session.tally.data, failed)
-        }));
-    }
-    let mut data = DataCheck::default();
-    let mut failed = 0;
-    for task in tasks {
-        let (d, f) = task.await.expect("a teardown client does not panic");
-        data.add(d);
-        failed += f;
-    }
-    Ok((data, failed))
 }

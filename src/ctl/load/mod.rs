@@ -5,17 +5,21 @@
 //!
 //! - plan.rs: which operation a client takes next (pure);
 //! - session.rs: the CSI calls of each operation, bounded, counted and retried;
-//! - engine.rs: the run's phases (discover, prefill, clients, teardown) and progress;
+//! - engine.rs: the run's phases (prefill, clients) with discover.rs (what the driver offers),
+//!   progress.rs (the live line) and teardown.rs (undoing what the run made);
 //! - record.rs: counts, the report and its table; usage.rs: the driver's `/proc` figures;
 //! - args.rs: the flags.
 //!
 //! The chaos soak (tests/real_chaos.rs) drives the same engine while killing the driver.
 
 pub mod args;
+mod discover;
 pub mod engine;
 pub mod plan;
+mod progress;
 pub mod record;
 pub mod session;
+mod teardown;
 pub mod usage;
 
 use std::process::ExitCode;

@@ -69,6 +69,10 @@ impl Tally {
         self.data.written += 1;
     }
 
+    pub fn data_unverified(&mut self) {
+        self.data.unverified += 1;
+    }
+
     /// One read-back of a volume's data.
     pub fn data(&mut self, intact: bool) {
         match intact {
@@ -143,6 +147,9 @@ pub struct DataCheck {
     pub verified: u64,
     /// Read-backs that found it missing or different.
     pub lost: u64,
+    /// Volumes the teardown could not publish to read back (counted as teardown trouble,
+    /// not as lost data).
+    pub unverified: u64,
 }
 
 impl DataCheck {
@@ -150,6 +157,7 @@ impl DataCheck {
         self.written += other.written;
         self.verified += other.verified;
         self.lost += other.lost;
+        self.unverified += other.unverified;
     }
 }
 
@@ -297,8 +305,8 @@ impl Report {
         if self.data.written > 0 {
             let _ = writeln!(
                 out,
-                "data: {} volumes written, {} read-backs intact, {} lost",
-                self.data.written, self.data.verified, self.data.lost
+                "data: {} volumes written, {} read-backs intact, {} lost, {} not read back",
+                self.data.written, self.data.verified, self.data.lost, self.data.unverified
             );
         }
         let _ = writeln!(

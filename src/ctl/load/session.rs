@@ -58,6 +58,8 @@ pub struct Volume {
     pub staged: bool,
     pub published: bool,
     pub written: bool,
+    /// A DeleteVolume for it failed (after it was unpublished): only the delete is left.
+    pub deleting: bool,
 }
 
 /// A step that failed for good: the RPC (or client-side step) and the last code.
@@ -218,6 +220,7 @@ impl Session {
             staged: false,
             published: false,
             written: false,
+            deleting: false,
         })
     }
 

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use pvdir::ctl::load::engine::{self, Outcome, Progress, Settings, Until};
 use pvdir::ctl::load::plan::{Mix, Rng};
+use pvdir::ctl::load::record::Live;
 use pvdir::ctl::load::session::{Shape, Volume};
 use pvdir::ctl::load::usage::Sample;
 use pvdir::server::Endpoint;
@@ -105,9 +106,26 @@ pub async fn soak(
     let Chaos { kills, gap, settle } = chaos;
     let mut rng = Rng::new(settings.seed ^ 0x5eed);
     let stop = Arc::new(AtomicBool::new(false));
-    let load = tokio::spawn(engine::run(settings, Arc::clone(&stop)));
-    // The engine asks the driver what it offers before its clients start: kill only then.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let live = Arc::new(Live::default());
+    let load = tokio::spawn(engine::run_counted(
+        settings,
+        Arc::clone(&stop),
+        Arc::clone(&live),
+    ));
+    // The engine asks the driver what it offers before its clients start, without retries:
+    // kill only once operations are done.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while live.operations.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the load made no operation in a minute"
+        );
+        assert!(
+            !load.is_finished(),
+            "the load ended before its first operation"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     for n in 1..=kills {
         let pause = gap.start + rng.below(gap.end.saturating_sub(gap.start).max(1));
         tokio::time::sleep(Duration::from_millis(pause)).await;
@@ -198,8 +216,9 @@ pub async fn assert_usage_near_fresh(d: &mut Driver) -> (Sample, Sample) {
         fresh.fds,
         started.elapsed()
     );
+    // A few connections may still be closing; a leak per kill or per call would be far more.
     assert!(
-        soaked.fds <= fresh.fds + 4,
+        soaked.fds <= fresh.fds + 8,
         "descriptors leak: {} after the soak, {} fresh",
         soaked.fds,
         fresh.fds
