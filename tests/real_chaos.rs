@@ -20,7 +20,6 @@ use std::time::Duration;
 use common::real::driver::Driver;
 use common::real::requests::key_of;
 use common::real::soak::*;
-use pvdir::ctl::load::engine;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_driver_killed_at_random_under_load_loses_and_leaks_nothing() {
@@ -37,12 +36,7 @@ async fn a_driver_killed_at_random_under_load_loses_and_leaks_nothing() {
     let soaked = soak(&mut d, settings.clone(), chaos, |_| {}).await;
     eprintln!("{}", summary(&soaked));
     let report = &soaked.outcome.report;
-    assert_eq!(report.abandoned, 0, "steps given up despite retries");
-    assert!(
-        soaked.outcome.unsure.is_empty(),
-        "creates without an answer"
-    );
-    assert_eq!(report.data.lost, 0, "data lost");
+    assert_nothing_lost(&soaked);
     assert!(report.data.verified > 0, "no data was ever read back");
     assert!(
         report.operations > u64::from(kills) * 5,
@@ -63,12 +57,7 @@ async fn a_driver_killed_at_random_under_load_loses_and_leaks_nothing() {
     assert_mounts_owned(&d, &left, &own);
     assert_eq!(names(&d.root().join("volumes")), keys);
 
-    let (data, failed) =
-        engine::teardown(&settings, &soaked.outcome.facts, left.clone(), Vec::new()).await;
-    assert_eq!(failed, 0, "teardown failures");
-    assert_eq!(data.lost, 0, "data lost by the time of the teardown");
-    let written = left.iter().filter(|v| v.written).count() as u64;
-    assert_eq!(data.verified, written, "every kept volume's data read back");
+    assert_teardown_clean(&settings, &soaked).await;
     assert!(names(&d.root().join("volumes")).is_empty());
     assert!(names(&d.root().join("meta")).is_empty());
     assert_targets_gone(&d);

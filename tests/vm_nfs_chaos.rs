@@ -21,7 +21,6 @@ use common::real::driver::*;
 use common::real::soak::*;
 use common::real::vm::*;
 use pvdir::csi::proto::volume_capability::access_mode::Mode;
-use pvdir::ctl::load::engine;
 use sha2::{Digest, Sha256};
 
 /// The volumes' parent on the export; pvdir makes it and removes it once empty.
@@ -77,15 +76,9 @@ async fn nfs_driver_and_server_killed_at_random_under_load_lose_and_leak_nothing
         summary(&soaked)
     );
     let report = &soaked.outcome.report;
-    assert_eq!(report.abandoned, 0, "steps given up despite retries");
-    assert!(
-        soaked.outcome.unsure.is_empty(),
-        "creates without an answer"
-    );
-    assert_eq!(report.data.lost, 0, "data lost");
     // Under emulation few volumes come round to a second publish; the teardown reads back
     // every kept volume's data below.
-    assert!(report.data.written > 0, "no data was ever written");
+    assert_nothing_lost(&soaked);
 
     let left = soaked.outcome.left.clone();
     let own = [d.path("mounts"), d.path("staging")];
@@ -107,16 +100,9 @@ async fn nfs_driver_and_server_killed_at_random_under_load_lose_and_leak_nothing
     assert_usage_near_fresh(&mut d).await;
     assert_mounts_owned(&d, &left, &own);
 
-    let (data, failed) =
-        engine::teardown(&settings, &soaked.outcome.facts, left.clone(), Vec::new()).await;
-    assert_eq!(failed, 0, "teardown failures");
-    assert_eq!(data.lost, 0, "data lost by the time of the teardown");
-    assert_eq!(
-        data.verified,
-        left.iter().filter(|v| v.written).count() as u64
-    );
+    let read_back = assert_teardown_clean(&settings, &soaked).await;
     assert!(
-        report.data.verified + data.verified > 0,
+        report.data.verified + read_back > 0,
         "no data was ever read back"
     );
     assert!(

@@ -147,6 +147,35 @@ pub async fn soak(
     Soaked { outcome, kills }
 }
 
+/// What the load saw: nothing given up despite the retries, every create answered, no data
+/// changed at any read-back, and some data written.
+pub fn assert_nothing_lost(soaked: &Soaked) {
+    let report = &soaked.outcome.report;
+    assert_eq!(report.abandoned, 0, "steps given up despite retries");
+    assert!(
+        soaked.outcome.unsure.is_empty(),
+        "creates without an answer"
+    );
+    assert_eq!(report.data.lost, 0, "data lost");
+    assert!(report.data.written > 0, "no data was ever written");
+}
+
+/// Tear down what the soak kept: every kept volume's data must read back intact and every
+/// volume go. Returns the read-backs made, for the caller's own count.
+pub async fn assert_teardown_clean(settings: &Settings, soaked: &Soaked) -> u64 {
+    let left = soaked.outcome.left.clone();
+    let written = left.iter().filter(|v| v.written).count() as u64;
+    let (data, failed) = engine::teardown(settings, &soaked.outcome.facts, left, Vec::new()).await;
+    assert_eq!(failed, 0, "teardown failures");
+    assert_eq!(data.lost, 0, "data lost by the time of the teardown");
+    assert_eq!(
+        data.unverified, 0,
+        "kept volumes that could not be read back"
+    );
+    assert_eq!(data.verified, written, "every kept volume's data read back");
+    data.verified
+}
+
 /// Every mount below the driver's directory is one the kept volumes account for: one at each
 /// published target, none anywhere else, none stacked. The driver's own directories (`own`:
 /// its mount staging directory, the NFS controller's export mounts) may hold one mount each
