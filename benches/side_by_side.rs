@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 use hyper_util::rt::TokioIo;
 use pvdir::csi::proto as csi;
 use pvdir::csi::proto::controller_client::ControllerClient;
+use pvdir::ctl::load::usage::Sample;
 use tonic::transport::{Channel, Uri};
 
 mod common;
@@ -109,16 +110,10 @@ fn pct(samples: &mut [Duration], p: f64) -> f64 {
     samples[i].as_secs_f64() * 1e6
 }
 
-/// CPU time (user + system) the process `pid` has used so far, in seconds.
+/// CPU time (user + system) the process `pid` has used so far, in seconds (the same reading
+/// `pvdir load --pid` reports).
 fn cpu_secs(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("driver stat");
-    // Fields after the command name, which is in parentheses and may hold spaces.
-    let fields: Vec<&str> = stat[stat.rfind(')').expect("stat format") + 2..]
-        .split(' ')
-        .collect();
-    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
-    // SAFETY: sysconf has no preconditions.
-    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+    Sample::of(pid).expect("driver usage").cpu_us as f64 / 1e6
 }
 
 /// 8 clients, each on its own connection, doing pairs for `secs`: pairs per second, and the

@@ -263,15 +263,13 @@ pub async fn assert_usage_near_fresh(d: &mut Driver) -> (Sample, Sample) {
     (soaked, fresh)
 }
 
-/// The names in `dir` as a set; empty when `dir` does not exist.
+/// The names in `dir` as a set (see [`crate::common::names_in`]); empty when `dir` does not
+/// exist.
 pub fn names(dir: &Path) -> BTreeSet<String> {
-    std::fs::read_dir(dir)
-        .map(|r| {
-            r.filter_map(Result::ok)
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
+    match dir.exists() {
+        true => crate::common::names_in(dir).into_iter().collect(),
+        false => BTreeSet::new(),
+    }
 }
 
 /// The soak's one-line summary, for the test output and the closing note.
