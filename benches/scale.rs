@@ -57,6 +57,10 @@ async fn services(root: &Path) -> Services {
         root.to_path_buf(),
         "bench".into(),
         os.clone(),
+        pvdir::domain::local::QuotaSetup {
+            quotas: Arc::new(pvdir::os::quota::KernelQuotas),
+            overcommit: 1.0,
+        },
         Arc::new(pvdir::metrics::Metrics::new()),
     )
     .await

@@ -124,6 +124,12 @@ pub struct ServeArgs {
     #[arg(long, default_value = "/var/lib/pvdir", env = "PVDIR_LOCAL_ROOT")]
     pub local_root: PathBuf,
 
+    /// How much the local volumes' quotas may promise in all, as a multiple of the disk's
+    /// size (less what lies outside volumes). 1.0 never promises more than the disk holds;
+    /// above it, claims may be promised more space than exists (see README, "Sizes").
+    #[arg(long, default_value_t = 1.0, env = "PVDIR_LOCAL_OVERCOMMIT", value_parser = parse_overcommit)]
+    pub local_overcommit: f64,
+
     /// Where the NFS controller mounts exports to create and delete volume directories.
     #[arg(
         long,
@@ -182,6 +188,13 @@ pub struct ServeArgs {
 
 /// Default endpoint when none is given.
 pub const DEFAULT_LOCAL_ENDPOINT: &str = "unix:///run/pvdir/local.sock";
+
+fn parse_overcommit(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if r.is_finite() && r >= 1.0 => Ok(r),
+        _ => Err(format!("{s:?} is not a ratio of at least 1.0")),
+    }
+}
 
 impl ServeArgs {
     pub fn nfs_timeout(&self) -> Duration {

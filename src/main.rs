@@ -8,6 +8,7 @@ use std::sync::Arc;
 use clap::Parser;
 use pvdir::cli::{Cli, Command, Internal, LogFormat, ServeArgs};
 use pvdir::ctl;
+use pvdir::os::quota::KernelQuotas;
 use pvdir::os::real::{run_internal_fs, run_internal_mount, RealOs};
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -83,7 +84,9 @@ fn serve(args: ServeArgs) -> ExitCode {
                     .ok_or_else(|| pvdir::server::ServerError::BadHttpEndpoint(e.into()))
             })
             .transpose()?;
-        let plugins = pvdir::server::assemble(&args, os.clone(), os, &metrics).await?;
+        let plugins =
+            pvdir::server::assemble(&args, os.clone(), os, Arc::new(KernelQuotas), &metrics)
+                .await?;
         pvdir::server::serve(plugins, http, metrics, terminated()).await
     });
     match result {

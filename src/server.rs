@@ -20,13 +20,14 @@ use crate::domain::backend::Backend;
 use crate::domain::controller::Controller;
 use crate::domain::health::Health;
 use crate::domain::inventory::Inventory;
-use crate::domain::local::LocalBackend;
+use crate::domain::local::{LocalBackend, QuotaSetup};
 use crate::domain::nfs::{ClaimPolicy, NfsBackend};
 use crate::domain::node::Node;
 use crate::http::{HealthTarget, Served};
 use crate::kubelet::{Registrar, RegistrarError};
 use crate::metrics::rpc::RpcLayer;
 use crate::metrics::Metrics;
+use crate::os::quota::Quotas;
 use crate::os::{LocalDisk, Os};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -168,11 +169,12 @@ fn node_id(args: &ServeArgs) -> Result<String, ServerError> {
 /// Build the plugins that `args` asks for. Creates the local root and staging directories, and
 /// replays the local journal where this process creates and deletes local volumes. Their
 /// guards count into `metrics`. `disk` does the local backend's work on the node's own disk
-/// (usually the same machine as `os`).
+/// (usually the same machine as `os`), and `quotas` enforces local volumes' sizes.
 pub async fn assemble(
     args: &ServeArgs,
     os: Arc<dyn Os>,
     disk: Arc<dyn LocalDisk>,
+    quotas: Arc<dyn Quotas>,
     metrics: &Arc<Metrics>,
 ) -> Result<Vec<Plugin>, ServerError> {
     let node_id = node_id(args)?;
@@ -241,9 +243,15 @@ pub async fn assemble(
             prepare_dir(&dir)?;
         }
         let backend = match local_mode.controller() {
-            true => LocalBackend::open(root, node_id.clone(), disk, Arc::clone(metrics))
-                .await
-                .map_err(ServerError::Journal)?,
+            true => {
+                let quota = QuotaSetup {
+                    quotas,
+                    overcommit: args.local_overcommit,
+                };
+                LocalBackend::open(root, node_id.clone(), disk, quota, Arc::clone(metrics))
+                    .await
+                    .map_err(ServerError::Journal)?
+            }
             false => backend,
         };
         add(

@@ -60,6 +60,7 @@ async fn a_clean_shutdown_unmounts_the_controllers_exports() {
         &args,
         Arc::new(fake.clone()),
         Arc::new(fake.clone()),
+        Arc::new(pvdir::os::quota::fake::FakeQuotas::default()),
         &metrics,
     )
     .await

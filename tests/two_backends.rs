@@ -118,8 +118,8 @@ async fn each_backend_has_its_own_name_capabilities_and_topology() {
     let (name, plugin_caps, lists, node) = info(local).await;
     assert_eq!(name, "local.pvdir.io");
     assert_eq!(
-        plugin_caps, 2,
-        "CONTROLLER_SERVICE and VOLUME_ACCESSIBILITY_CONSTRAINTS"
+        plugin_caps, 3,
+        "CONTROLLER_SERVICE, online VOLUME_EXPANSION and VOLUME_ACCESSIBILITY_CONSTRAINTS"
     );
     assert!(lists);
     assert_eq!(node.node_id, "node-a");
@@ -131,8 +131,8 @@ async fn each_backend_has_its_own_name_capabilities_and_topology() {
     let (name, plugin_caps, lists, node) = info(nfs).await;
     assert_eq!(name, "nfs.pvdir.io");
     assert_eq!(
-        plugin_caps, 1,
-        "CONTROLLER_SERVICE only: NFS volumes are reachable everywhere"
+        plugin_caps, 2,
+        "CONTROLLER_SERVICE and online VOLUME_EXPANSION: NFS volumes are reachable everywhere"
     );
     assert!(!lists);
     assert_eq!(node.node_id, "node-a");

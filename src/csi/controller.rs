@@ -6,7 +6,7 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use super::proto as csi;
-use super::request::{CapacitySpec, DeleteSpec, ListSpec, ValidateSpec};
+use super::request::{CapacitySpec, DeleteSpec, ExpandSpec, ListSpec, ValidateSpec};
 use super::{detached, fail};
 use crate::domain::access::BackendKind;
 use crate::domain::controller::Controller;
@@ -162,6 +162,34 @@ impl csi::controller_server::Controller for ControllerService {
         }))
     }
 
+    async fn controller_expand_volume(
+        &self,
+        request: Request<csi::ControllerExpandVolumeRequest>,
+    ) -> Result<Response<csi::ControllerExpandVolumeResponse>, Status> {
+        let req = request.into_inner();
+        let (rpc, id) = ("ControllerExpandVolume", req.volume_id.clone());
+        let spec = ExpandSpec::try_from(req).map_err(|e| fail(rpc, &id, None, e))?;
+        let inner = Arc::clone(&self.inner);
+        let expanded = detached(async move {
+            inner
+                .expand(&spec.volume_id, spec.capacity_bytes, &spec.capabilities)
+                .await
+        })
+        .await?
+        .map_err(|e| fail(rpc, &id, None, e))?;
+        tracing::info!(
+            volume.id = id,
+            capacity_bytes = expanded.capacity_bytes,
+            "volume expanded"
+        );
+        Ok(Response::new(csi::ControllerExpandVolumeResponse {
+            capacity_bytes: expanded.capacity_bytes,
+            // The limit is the filesystem's quota, raised by the call itself: nothing to do
+            // on the node, and kubelet then makes no NodeExpandVolume call.
+            node_expansion_required: false,
+        }))
+    }
+
     async fn controller_get_capabilities(
         &self,
         _: Request<csi::ControllerGetCapabilitiesRequest>,
@@ -171,6 +199,7 @@ impl csi::controller_server::Controller for ControllerService {
             rpc_capability(Type::CreateDeleteVolume),
             rpc_capability(Type::GetCapacity),
             rpc_capability(Type::SingleNodeMultiWriter),
+            rpc_capability(Type::ExpandVolume),
         ];
         // NFS volumes are spread over every export named by any StorageClass; the controller
         // cannot enumerate them, so it does not claim to.

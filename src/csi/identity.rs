@@ -59,6 +59,14 @@ impl csi::identity_server::Identity for IdentityService {
         let mut capabilities = Vec::new();
         if self.controller {
             capabilities.push(plugin_capability(Type::ControllerService));
+            // Sizes grow while a pod uses the volume: a quota limit is raised in place.
+            capabilities.push(csi::PluginCapability {
+                r#type: Some(csi::plugin_capability::Type::VolumeExpansion(
+                    csi::plugin_capability::VolumeExpansion {
+                        r#type: csi::plugin_capability::volume_expansion::Type::Online as i32,
+                    },
+                )),
+            });
         }
         if self.kind == BackendKind::Local {
             capabilities.push(plugin_capability(Type::VolumeAccessibilityConstraints));

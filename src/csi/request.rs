@@ -133,6 +133,40 @@ impl TryFrom<csi::DeleteVolumeRequest> for DeleteSpec {
     }
 }
 
+/// A validated ControllerExpandVolume request.
+pub struct ExpandSpec {
+    pub volume_id: String,
+    /// The size asked for: required bytes, else the limit.
+    pub capacity_bytes: i64,
+    /// The capability the CO will publish with, when it says.
+    pub capabilities: Vec<Capability>,
+}
+
+impl TryFrom<csi::ControllerExpandVolumeRequest> for ExpandSpec {
+    type Error = Invalid;
+    fn try_from(req: csi::ControllerExpandVolumeRequest) -> Result<Self, Invalid> {
+        required(&req.volume_id, "volume_id")?;
+        let range = req
+            .capacity_range
+            .ok_or_else(|| Invalid("capacity_range is required".into()))?;
+        let capacity_bytes = capacity(Some(&range))?;
+        if capacity_bytes == 0 {
+            return Err(Invalid("capacity_range must ask for a size".into()));
+        }
+        Ok(Self {
+            volume_id: req.volume_id,
+            capacity_bytes,
+            capabilities: req
+                .volume_capability
+                .as_ref()
+                .map(capability)
+                .transpose()?
+                .into_iter()
+                .collect(),
+        })
+    }
+}
+
 pub struct ValidateSpec {
     pub volume_id: String,
     pub capabilities: Vec<Capability>,

@@ -106,6 +106,15 @@ pub fn controller_code(e: &ControllerError) -> Code {
         ControllerError::CorruptRecord { .. } => Code::FailedPrecondition,
         ControllerError::Unsupported { .. } => Code::Unimplemented,
         ControllerError::Os { source, .. } => os_code(source),
+        // The node's filesystem must be prepared (README: "Sizes"); no retry mends it.
+        ControllerError::QuotaUnavailable { .. } => Code::FailedPrecondition,
+        // The spec's code for a volume that cannot be provisioned here: the provisioner retries
+        // and, with late binding, the scheduler picks another node. Space freed by a delete
+        // makes a later retry succeed.
+        ControllerError::NoRoom { .. } | ControllerError::NoProjectIds { .. } => {
+            Code::ResourceExhausted
+        }
+        ControllerError::Quota { .. } => Code::Internal,
     }
 }
 

@@ -8,7 +8,7 @@ use super::access::{unsupported_reason, Capability};
 use super::backend::Backend;
 use super::error::ControllerError;
 use super::guard::{InFlight, InFlightGuard};
-use super::volume::{CreateSpec, Deleted, Volume, TOPOLOGY_KEY};
+use super::volume::{CreateSpec, Deleted, Expanded, Volume, TOPOLOGY_KEY};
 use super::volume_id::{VolumeId, VolumeIdError};
 
 pub struct Controller {
@@ -77,6 +77,35 @@ impl Controller {
         match (&*self.backend, &id) {
             (Backend::Local(b), VolumeId::Local(l)) => b.delete(l, raw).await,
             (Backend::Nfs(b), VolumeId::Nfs(n)) => b.delete(n, raw).await,
+            (_, VolumeId::Local(_)) => Err(ControllerError::WrongBackend { backend: "local" }),
+            (_, VolumeId::Nfs(_)) => Err(ControllerError::WrongBackend { backend: "nfs" }),
+        }
+    }
+
+    /// Grow a volume to `bytes` (ONLINE: published or not). The guard is the volume's, as
+    /// for delete and publish.
+    pub async fn expand(
+        &self,
+        raw: &str,
+        bytes: i64,
+        caps: &[Capability],
+    ) -> Result<Expanded, ControllerError> {
+        // An ID this driver never made names no volume of ours.
+        let Some(id) = Self::parse_ours(raw)? else {
+            return Err(ControllerError::NotFound {
+                id: raw.to_string(),
+            });
+        };
+        if let Some(reason) = caps
+            .iter()
+            .find_map(|c| unsupported_reason(self.backend.kind(), c))
+        {
+            return Err(ControllerError::UnsupportedCapability { reason });
+        }
+        let _guard = self.claim(&id.to_string())?;
+        match (&*self.backend, &id) {
+            (Backend::Local(b), VolumeId::Local(l)) => b.expand(l, raw, bytes).await,
+            (Backend::Nfs(b), VolumeId::Nfs(n)) => b.expand(n, raw, bytes).await,
             (_, VolumeId::Local(_)) => Err(ControllerError::WrongBackend { backend: "local" }),
             (_, VolumeId::Nfs(_)) => Err(ControllerError::WrongBackend { backend: "nfs" }),
         }

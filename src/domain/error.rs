@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use super::params::ParamsError;
 use super::volume_id::VolumeIdError;
+use crate::os::quota::QuotaError;
 use crate::os::OsError;
 
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +49,24 @@ pub enum ControllerError {
         step: &'static str,
         volume: String,
         source: OsError,
+    },
+    #[error("quota: required, but the local root {root} cannot enforce sizes: {remedy}")]
+    QuotaUnavailable { root: PathBuf, remedy: &'static str },
+    #[error(
+        "{requested} more bytes asked for, but only {available} can still be promised on this node"
+    )]
+    NoRoom { requested: u64, available: u64 },
+    #[error("no free project ID in {first}..={last} for volume {volume:?}")]
+    NoProjectIds {
+        volume: String,
+        first: u32,
+        last: u32,
+    },
+    #[error("{step} for volume {volume:?}: {source}")]
+    Quota {
+        step: &'static str,
+        volume: String,
+        source: QuotaError,
     },
 }
 

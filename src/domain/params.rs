@@ -18,6 +18,9 @@ pub use super::mode::parse_mode;
 pub struct LocalParams {
     #[serde(rename = "mountPermissions", default)]
     pub mount_permissions: Option<String>,
+    /// Whether the claim's size is enforced with a project quota (see [`QuotaPolicy`]).
+    #[serde(default)]
+    pub quota: QuotaPolicy,
     // Accepted and unused: the local directory is named by the volume name.
     #[serde(rename = "csi.storage.k8s.io/pvc/name", default)]
     _pvc_name: Option<String>,
@@ -25,6 +28,21 @@ pub struct LocalParams {
     _pvc_namespace: Option<String>,
     #[serde(rename = "csi.storage.k8s.io/pv/name", default)]
     _pv_name: Option<String>,
+}
+
+/// The StorageClass parameter `quota` of the local backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QuotaPolicy {
+    /// Enforce the size, or fail CreateVolume with FAILED_PRECONDITION where the node's
+    /// filesystem cannot.
+    Required,
+    /// Enforce the size where the filesystem can; elsewhere provision without a limit (what
+    /// every pvdir before quotas did, so existing StorageClasses keep working).
+    #[default]
+    Auto,
+    /// Never set a limit.
+    Off,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -33,6 +33,12 @@ pub enum Deleted {
     NothingToDo,
 }
 
+/// What ControllerExpandVolume left: the volume's size now (at least the size asked for).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Expanded {
+    pub capacity_bytes: i64,
+}
+
 /// A validated CreateVolume request.
 #[derive(Debug, Clone)]
 pub struct CreateSpec {

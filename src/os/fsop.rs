@@ -159,7 +159,9 @@ fn io(step: &'static str, path: &Path, e: std::io::Error) -> SafeFsError {
 /// Perform one operation, blocking the calling thread.
 pub fn execute(op: &FsOp) -> Result<FsReply, SafeFsError> {
     match op {
-        FsOp::Statfs { path } => statfs(path).map(FsReply::Stats),
+        FsOp::Statfs { path } => statfs(path)
+            .map(|s| with_project_usage(path, s))
+            .map(FsReply::Stats),
         FsOp::StatfsNfs { path } => statfs_nfs(path).map(FsReply::Stats),
         FsOp::EnsureDir { base, rel, mode } => {
             safe_fs::ensure_dir(base, rel, *mode).map(FsReply::Ensured)
@@ -260,6 +262,28 @@ fn statfs_nfs(path: &Path) -> Result<FsStats, SafeFsError> {
         });
     }
     Ok(stats)
+}
+
+/// A volume directory in its own project reports the project's usage and limit, read from the
+/// quota (no tree walk): its own bytes and files, not the whole disk's. XFS and ext4 already
+/// answer statfs on such a directory with the limit as total; the used inodes they report are
+/// the filesystem's unless an inode limit is set, so both figures are taken from the quota.
+fn with_project_usage(path: &Path, fs: FsStats) -> FsStats {
+    let Some(project) = super::quota::volume_usage(path) else {
+        return fs;
+    };
+    let mut stats = FsStats {
+        used_bytes: project.bytes,
+        used_inodes: project.inodes,
+        free_inodes: fs.free_inodes,
+        ..fs
+    };
+    if project.limit_bytes > 0 {
+        let left = project.limit_bytes.saturating_sub(project.bytes);
+        stats.total_bytes = project.limit_bytes;
+        stats.available_bytes = left.min(fs.available_bytes);
+    }
+    stats
 }
 
 fn statfs(path: &Path) -> Result<FsStats, SafeFsError> {

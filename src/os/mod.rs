@@ -13,6 +13,7 @@ pub mod journal;
 pub mod mount;
 pub mod mount_flags;
 pub mod mountinfo;
+pub mod quota;
 pub mod real;
 pub mod relpath;
 pub mod safe_fs;

@@ -14,10 +14,12 @@ use pvdir::csi::proto::node_server::Node as _;
 use pvdir::domain::backend::Backend;
 use pvdir::domain::controller::Controller;
 use pvdir::domain::guard::InFlight;
-use pvdir::domain::local::LocalBackend;
+use pvdir::domain::local::{LocalBackend, QuotaSetup};
 use pvdir::domain::nfs::{ClaimPolicy, NfsBackend};
 use pvdir::domain::node::Node;
 use pvdir::os::fake::FakeOs;
+use pvdir::os::quota::fake::FakeQuotas;
+use pvdir::os::quota::Support;
 use tonic::{Code, Request};
 
 use csi::volume_capability::access_mode::Mode;
@@ -26,6 +28,8 @@ pub struct Rig {
     /// Mount flags the rig's StorageClass would carry: NFS options, or none for local.
     flags: &'static [&'static str],
     pub fake: FakeOs,
+    /// The local backend's quotas (no support unless the rig was made with some).
+    pub quotas: FakeQuotas,
     dir: tempfile::TempDir,
     pub controller: ControllerService,
     pub node: Arc<NodeService>,
@@ -37,7 +41,12 @@ impl Rig {
     }
 
     pub async fn local() -> Self {
-        Self::open_local(FakeOs::new(), tempfile::tempdir().unwrap()).await
+        Self::local_with(FakeQuotas::with_support(Support::None)).await
+    }
+
+    /// A local rig whose filesystem does with project quotas what `quotas` says.
+    pub async fn local_with(quotas: FakeQuotas) -> Self {
+        Self::open_local(FakeOs::new(), quotas, tempfile::tempdir().unwrap()).await
     }
 
     /// The same local root opened again, as a driver restarted after a crash opens it: the
@@ -45,26 +54,32 @@ impl Rig {
     pub async fn restart_local(self) -> Self {
         let Rig {
             fake,
+            quotas,
             dir,
             controller,
             node,
             ..
         } = self;
         drop((controller, node));
-        Self::open_local(fake, dir).await
+        Self::open_local(fake, quotas, dir).await
     }
 
-    async fn open_local(fake: FakeOs, dir: tempfile::TempDir) -> Self {
+    async fn open_local(fake: FakeOs, quotas: FakeQuotas, dir: tempfile::TempDir) -> Self {
         let root = dir.path().canonicalize().unwrap().join("root");
+        let quota = QuotaSetup {
+            quotas: Arc::new(quotas.clone()),
+            overcommit: 1.0,
+        };
         let backend = LocalBackend::open(
             root,
             "n1".into(),
             Arc::new(fake.clone()),
+            quota,
             Arc::new(pvdir::metrics::Metrics::new()),
         )
         .await
         .expect("open the local backend");
-        Self::wire(fake, dir, Backend::Local(backend), &[])
+        Self::wire(fake, quotas, dir, Backend::Local(backend), &[])
     }
 
     pub fn nfs() -> Self {
@@ -78,11 +93,13 @@ impl Rig {
         let staging = dir.path().canonicalize().unwrap().join("staging");
         std::fs::create_dir_all(&staging).unwrap();
         let backend = NfsBackend::new(staging, Arc::new(fake.clone()), ClaimPolicy::new(expiry));
-        Self::wire(fake, dir, Backend::Nfs(backend), &["hard"])
+        let quotas = FakeQuotas::with_support(Support::None);
+        Self::wire(fake, quotas, dir, Backend::Nfs(backend), &["hard"])
     }
 
     fn wire(
         fake: FakeOs,
+        quotas: FakeQuotas,
         dir: tempfile::TempDir,
         backend: Backend,
         flags: &'static [&'static str],
@@ -103,6 +120,7 @@ impl Rig {
                 kind,
             )),
             fake,
+            quotas,
             dir,
         }
     }

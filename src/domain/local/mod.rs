@@ -12,6 +12,8 @@
 //! the node's own disk, and a hand-off per step used to cost more than the steps themselves.
 
 mod journal;
+mod projects;
+mod sizes;
 mod store;
 
 use std::path::{Path, PathBuf};
@@ -21,9 +23,10 @@ use serde::{Deserialize, Serialize};
 
 use super::access::{unsupported_reason, BackendKind};
 use super::error::ControllerError;
-use super::params::{from_map, parse_mode, LocalParams};
-use super::volume::{CreateSpec, Deleted, Volume, TOPOLOGY_KEY};
+use super::params::{from_map, parse_mode, LocalParams, QuotaPolicy};
+use super::volume::{CreateSpec, Deleted, Expanded, Volume, TOPOLOGY_KEY};
 use super::volume_id::{LocalId, VolumeKey};
+use crate::os::quota::{ProjectId, Quotas};
 use crate::os::{LocalDisk, OsError};
 use store::Store;
 
@@ -34,14 +37,50 @@ const JOURNAL: &str = "journal";
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct LocalRecord {
     name: String,
+    /// The size CreateVolume asked for (a retried create must ask the same).
     capacity_bytes: i64,
     mount_permissions: Option<u32>,
+    /// The volume's filesystem project, whose quota enforces its size. Absent on volumes
+    /// made without a quota, including every volume from before quotas.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    project: Option<u32>,
+    /// The size after the last ControllerExpandVolume.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    expanded_bytes: Option<i64>,
 }
 
-/// A validated local CreateVolume: the volume it names and the directory mode.
+impl LocalRecord {
+    /// What a repeated CreateVolume must match: the request, not what was done since.
+    fn same_request(&self, other: &LocalRecord) -> bool {
+        (&self.name, self.capacity_bytes, self.mount_permissions)
+            == (&other.name, other.capacity_bytes, other.mount_permissions)
+    }
+
+    /// The volume's size now.
+    fn size(&self) -> i64 {
+        self.expanded_bytes.unwrap_or(self.capacity_bytes)
+    }
+
+    fn project(&self) -> Option<ProjectId> {
+        self.project.and_then(ProjectId::new)
+    }
+}
+
+/// A validated local CreateVolume: the volume it names, the directory mode and whether its
+/// size is to be enforced.
 pub struct LocalPlan {
     pub id: LocalId,
     mode: Option<u32>,
+    quota: QuotaPolicy,
+}
+
+/// How the local backend enforces sizes (see [`crate::os::quota`]).
+#[derive(Clone)]
+pub struct QuotaSetup {
+    pub quotas: Arc<dyn Quotas>,
+    /// How many times the disk's size (less what is outside volumes) the quotas may promise
+    /// in all: 1.0 never promises more than the disk holds.
+    pub overcommit: f64,
 }
 
 pub struct LocalBackend {
@@ -52,8 +91,13 @@ impl LocalBackend {
     /// A backend that only reads: enough for the node service. `root` must be an absolute,
     /// symlink-free path (main canonicalises it).
     pub fn new(root: PathBuf, node_id: String, disk: Arc<dyn LocalDisk>) -> Self {
+        // The node service never sets a quota: it only reads what the controller made.
+        let quota = QuotaSetup {
+            quotas: Arc::new(crate::os::quota::Unavailable),
+            overcommit: 1.0,
+        };
         Self {
-            store: Arc::new(Store::new(root, node_id, disk)),
+            store: Arc::new(Store::new(root, node_id, disk, quota)),
         }
     }
 
@@ -64,9 +108,10 @@ impl LocalBackend {
         root: PathBuf,
         node_id: String,
         disk: Arc<dyn LocalDisk>,
+        quota: QuotaSetup,
         metrics: Arc<crate::metrics::Metrics>,
     ) -> Result<Self, ControllerError> {
-        let store = Store::new(root, node_id, disk);
+        let store = Store::new(root, node_id, disk, quota);
         let store = blocking("open journal", "*", move || store.open(metrics)).await?;
         Ok(Self {
             store: Arc::new(store),
@@ -150,6 +195,7 @@ impl LocalBackend {
                 key,
             },
             mode,
+            quota: params.quota,
         })
     }
 
@@ -176,6 +222,25 @@ impl LocalBackend {
             .await
     }
 
+    /// Raise the volume's size (and its quota's limit) to `bytes`; a volume already that
+    /// large is left as it is.
+    pub async fn expand(
+        &self,
+        id: &LocalId,
+        raw: &str,
+        bytes: i64,
+    ) -> Result<Expanded, ControllerError> {
+        if id.node != self.store.node_id {
+            return Err(ControllerError::WrongNode {
+                id: raw.to_string(),
+                node: id.node.clone(),
+            });
+        }
+        let (key, owned) = (id.key.clone(), raw.to_string());
+        self.run("expand volume", raw, move |s| s.expand(&key, &owned, bytes))
+            .await
+    }
+
     /// How many volumes there are: one directory listing, no record read (for metrics).
     pub async fn count(&self) -> Result<usize, ControllerError> {
         self.run("list volume records", "*", |s| s.count()).await
@@ -187,9 +252,12 @@ impl LocalBackend {
         self.run("list volume records", "*", |s| s.list()).await
     }
 
+    /// Bytes a new volume can still be promised (see [`Store::room`]).
     pub async fn available_bytes(&self) -> Result<i64, ControllerError> {
-        self.run("statfs local root", "*", |s| s.available_bytes())
-            .await
+        self.run("statfs local root", "*", |s| {
+            Ok(i64::try_from(s.room()?).unwrap_or(i64::MAX))
+        })
+        .await
     }
 }
 

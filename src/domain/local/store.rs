@@ -10,11 +10,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::journal::{Entry, LocalJournal};
-use super::{LocalPlan, LocalRecord, JOURNAL, META, VOLUMES};
+use super::projects::Projects;
+use super::{LocalPlan, LocalRecord, QuotaSetup, JOURNAL, META, VOLUMES};
 use crate::domain::error::ControllerError;
 use crate::domain::record::{DiskRecords, RecordSpec, RECORD_SUFFIX};
 use crate::domain::volume::{CreateSpec, Deleted, Volume};
 use crate::domain::volume_id::{LocalId, VolumeId, VolumeKey};
+use crate::os::quota::Support;
 use crate::os::safe_fs::Swept;
 use crate::os::{mountinfo, FsOp, FsReply, LocalDisk, MountEntry, OsError, RelPath};
 
@@ -31,10 +33,20 @@ pub(super) struct Store {
     records: RecordSpec,
     /// Present where this process creates and deletes volumes (see [`Store::open`]).
     journal: Option<LocalJournal>,
+    pub(super) quota: QuotaSetup,
+    /// What the root's filesystem does with project quotas, as found at start-up.
+    pub(super) support: Support,
+    /// Project IDs held by volumes, and what their quotas promise.
+    pub(super) projects: Projects,
 }
 
 impl Store {
-    pub(super) fn new(root: PathBuf, node_id: String, disk: Arc<dyn LocalDisk>) -> Self {
+    pub(super) fn new(
+        root: PathBuf,
+        node_id: String,
+        disk: Arc<dyn LocalDisk>,
+        quota: QuotaSetup,
+    ) -> Self {
         // META is a constant single segment; the records are reached without following links.
         let records = RecordSpec::new(root.clone(), meta_dir()).journaled();
         Self {
@@ -43,6 +55,9 @@ impl Store {
             disk,
             records,
             journal: None,
+            quota,
+            support: Support::None,
+            projects: Projects::new(),
         }
     }
 
@@ -61,6 +76,7 @@ impl Store {
     ) -> Result<Self, ControllerError> {
         let roots = self.layout_dirs()[..2].to_vec();
         let pending = LocalJournal::open(self.root.join(JOURNAL), roots, metrics)?;
+        self.support = self.detect_support();
         // One read of the mount table for the whole replay, and none without a delete in it.
         let mounts = match pending
             .last
@@ -88,6 +104,7 @@ impl Store {
             Err(e) => tracing::warn!(error = %e, "could not sweep scratch files"),
         }
         self.journal = Some(pending.finish()?);
+        self.hold_projects()?;
         Ok(self)
     }
 
@@ -111,16 +128,22 @@ impl Store {
                     self.records()
                         .store(&record_name(key), record, false, &record.name)?;
                 }
-                self.ensure_dir(key, record.mount_permissions, &record.name)
+                self.ensure_dir(key, record.mount_permissions, &record.name)?;
+                self.apply_quota(key, record, &record.name)
             }
             Entry::Delete { .. } => {
                 refuse_if_mounted(mounts, &self.volume_dir(key), key.as_str())?;
-                self.remove(key, key.as_str())
+                let project = match self.read_record(key) {
+                    Ok(found) => found.and_then(|r| r.project()),
+                    Err(ControllerError::CorruptRecord { .. }) => None,
+                    Err(e) => return Err(e),
+                };
+                self.remove(key, project, key.as_str())
             }
         }
     }
 
-    fn journal(&self) -> Result<&LocalJournal, ControllerError> {
+    pub(super) fn journal(&self) -> Result<&LocalJournal, ControllerError> {
         // Only a wiring mistake gets here: the controller is always given an opened backend.
         self.journal.as_ref().ok_or_else(|| {
             ControllerError::os("commit to journal", "*")(OsError::Journal(
@@ -133,7 +156,7 @@ impl Store {
         self.root.join(VOLUMES).join(key.as_str())
     }
 
-    fn volume(&self, key: VolumeKey, capacity_bytes: i64) -> Volume {
+    pub(super) fn volume(&self, key: VolumeKey, capacity_bytes: i64) -> Volume {
         Volume {
             id: VolumeId::Local(LocalId {
                 node: self.node_id.clone(),
@@ -144,11 +167,16 @@ impl Store {
         }
     }
 
-    fn fs(&self, op: FsOp, step: &'static str, volume: &str) -> Result<FsReply, ControllerError> {
+    pub(super) fn fs(
+        &self,
+        op: FsOp,
+        step: &'static str,
+        volume: &str,
+    ) -> Result<FsReply, ControllerError> {
         self.disk.run(op).map_err(ControllerError::os(step, volume))
     }
 
-    fn records(&self) -> DiskRecords<'_> {
+    pub(super) fn records(&self) -> DiskRecords<'_> {
         DiskRecords {
             disk: &*self.disk,
             spec: &self.records,
@@ -167,11 +195,13 @@ impl Store {
         spec: &CreateSpec,
         plan: LocalPlan,
     ) -> Result<Volume, ControllerError> {
-        let (key, mode) = (plan.id.key, plan.mode);
-        let wanted = LocalRecord {
+        let (key, mode, policy) = (plan.id.key, plan.mode, plan.quota);
+        let mut wanted = LocalRecord {
             name: spec.name.clone(),
             capacity_bytes: spec.capacity_bytes,
             mount_permissions: mode,
+            project: None,
+            expanded_bytes: None,
         };
         let journal = self.journal()?;
         let conflict = |existing: LocalRecord| ControllerError::NameConflict {
@@ -183,18 +213,24 @@ impl Store {
         };
         // Refuse a conflict before the intent is logged: a replay would overwrite the record.
         let existing = self.read_record(&key)?;
-        if let Some(other) = existing.clone().filter(|r| *r != wanted) {
+        if let Some(other) = existing.clone().filter(|r| !r.same_request(&wanted)) {
             return Err(conflict(other));
         }
-        journal.before_create(&key, &spec.name)?;
-        // Write-ahead: once the intent is on disk, a crash at any later step (or a power cut
-        // that keeps a record's name but not its contents) is redone at start-up. Committed
-        // again on an idempotent retry, which costs one shared flush.
-        let entry = Entry::Create {
-            key: key.as_str().to_string(),
-            record: wanted.clone(),
+        // A retry finds the record as the first call left it, project and expansion included.
+        let reserved = match existing.clone() {
+            Some(found) => {
+                wanted = found;
+                None
+            }
+            None => self.reserve_project(policy, spec.capacity_bytes, &spec.name)?,
         };
-        journal.commit(&entry, &spec.name)?;
+        wanted.project = wanted.project.or(reserved.map(|p| p.get()));
+        let logged = self.log_create(journal, &key, &wanted, &spec.name);
+        if let (Err(_), Some(project)) = (&logged, reserved) {
+            // Nothing names the reservation yet: give it back.
+            self.projects.release(project);
+        }
+        logged?;
         if existing.is_none() {
             // Exclusive all the same: only another process could have written it meanwhile,
             // and the journal's lock keeps others out, but a record is never overwritten.
@@ -202,13 +238,32 @@ impl Store {
                 .records()
                 .store(&record_name(&key), &wanted, true, &spec.name)?
             {
-                if let Some(other) = self.read_record(&key)?.filter(|r| *r != wanted) {
+                if let Some(other) = self.read_record(&key)?.filter(|r| !r.same_request(&wanted)) {
                     return Err(conflict(other));
                 }
             }
         }
         self.ensure_dir(&key, mode, &spec.name)?;
-        Ok(self.volume(key, spec.capacity_bytes))
+        self.apply_quota(&key, &wanted, &spec.name)?;
+        Ok(self.volume(key, wanted.size()))
+    }
+
+    /// Commit a create's intent to the journal: once it is on disk, a crash at any later step
+    /// (or a power cut that keeps a record's name but not its contents) is redone at
+    /// start-up. Committed again on an idempotent retry, which costs one shared flush.
+    fn log_create(
+        &self,
+        journal: &LocalJournal,
+        key: &VolumeKey,
+        record: &LocalRecord,
+        volume: &str,
+    ) -> Result<(), ControllerError> {
+        journal.before_create(key, volume)?;
+        let entry = Entry::Create {
+            key: key.as_str().to_string(),
+            record: record.clone(),
+        };
+        journal.commit(&entry, volume)
     }
 
     fn ensure_dir(
@@ -230,17 +285,17 @@ impl Store {
     /// crash finds it and finishes; a directory without a record was never made by create.
     pub(super) fn delete(&self, key: &VolumeKey, raw: &str) -> Result<Deleted, ControllerError> {
         let journal = self.journal()?;
-        if self.read_record(key)?.is_none() {
+        let Some(record) = self.read_record(key)? else {
             // Never made, or its deletion is in the journal already and redone at start-up.
             return Ok(Deleted::NothingToDo);
-        }
+        };
         refuse_if_mounted(&self.mount_table(raw)?, &self.volume_dir(key), raw)?;
         // Write-ahead, as in create: from here on, a crash is completed at start-up.
         let entry = Entry::Delete {
             key: key.as_str().to_string(),
         };
         journal.commit(&entry, raw)?;
-        self.remove(key, raw)?;
+        self.remove(key, record.project(), raw)?;
         journal.deleted(key, raw)?;
         Ok(Deleted::Removed)
     }
@@ -251,15 +306,28 @@ impl Store {
             .map_err(ControllerError::os("read mount table", raw))
     }
 
-    /// Remove the volume's directory and then its record; the caller checked for mounts.
-    fn remove(&self, key: &VolumeKey, raw: &str) -> Result<(), ControllerError> {
+    /// Remove the volume's directory, clear its quota and then remove its record; the caller
+    /// checked for mounts. The record goes last: a retry still knows the project to clear.
+    fn remove(
+        &self,
+        key: &VolumeKey,
+        project: Option<crate::os::quota::ProjectId>,
+        raw: &str,
+    ) -> Result<(), ControllerError> {
         let op = FsOp::RemoveTree {
             base: self.root.join(VOLUMES),
             rel: key.rel().clone(),
             prune_parents: false,
         };
         self.fs(op, "remove volume directory", raw)?;
-        self.records().remove(&record_name(key), raw)
+        if let Some(project) = project {
+            self.clear_quota(project, raw)?;
+        }
+        self.records().remove(&record_name(key), raw)?;
+        if let Some(project) = project {
+            self.projects.release(project);
+        }
+        Ok(())
     }
 
     pub(super) fn count(&self) -> Result<usize, ControllerError> {
@@ -275,6 +343,16 @@ impl Store {
     }
 
     pub(super) fn list(&self) -> Result<Vec<Volume>, ControllerError> {
+        Ok(self
+            .all_records()?
+            .into_iter()
+            .map(|(key, r)| self.volume(key, r.size()))
+            .collect())
+    }
+
+    /// Every volume's record, sorted by key: one read of the record directory and one
+    /// batched read of the records.
+    pub(super) fn all_records(&self) -> Result<Vec<(VolumeKey, LocalRecord)>, ControllerError> {
         let records = self.records();
         // Temp files of an interrupted write and foreign files are not volumes.
         let (keys, names): (Vec<VolumeKey>, Vec<String>) = records
@@ -287,24 +365,12 @@ impl Store {
         Ok(keys
             .into_iter()
             .zip(found)
-            .filter_map(|(key, record)| record.map(|r| self.volume(key, r.capacity_bytes)))
+            .filter_map(|(key, record)| Some((key, record?)))
             .collect())
-    }
-
-    pub(super) fn available_bytes(&self) -> Result<i64, ControllerError> {
-        let op = FsOp::Statfs {
-            path: self.root.clone(),
-        };
-        match self.fs(op, "statfs local root", "*")? {
-            FsReply::Stats(s) => Ok(i64::try_from(s.available_bytes).unwrap_or(i64::MAX)),
-            other => Err(ControllerError::os("statfs local root", "*")(
-                OsError::unexpected_reply("statfs", &other),
-            )),
-        }
     }
 }
 
-fn record_name(key: &VolumeKey) -> String {
+pub(super) fn record_name(key: &VolumeKey) -> String {
     format!("{}{RECORD_SUFFIX}", key.as_str())
 }
 

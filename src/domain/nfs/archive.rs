@@ -117,6 +117,7 @@ impl Place<'_> {
                             creating: None,
                             archive_of: Some(id.subdir.to_string()),
                             archive_to: None,
+                            expanded_bytes: volume.expanded_bytes,
                         };
                         match self.records.claim(name, &record, raw).await? {
                             Claim::Fresh => record,

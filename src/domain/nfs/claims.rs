@@ -51,6 +51,9 @@ pub struct NfsRecord {
     /// resumes with that very name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub archive_to: Option<String>,
+    /// The size after the last ControllerExpandVolume (recorded, not enforced on NFS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expanded_bytes: Option<i64>,
 }
 
 /// Who is creating a volume, since when.
@@ -140,6 +143,11 @@ impl NfsRecord {
             other.on_delete,
             other.mount_permissions,
         )
+    }
+
+    /// The volume's size now.
+    pub fn size(&self) -> i64 {
+        self.expanded_bytes.unwrap_or(self.capacity_bytes)
     }
 
     pub fn ready(mut self) -> NfsRecord {
@@ -315,6 +323,7 @@ mod tests {
             creating,
             archive_of: None,
             archive_to: None,
+            expanded_bytes: None,
         }
     }
 

@@ -28,7 +28,7 @@ use super::error::ControllerError;
 use super::guard::{InFlight, InFlightGuard};
 use super::params::{from_map, NfsParams};
 use super::record::{Claim, RecordDir};
-use super::volume::{CreateSpec, Deleted, Volume};
+use super::volume::{CreateSpec, Deleted, Expanded, Volume};
 use super::volume_id::{owner_tag, NfsId, OnDelete, VolumeId};
 use crate::os::{FsOp, FsReply, Medium, Os, OsError, RelPath};
 use claims::{claimed_by, record_name, NfsRecord, Placement};
@@ -186,6 +186,7 @@ impl NfsBackend {
             creating: Some(self.claims.creating()),
             archive_of: None,
             archive_to: None,
+            expanded_bytes: None,
         };
         let busy = || ControllerError::RecordChanged {
             subdir: id.subdir.to_string(),
@@ -328,6 +329,50 @@ impl NfsBackend {
         };
         records.remove(&name, raw).await?;
         Ok(done)
+    }
+
+    /// Record a larger size. NFS sizes are not enforced: the record is what GetVolume-like
+    /// reports and a later expansion compare against. A volume already that large is left.
+    pub async fn expand(
+        &self,
+        id: &NfsId,
+        raw: &str,
+        size: i64,
+    ) -> Result<Expanded, ControllerError> {
+        let _dir = self.claim_dir(id)?;
+        // Held until this function returns: no remount under our feet.
+        let export = self
+            .export(&id.server, &id.share, &id.mount_options, raw)
+            .await?;
+        let records = self.records(&export.path);
+        let name = record_name(&id.subdir);
+        let record = match records.load::<NfsRecord>(&name, raw).await? {
+            // A create still in progress has not answered yet: the CO cannot know the volume.
+            Some(r) if r.is_volume() && owner_tag(&r.name) == id.owner && r.creating.is_none() => r,
+            _ => {
+                return Err(ControllerError::NotFound {
+                    id: raw.to_string(),
+                })
+            }
+        };
+        if size <= record.size() {
+            return Ok(Expanded {
+                capacity_bytes: record.size(),
+            });
+        }
+        let grown = NfsRecord {
+            expanded_bytes: Some(size),
+            ..record.clone()
+        };
+        match records.swap(&name, &record, Some(&grown), raw).await? {
+            None => Ok(Expanded {
+                capacity_bytes: size,
+            }),
+            // Another process changed it between our read and the swap: the retry sees it.
+            Some(_) => Err(ControllerError::RecordChanged {
+                subdir: id.subdir.to_string(),
+            }),
+        }
     }
 
     pub async fn exists(&self, id: &NfsId, raw: &str) -> Result<bool, ControllerError> {

@@ -47,7 +47,7 @@ pub use record::{
 pub use remove::remove_tree;
 pub use scratch::{scratch_name, sweep_scratch, Scratch, Swept, Writers};
 pub use swap::{swap_record, SwapOutcome};
-pub use walk::has_entries;
+pub use walk::{has_entries, open_dir};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]

@@ -110,6 +110,12 @@ pub(super) fn open_leaf(base: &Path, rel: &RelPath) -> Result<Option<Leaf>, Safe
     }))
 }
 
+/// Opens directory `base/rel` without following symlinks or crossing into another mount, for
+/// a caller that works on the descriptor (a quota ioctl); `None` if it is absent.
+pub fn open_dir(base: &Path, rel: &RelPath) -> Result<Option<OwnedFd>, SafeFsError> {
+    Ok(open_leaf(base, rel)?.map(|leaf| leaf.fd))
+}
+
 /// statx's STATX_ATTR_MOUNT_ROOT for `name` in `dir` (or `dir` itself if `name` is empty),
 /// or `None` where the kernel (< 5.8) or a seccomp filter cannot tell; `st_dev` checks
 /// still apply then.

@@ -1,0 +1,253 @@
+//! Sizes of local volumes: which get a project quota, the quota's limit through create,
+//! expand, delete and replay, and how many bytes can still be promised (GetCapacity).
+//!
+//! Order of steps, so that a crash anywhere leaves what the replay completes: a create
+//! reserves its project ID in memory, commits the record that names it to the journal, then
+//! makes the directory, sets the limit and assigns the project (the replay redoes the last
+//! three from the record). An expansion commits the record with its new size before it raises
+//! the limit. A delete clears the limit after the directory is gone and before the record
+//! goes, so a retried or replayed delete still knows which project to clear.
+
+use crate::domain::error::ControllerError;
+use crate::domain::params::QuotaPolicy;
+use crate::domain::volume_id::VolumeKey;
+use crate::os::quota::{ProjectId, QuotaError, Support};
+
+use super::journal::Entry;
+use super::projects::{Refused, FIRST, LAST};
+use super::store::{record_name, Store};
+use super::{LocalRecord, VOLUMES};
+use crate::domain::volume::Expanded;
+
+fn quota_failed(step: &'static str, volume: &str) -> impl FnOnce(QuotaError) -> ControllerError {
+    let volume = volume.to_string();
+    move |source| ControllerError::Quota {
+        step,
+        volume,
+        source,
+    }
+}
+
+fn bytes(size: i64) -> u64 {
+    u64::try_from(size).unwrap_or(0)
+}
+
+impl Store {
+    /// What the root's filesystem does with project quotas; logged, since it decides what
+    /// `quota: auto` does on this node.
+    pub(super) fn detect_support(&self) -> Support {
+        match self.quota.quotas.support(&self.root) {
+            Ok(Support::Enforced) => {
+                tracing::info!(root = %self.root.display(), "project quotas enforced: volume sizes are limits");
+                Support::Enforced
+            }
+            Ok(support) => {
+                tracing::warn!(
+                    root = %self.root.display(),
+                    ?support,
+                    remedy = support.remedy(),
+                    "volume sizes are not enforced on this node"
+                );
+                support
+            }
+            Err(e) => {
+                tracing::warn!(root = %self.root.display(), error = %e, "cannot tell whether project quotas work here; sizes are not enforced");
+                Support::None
+            }
+        }
+    }
+
+    /// Hold the project IDs the records name, with their limits: what the quotas promise.
+    pub(super) fn hold_projects(&self) -> Result<(), ControllerError> {
+        for (_, record) in self.all_records()? {
+            if let Some(project) = record.project() {
+                self.projects.hold(project, bytes(record.size()));
+            }
+        }
+        Ok(())
+    }
+
+    /// The project a new volume gets under `policy`, reserved with its size; `None` for no
+    /// quota.
+    pub(super) fn reserve_project(
+        &self,
+        policy: QuotaPolicy,
+        size: i64,
+        volume: &str,
+    ) -> Result<Option<ProjectId>, ControllerError> {
+        match (policy, self.support) {
+            (QuotaPolicy::Off, _) => return Ok(None),
+            (_, Support::Enforced) => {}
+            (QuotaPolicy::Auto, _) => return Ok(None),
+            (QuotaPolicy::Required, support) => {
+                return Err(ControllerError::QuotaUnavailable {
+                    root: self.root.clone(),
+                    remedy: support.remedy(),
+                })
+            }
+        }
+        let room = self.room_check()?;
+        let quotas = &self.quota.quotas;
+        let unused = |id: ProjectId| {
+            quotas
+                .usage(&self.root, Some(id))
+                .is_ok_and(|u| u.is_unused())
+        };
+        match self.projects.reserve(bytes(size), room, unused) {
+            Ok(id) => Ok(Some(id)),
+            Err(Refused::Room(e)) => Err(e),
+            Err(Refused::Exhausted) => Err(ControllerError::NoProjectIds {
+                volume: volume.to_string(),
+                first: FIRST,
+                last: LAST,
+            }),
+        }
+    }
+
+    /// Give the volume's directory its project and the project its limit (a create, a replay
+    /// of one, or an expansion). Idempotent. Skipped where the filesystem has no quotas (it
+    /// lost them since the volume was made): the volume is served, unlimited, and start-up
+    /// said why in the log.
+    pub(super) fn apply_quota(
+        &self,
+        key: &VolumeKey,
+        record: &LocalRecord,
+        volume: &str,
+    ) -> Result<(), ControllerError> {
+        let Some(project) = record.project() else {
+            return Ok(());
+        };
+        if self.support == Support::None {
+            return Ok(());
+        }
+        let quotas = &self.quota.quotas;
+        // The limit first: the directory is never in the project without it.
+        quotas
+            .set_limit(&self.root, project, bytes(record.size()))
+            .map_err(quota_failed("set quota limit", volume))?;
+        quotas
+            .assign(&self.root.join(VOLUMES), key.rel(), project)
+            .map_err(quota_failed("assign project", volume))?;
+        self.projects.hold(project, bytes(record.size()));
+        Ok(())
+    }
+
+    pub(super) fn clear_quota(
+        &self,
+        project: ProjectId,
+        volume: &str,
+    ) -> Result<(), ControllerError> {
+        if self.support == Support::None {
+            return Ok(());
+        }
+        self.quota
+            .quotas
+            .set_limit(&self.root, project, 0)
+            .map_err(quota_failed("clear quota limit", volume))
+    }
+
+    /// Bytes a new volume may still be promised: what the disk holds beyond the files in no
+    /// volume, times the overcommit ratio, less what the quotas have promised; and never more
+    /// than is free now. Files in no project (anything outside the volumes, and volumes made
+    /// without a quota) are read from the quota of project 0, one call.
+    pub(super) fn room(&self) -> Result<u64, ControllerError> {
+        let fs = self.statfs_root()?;
+        let promised = self.projects.promised();
+        if promised == 0 {
+            return Ok(fs.available_bytes);
+        }
+        let outside = match self.quota.quotas.usage(&self.root, None) {
+            Ok(u) => u.bytes,
+            // No quota to ask: count everything used as outside the volumes (cautious).
+            Err(_) => fs.used_bytes,
+        };
+        let promisable = fs.total_bytes.saturating_sub(outside) as f64 * self.quota.overcommit;
+        let left = (promisable as u64).saturating_sub(promised);
+        Ok(left.min(fs.available_bytes))
+    }
+
+    /// A check for [`Projects::reserve`] and [`Projects::grow`]: refuse a promise beyond
+    /// [`Store::room`]. The figures are read before the lock is taken; the promises are
+    /// counted under it, so side-by-side creates cannot both take the last bytes.
+    fn room_check(
+        &self,
+    ) -> Result<impl FnOnce(u64, u64) -> Result<(), ControllerError>, ControllerError> {
+        let fs = self.statfs_root()?;
+        let outside = self
+            .quota
+            .quotas
+            .usage(&self.root, None)
+            .map_or(fs.used_bytes, |u| u.bytes);
+        let overcommit = self.quota.overcommit;
+        Ok(move |promised: u64, more: u64| {
+            let promisable = fs.total_bytes.saturating_sub(outside) as f64 * overcommit;
+            let left = (promisable as u64)
+                .saturating_sub(promised)
+                .min(fs.available_bytes);
+            match more <= left {
+                true => Ok(()),
+                false => Err(ControllerError::NoRoom {
+                    requested: more,
+                    available: left,
+                }),
+            }
+        })
+    }
+
+    fn statfs_root(&self) -> Result<crate::os::FsStats, ControllerError> {
+        let op = crate::os::FsOp::Statfs {
+            path: self.root.clone(),
+        };
+        match self.fs(op, "statfs local root", "*")? {
+            crate::os::FsReply::Stats(s) => Ok(s),
+            other => Err(ControllerError::os("statfs local root", "*")(
+                crate::os::OsError::unexpected_reply("statfs", &other),
+            )),
+        }
+    }
+
+    /// Raise the volume's size to `size`: commit the new record, then raise the limit.
+    pub(super) fn expand(
+        &self,
+        key: &VolumeKey,
+        raw: &str,
+        size: i64,
+    ) -> Result<Expanded, ControllerError> {
+        let journal = self.journal()?;
+        let mut record = self
+            .read_record(key)?
+            .ok_or_else(|| ControllerError::NotFound {
+                id: raw.to_string(),
+            })?;
+        if size <= record.size() {
+            // The spec: a volume already at or above the size asked for is a success.
+            return Ok(Expanded {
+                capacity_bytes: record.size(),
+            });
+        }
+        let project = record.project().filter(|_| self.support != Support::None);
+        if let Some(project) = project {
+            let room = self.room_check()?;
+            self.projects.grow(project, bytes(size), room)?;
+        }
+        let old = record.size();
+        record.expanded_bytes = Some(size);
+        let entry = Entry::Create {
+            key: key.as_str().to_string(),
+            record: record.clone(),
+        };
+        if let Err(e) = journal.commit(&entry, raw) {
+            // Not promised after all.
+            if let Some(project) = project {
+                self.projects.hold(project, bytes(old));
+            }
+            return Err(e);
+        }
+        self.records()
+            .store(&record_name(key), &record, false, raw)?;
+        self.apply_quota(key, &record, raw)?;
+        Ok(Expanded {
+            capacity_bytes: size,
+        })
+    }
+}
