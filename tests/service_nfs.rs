@@ -296,3 +296,21 @@ async fn capacity_without_parameters_names_no_export_and_is_zero() {
         Code::InvalidArgument
     );
 }
+
+#[tokio::test]
+async fn nfs_expansion_records_the_size_and_never_shrinks() {
+    let rig = Rig::nfs();
+    let v = rig.create(seed_claim(0, "delete")).await.unwrap();
+    assert_eq!(rig.expand(&v.volume_id, 2 << 30).await.unwrap(), 2 << 30);
+    assert_eq!(rig.expand(&v.volume_id, 1 << 30).await.unwrap(), 2 << 30);
+    let records: Vec<serde_json::Value> = std::fs::read_dir(rig.export_dir().join(".pvdir"))
+        .unwrap()
+        .map(|e| serde_json::from_slice(&std::fs::read(e.unwrap().path()).unwrap()).unwrap())
+        .collect();
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0]["expanded_bytes"], 2u64 << 30);
+    // The claim's create still matches its record.
+    rig.create(seed_claim(0, "delete")).await.unwrap();
+    rig.delete(&v.volume_id).await.unwrap();
+    assert_eq!(code(rig.expand(&v.volume_id, 3 << 30).await), Code::NotFound);
+}

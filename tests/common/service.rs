@@ -143,6 +143,31 @@ impl Rig {
             .map(|r| r.into_inner().volume.unwrap())
     }
 
+    /// ControllerExpandVolume to `bytes`; the size the volume has after it.
+    pub async fn expand(&self, id: &str, bytes: i64) -> Result<i64, tonic::Status> {
+        self.controller
+            .controller_expand_volume(Request::new(csi::ControllerExpandVolumeRequest {
+                volume_id: id.into(),
+                capacity_range: Some(csi::CapacityRange {
+                    required_bytes: bytes,
+                    limit_bytes: 0,
+                }),
+                ..Default::default()
+            }))
+            .await
+            .map(|r| r.into_inner().capacity_bytes)
+    }
+
+    /// GetCapacity for the local backend with no parameters.
+    pub async fn capacity(&self) -> i64 {
+        self.controller
+            .get_capacity(Request::new(csi::GetCapacityRequest::default()))
+            .await
+            .unwrap()
+            .into_inner()
+            .available_capacity
+    }
+
     pub async fn delete(&self, id: &str) -> Result<(), tonic::Status> {
         self.controller
             .delete_volume(Request::new(csi::DeleteVolumeRequest {

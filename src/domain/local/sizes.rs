@@ -146,44 +146,40 @@ impl Store {
             .map_err(quota_failed("clear quota limit", volume))
     }
 
-    /// Bytes a new volume may still be promised: what the disk holds beyond the files in no
-    /// volume, times the overcommit ratio, less what the quotas have promised; and never more
-    /// than is free now. Files in no project (anything outside the volumes, and volumes made
-    /// without a quota) are read from the quota of project 0, one call.
+    /// Bytes a new volume may still be promised (see [`Room`]).
     pub(super) fn room(&self) -> Result<u64, ControllerError> {
-        let fs = self.statfs_root()?;
-        let promised = self.projects.promised();
-        if promised == 0 {
-            return Ok(fs.available_bytes);
-        }
-        let outside = match self.quota.quotas.usage(&self.root, None) {
-            Ok(u) => u.bytes,
-            // No quota to ask: count everything used as outside the volumes (cautious).
-            Err(_) => fs.used_bytes,
-        };
-        let promisable = fs.total_bytes.saturating_sub(outside) as f64 * self.quota.overcommit;
-        let left = (promisable as u64).saturating_sub(promised);
-        Ok(left.min(fs.available_bytes))
+        Ok(self.measure_room()?.left(self.projects.promised()))
     }
 
-    /// A check for [`Projects::reserve`] and [`Projects::grow`]: refuse a promise beyond
-    /// [`Store::room`]. The figures are read before the lock is taken; the promises are
-    /// counted under it, so side-by-side creates cannot both take the last bytes.
+    fn measure_room(&self) -> Result<Room, ControllerError> {
+        let fs = self.statfs_root()?;
+        // Files in no project: anything outside the volumes, and volumes made without a
+        // quota. One call; where there is no quota to ask, everything used counts.
+        let outside = match self.support {
+            Support::None => fs.used_bytes,
+            _ => self
+                .quota
+                .quotas
+                .usage(&self.root, None)
+                .map_or(fs.used_bytes, |u| u.bytes),
+        };
+        Ok(Room {
+            total: fs.total_bytes,
+            outside,
+            available: fs.available_bytes,
+            overcommit: self.quota.overcommit,
+        })
+    }
+
+    /// A check for [`Projects::reserve`] and [`Projects::grow`]: refuse a promise beyond the
+    /// room. The figures are read before the lock is taken; the promises are counted under
+    /// it, so side-by-side creates cannot both take the last bytes.
     fn room_check(
         &self,
     ) -> Result<impl FnOnce(u64, u64) -> Result<(), ControllerError>, ControllerError> {
-        let fs = self.statfs_root()?;
-        let outside = self
-            .quota
-            .quotas
-            .usage(&self.root, None)
-            .map_or(fs.used_bytes, |u| u.bytes);
-        let overcommit = self.quota.overcommit;
+        let room = self.measure_room()?;
         Ok(move |promised: u64, more: u64| {
-            let promisable = fs.total_bytes.saturating_sub(outside) as f64 * overcommit;
-            let left = (promisable as u64)
-                .saturating_sub(promised)
-                .min(fs.available_bytes);
+            let left = room.left(promised);
             match more <= left {
                 true => Ok(()),
                 false => Err(ControllerError::NoRoom {
@@ -249,5 +245,49 @@ impl Store {
         Ok(Expanded {
             capacity_bytes: size,
         })
+    }
+}
+
+/// The local root's filesystem, as room for promises.
+struct Room {
+    total: u64,
+    /// Bytes in no volume's project.
+    outside: u64,
+    /// Free now.
+    available: u64,
+    overcommit: f64,
+}
+
+impl Room {
+    /// What can still be promised when `promised` bytes are: the disk beyond the files in no
+    /// volume, times the overcommit ratio, less the promises; and never more than is free
+    /// now, since a new volume's bytes must exist to be written.
+    fn left(&self, promised: u64) -> u64 {
+        let promisable = self.total.saturating_sub(self.outside) as f64 * self.overcommit;
+        (promisable as u64)
+            .saturating_sub(promised)
+            .min(self.available)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Room;
+
+    #[test]
+    fn room_is_the_disk_less_outside_files_and_promises_and_at_most_what_is_free() {
+        let room = |overcommit| Room {
+            total: 100,
+            outside: 5,
+            available: 55,
+            overcommit,
+        };
+        // A volume promised 50 has written 40: 10 more of it may still come.
+        assert_eq!(room(1.0).left(50), 45);
+        assert_eq!(room(1.0).left(0), 55);
+        assert_eq!(room(1.0).left(200), 0);
+        // Overcommit promises beyond the disk, never beyond what is free.
+        assert_eq!(room(2.0).left(100), 55);
+        assert_eq!(room(2.0).left(180), 10);
     }
 }

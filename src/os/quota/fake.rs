@@ -49,6 +49,11 @@ impl FakeQuotas {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Change what the filesystem supports (as a remount would, between two starts).
+    pub fn set_support(&self, support: Support) {
+        self.state().support = support;
+    }
+
     /// The project directory `path` was put in.
     pub fn project_of(&self, path: &Path) -> Option<ProjectId> {
         self.state().dirs.get(path).copied()
