@@ -13,7 +13,7 @@ set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 bin=${PVDIR_BIN:-$top/target/release/pvdir}
 sanity=${CSI_SANITY:-$(command -v csi-sanity || echo "$(go env GOPATH)/bin/csi-sanity")}
-work=$(mktemp -d /tmp/pvdir-sanity.XXXXXX)
+work=$(mktemp -d "${TMPDIR:-/tmp}/pvdir-sanity.XXXXXX")
 driver_pid=
 
 cleanup() {
@@ -42,7 +42,7 @@ status=0
 "$sanity" --ginkgo.no-color --ginkgo.timeout=10m \
     --csi.endpoint "$work/csi.sock" \
     --csi.mountdir "$work/mnt" --csi.stagingdir "$work/stage" \
-    --csi.testvolumesize 1073741824 >"$work/sanity.out" 2>&1 || status=$?
+    --csi.testvolumesize 1073741824 --csi.testvolumeexpandsize 2147483648 >"$work/sanity.out" 2>&1 || status=$?
 
 grep -E '^\s*\[FAIL\]' "$work/sanity.out" || true
 summary=$(grep -E '^(SUCCESS|FAIL)!' "$work/sanity.out" | tail -1)

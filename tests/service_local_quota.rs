@@ -49,12 +49,14 @@ impl Rig {
     }
 }
 
-/// The rig's filesystem made to look like it has `room` bytes to promise: everything else
-/// is charged to files in no project.
-fn leave_room(rig: &Rig, room: u64) {
-    let fs = nix::sys::statvfs::statvfs(&rig.path()).unwrap();
-    let total = fs.blocks() * fs.fragment_size();
-    rig.quotas.charge(None, total - room, 0);
+/// The rig's filesystem made to look like it has `room` bytes to promise: a 1 GiB disk
+/// whose files outside volumes take all the rest. Then GetCapacity, as the provisioner asks
+/// it every minute or so: it is what counts what the volumes hold.
+async fn leave_room(rig: &Rig, room: u64) {
+    let (total, outside) = (1 << 30, (1 << 30) - room);
+    rig.fake.pretend_disk(total, outside);
+    rig.quotas.charge(None, outside, 0);
+    rig.capacity().await;
 }
 
 #[tokio::test]
@@ -192,7 +194,7 @@ async fn expansion_refusals_have_the_spec_codes() {
 #[tokio::test]
 async fn capacity_counts_what_quotas_promised_and_creates_past_it_are_refused() {
     let rig = Rig::local_with(FakeQuotas::default()).await;
-    leave_room(&rig, (10 * MIB) as u64);
+    leave_room(&rig, (10 * MIB) as u64).await;
     assert_eq!(rig.capacity().await, 10 * MIB);
     let a = rig.create(req("pvc-a", 4 * MIB, "auto")).await.unwrap();
     assert_eq!(rig.capacity().await, 6 * MIB);
@@ -213,7 +215,7 @@ async fn capacity_counts_what_quotas_promised_and_creates_past_it_are_refused() 
 #[tokio::test]
 async fn concurrent_creates_never_promise_more_than_the_room() {
     let rig = Arc::new(Rig::local_with(FakeQuotas::default()).await);
-    leave_room(&rig, (10 * MIB) as u64);
+    leave_room(&rig, (10 * MIB) as u64).await;
     let creates = (0..8).map(|i| {
         let rig = Arc::clone(&rig);
         tokio::spawn(async move { rig.create(req(&format!("pvc-{i}"), 3 * MIB, "auto")).await })
@@ -286,4 +288,86 @@ async fn volumes_from_before_quotas_keep_working() {
     assert!(rig.project("pvc-new").is_some());
     rig.delete(&v.volume_id).await.unwrap();
     assert!(!rig.volume_dir("pvc-old").exists());
+}
+
+#[tokio::test]
+async fn another_nodes_volume_is_finished_on_its_node_and_node_expansion_raises_the_limit() {
+    use pvdir::csi::proto as csi;
+    use pvdir::csi::proto::controller_server::Controller as _;
+    use pvdir::csi::proto::node_server::Node as _;
+    let rig = Rig::local_with(FakeQuotas::default()).await;
+    // The resizer may call any node's local controller: one that does not hold the volume
+    // leaves the work to the node that does.
+    let elsewhere = rig
+        .controller
+        .controller_expand_volume(tonic::Request::new(csi::ControllerExpandVolumeRequest {
+            volume_id: "v1#local#n2#pvc-x".into(),
+            capacity_range: Some(csi::CapacityRange {
+                required_bytes: 5 * MIB,
+                limit_bytes: 0,
+            }),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (elsewhere.capacity_bytes, elsewhere.node_expansion_required),
+        (5 * MIB, true)
+    );
+
+    let v = rig.create(req("pvc-a", MIB, "auto")).await.unwrap();
+    let project = rig.project("pvc-a").unwrap();
+    let node_expand = |id: &str, path: &str, bytes: i64| csi::NodeExpandVolumeRequest {
+        volume_id: id.into(),
+        volume_path: path.into(),
+        capacity_range: (bytes > 0).then_some(csi::CapacityRange {
+            required_bytes: bytes,
+            limit_bytes: 0,
+        }),
+        ..Default::default()
+    };
+    let grown = rig
+        .node
+        .node_expand_volume(tonic::Request::new(node_expand(
+            &v.volume_id,
+            "/pod/mount",
+            3 * MIB,
+        )))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(grown.capacity_bytes, 3 * MIB);
+    assert_eq!(rig.quotas.limit_of(project), 3 << 20);
+    // Without a range: the size it has.
+    let same = rig
+        .node
+        .node_expand_volume(tonic::Request::new(node_expand(
+            &v.volume_id,
+            "/pod/mount",
+            0,
+        )))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(same.capacity_bytes, 3 * MIB);
+    for (bad, want) in [
+        (node_expand("", "/pod/mount", MIB), Code::InvalidArgument),
+        (node_expand(&v.volume_id, "", MIB), Code::InvalidArgument),
+        (
+            node_expand("v1#local#n1#pvc-none", "some/path", MIB),
+            Code::NotFound,
+        ),
+        (
+            node_expand("v1#local#n2#pvc-x", "/pod/mount", MIB),
+            Code::NotFound,
+        ),
+        (
+            node_expand("someone-elses", "some/path", MIB),
+            Code::NotFound,
+        ),
+    ] {
+        let got = rig.node.node_expand_volume(tonic::Request::new(bad)).await;
+        assert_eq!(code(got), want);
+    }
 }

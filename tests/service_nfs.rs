@@ -312,5 +312,8 @@ async fn nfs_expansion_records_the_size_and_never_shrinks() {
     // The claim's create still matches its record.
     rig.create(seed_claim(0, "delete")).await.unwrap();
     rig.delete(&v.volume_id).await.unwrap();
-    assert_eq!(code(rig.expand(&v.volume_id, 3 << 30).await), Code::NotFound);
+    assert_eq!(
+        code(rig.expand(&v.volume_id, 3 << 30).await),
+        Code::NotFound
+    );
 }

@@ -184,9 +184,9 @@ impl csi::controller_server::Controller for ControllerService {
         );
         Ok(Response::new(csi::ControllerExpandVolumeResponse {
             capacity_bytes: expanded.capacity_bytes,
-            // The limit is the filesystem's quota, raised by the call itself: nothing to do
-            // on the node, and kubelet then makes no NodeExpandVolume call.
-            node_expansion_required: false,
+            // The limit is the filesystem's quota, raised by the call itself: nothing is left
+            // for the node, unless another node holds the volume.
+            node_expansion_required: expanded.on_node,
         }))
     }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use super::proto as csi;
-use super::request::VolumeAtPath;
+use super::request::{NodeExpandSpec, VolumeAtPath};
 use super::{detached, fail};
 use crate::domain::access::BackendKind;
 use crate::domain::node::Node;
@@ -117,19 +117,47 @@ impl csi::node_server::Node for NodeService {
         }))
     }
 
+    async fn node_expand_volume(
+        &self,
+        request: Request<csi::NodeExpandVolumeRequest>,
+    ) -> Result<Response<csi::NodeExpandVolumeResponse>, Status> {
+        let req = request.into_inner();
+        let (rpc, id) = ("NodeExpandVolume", req.volume_id.clone());
+        let spec = NodeExpandSpec::try_from(req).map_err(|e| fail(rpc, &id, None, e))?;
+        let inner = Arc::clone(&self.inner);
+        let expanded =
+            detached(async move { inner.expand(&spec.volume_id, spec.capacity_bytes).await })
+                .await?
+                .map_err(|e| fail(rpc, &id, None, e))?;
+        tracing::info!(
+            volume.id = id,
+            capacity_bytes = expanded.capacity_bytes,
+            "volume expanded on the node"
+        );
+        Ok(Response::new(csi::NodeExpandVolumeResponse {
+            capacity_bytes: expanded.capacity_bytes,
+        }))
+    }
+
     async fn node_get_capabilities(
         &self,
         _: Request<csi::NodeGetCapabilitiesRequest>,
     ) -> Result<Response<csi::NodeGetCapabilitiesResponse>, Status> {
         use csi::node_service_capability::rpc::Type;
+        let mut capabilities = vec![
+            rpc_capability(Type::GetVolumeStats),
+            // Stats carry the volume's condition: a server that stops answering shows up
+            // as an abnormal volume instead of a hung or failed call.
+            rpc_capability(Type::VolumeCondition),
+            rpc_capability(Type::SingleNodeMultiWriter),
+        ];
+        // A local volume's quota is raised on its own node when another node's controller
+        // was asked (see domain::node::expand). NFS volumes are grown centrally.
+        if self.kind == BackendKind::Local {
+            capabilities.push(rpc_capability(Type::ExpandVolume));
+        }
         Ok(Response::new(csi::NodeGetCapabilitiesResponse {
-            capabilities: vec![
-                rpc_capability(Type::GetVolumeStats),
-                // Stats carry the volume's condition: a server that stops answering shows up
-                // as an abnormal volume instead of a hung or failed call.
-                rpc_capability(Type::VolumeCondition),
-                rpc_capability(Type::SingleNodeMultiWriter),
-            ],
+            capabilities,
         }))
     }
 

@@ -167,6 +167,35 @@ impl TryFrom<csi::ControllerExpandVolumeRequest> for ExpandSpec {
     }
 }
 
+/// A validated NodeExpandVolumeRequest.
+pub struct NodeExpandSpec {
+    pub volume_id: String,
+    /// `None` when the CO gave no range: the volume keeps its size.
+    pub capacity_bytes: Option<i64>,
+}
+
+impl TryFrom<csi::NodeExpandVolumeRequest> for NodeExpandSpec {
+    type Error = Invalid;
+    fn try_from(req: csi::NodeExpandVolumeRequest) -> Result<Self, Invalid> {
+        required(&req.volume_id, "volume_id")?;
+        // Required, but not used: the quota belongs to the volume's directory, wherever it
+        // is published. Not checked further, so an unknown volume is NOT_FOUND whatever
+        // path came with it (what csi-sanity asks).
+        required(&req.volume_path, "volume_path")?;
+        if let Some(cap) = &req.volume_capability {
+            capability(cap)?;
+        }
+        let capacity_bytes = match req.capacity_range.as_ref() {
+            None => None,
+            Some(range) => Some(capacity(Some(range))?).filter(|b| *b > 0),
+        };
+        Ok(Self {
+            volume_id: req.volume_id,
+            capacity_bytes,
+        })
+    }
+}
+
 pub struct ValidateSpec {
     pub volume_id: String,
     pub capabilities: Vec<Capability>,

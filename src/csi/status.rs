@@ -124,7 +124,10 @@ pub fn node_code(e: &NodeError) -> Code {
         NodeError::Context(_)
         | NodeError::UnsupportedCapability { .. }
         | NodeError::MalformedId { .. } => Code::InvalidArgument,
-        NodeError::VolumeLookup { source, .. } => controller_code(source),
+        NodeError::VolumeLookup { source, .. } | NodeError::Expand { source, .. } => {
+            controller_code(source)
+        }
+        NodeError::Unsupported { .. } => Code::Unimplemented,
         NodeError::TargetBusy { .. } => Code::AlreadyExists,
         NodeError::SingleWriterInUse { .. } | NodeError::TargetNotEmpty { .. } => {
             Code::FailedPrecondition

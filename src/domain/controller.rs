@@ -102,6 +102,17 @@ impl Controller {
         {
             return Err(ControllerError::UnsupportedCapability { reason });
         }
+        if let (Backend::Local(b), VolumeId::Local(l)) = (&*self.backend, &id) {
+            if l.node != b.node_id() {
+                // Local controllers run on every node, and the resizer sidecar (which has no
+                // per-node mode) calls whichever holds its lease. Only the volume's own node
+                // can raise its quota: kubelet there finishes with NodeExpandVolume.
+                return Ok(Expanded {
+                    capacity_bytes: bytes,
+                    on_node: true,
+                });
+            }
+        }
         let _guard = self.claim(&id.to_string())?;
         match (&*self.backend, &id) {
             (Backend::Local(b), VolumeId::Local(l)) => b.expand(l, raw, bytes).await,

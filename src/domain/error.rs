@@ -83,6 +83,13 @@ pub enum NodeError {
     },
     #[error("volume context: {0}")]
     Context(#[from] ParamsError),
+    #[error("expanding volume {id:?}: {source}")]
+    Expand {
+        id: String,
+        source: Box<ControllerError>,
+    },
+    #[error("{what} is not supported by this backend")]
+    Unsupported { what: &'static str },
     #[error("unsupported capability: {reason}")]
     UnsupportedCapability { reason: String },
     #[error("target {target} already has a different or incompatible mount ({existing})")]

@@ -33,10 +33,13 @@ pub enum Deleted {
     NothingToDo,
 }
 
-/// What ControllerExpandVolume left: the volume's size now (at least the size asked for).
+/// What an expansion left: the volume's size now (at least the size asked for).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Expanded {
     pub capacity_bytes: i64,
+    /// The node that holds the volume must finish it (NodeExpandVolume): a local volume
+    /// asked about on another node's controller.
+    pub on_node: bool,
 }
 
 /// A validated CreateVolume request.

@@ -25,6 +25,8 @@ struct State {
     /// Directory operations (by name) whose next call fails with this errno.
     fail_fs: Vec<(&'static str, i32)>,
     calls: Vec<String>,
+    /// What a local statfs answers instead of the real figures (see `pretend_disk`).
+    disk: Option<super::FsStats>,
 }
 
 /// Clones share one state, so a test keeps a handle while the service owns another.
@@ -72,6 +74,19 @@ impl FakeOs {
             });
         });
         fake
+    }
+
+    /// Make a local statfs answer a disk of `total` bytes with `used` in use, all the rest
+    /// available, instead of the real filesystem's figures.
+    pub fn pretend_disk(&self, total: u64, used: u64) {
+        self.with(|s| {
+            s.disk = Some(super::FsStats {
+                total_bytes: total,
+                available_bytes: total - used,
+                used_bytes: used,
+                ..Default::default()
+            })
+        });
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
@@ -319,6 +334,9 @@ impl LocalDisk for FakeOs {
         let mut held = self.until_released(op.name());
         let _ = futures::executor::block_on(held.wait_for(|h| *h != Some(op.name())));
         let op = self.gate(op, Medium::Local)?;
+        if let (FsOp::Statfs { .. }, Some(disk)) = (&op, self.with(|s| s.disk)) {
+            return Ok(FsReply::Stats(disk));
+        }
         fsop::execute(&op).map_err(OsError::Fs)
     }
 

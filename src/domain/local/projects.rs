@@ -37,8 +37,8 @@ pub(super) struct Projects {
 /// Why no ID was reserved.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum Refused<E> {
-    /// The room check said no.
-    Room(E),
+    /// The room check said no, or asking the kernel about an ID failed.
+    Check(E),
     /// Every ID in the range is held or in use.
     Exhausted,
 }
@@ -81,6 +81,15 @@ impl Projects {
         }
     }
 
+    /// The IDs held now.
+    pub(super) fn ids(&self) -> Vec<ProjectId> {
+        self.lock()
+            .limits
+            .keys()
+            .filter_map(|id| ProjectId::new(*id))
+            .collect()
+    }
+
     pub(super) fn promised(&self) -> u64 {
         self.lock().promised
     }
@@ -102,15 +111,16 @@ impl Projects {
     }
 
     /// Reserve a free ID with `limit`, once `room(promised now, limit)` agrees; `unused`
-    /// asks the quota subsystem whether nothing is charged to an ID.
+    /// asks the quota subsystem whether nothing is charged to an ID (a failure to ask ends
+    /// the search: it would fail for every ID).
     pub(super) fn reserve<E>(
         &self,
         limit: u64,
         room: impl FnOnce(u64, u64) -> Result<(), E>,
-        unused: impl Fn(ProjectId) -> bool,
+        unused: impl Fn(ProjectId) -> Result<bool, E>,
     ) -> Result<ProjectId, Refused<E>> {
         let mut held = self.lock();
-        room(held.promised, limit).map_err(Refused::Room)?;
+        room(held.promised, limit).map_err(Refused::Check)?;
         let span = u64::from(self.last - self.first) + 1;
         let mut candidate = held.next.clamp(self.first, self.last);
         for _ in 0..span {
@@ -120,7 +130,8 @@ impl Projects {
             } else {
                 candidate + 1
             };
-            if let Some(id) = id.filter(|id| unused(*id)) {
+            let Some(id) = id else { continue };
+            if unused(id).map_err(Refused::Check)? {
                 held.limits.insert(id.get(), limit);
                 held.promised = held.promised.saturating_add(limit);
                 held.next = candidate;
@@ -146,24 +157,35 @@ mod tests {
     #[test]
     fn reserved_ids_are_distinct_and_freed_ones_are_not_reused_at_once() {
         let p = Projects::in_range(10, 13);
-        let a = p.reserve(5, any_room, |_| true).unwrap();
-        let b = p.reserve(7, any_room, |_| true).unwrap();
+        let a = p.reserve(5, any_room, |_| Ok(true)).unwrap();
+        let b = p.reserve(7, any_room, |_| Ok(true)).unwrap();
         assert_eq!((a, b), (id(10), id(11)));
         assert_eq!(p.promised(), 12);
         p.release(a);
         assert_eq!(p.promised(), 7);
-        assert_eq!(p.reserve(1, any_room, |_| true).unwrap(), id(12));
-        assert_eq!(p.reserve(1, any_room, |_| true).unwrap(), id(13));
+        assert_eq!(p.reserve(1, any_room, |_| Ok(true)).unwrap(), id(12));
+        assert_eq!(p.reserve(1, any_room, |_| Ok(true)).unwrap(), id(13));
         // Wrapped around: 10 is free again, 11 is still held.
-        assert_eq!(p.reserve(1, any_room, |_| true).unwrap(), id(10));
-        assert_eq!(p.reserve(1, any_room, |_| true), Err(Refused::Exhausted));
+        assert_eq!(p.reserve(1, any_room, |_| Ok(true)).unwrap(), id(10));
+        assert_eq!(
+            p.reserve(1, any_room, |_| Ok(true)),
+            Err(Refused::Exhausted)
+        );
     }
 
     #[test]
     fn an_id_the_kernel_shows_in_use_is_skipped() {
         let p = Projects::in_range(10, 20);
-        let got = p.reserve(1, any_room, |i| i != id(10) && i != id(11));
+        let got = p.reserve(1, any_room, |i| Ok(i != id(10) && i != id(11)));
         assert_eq!(got.unwrap(), id(12));
+    }
+
+    #[test]
+    fn a_failure_to_ask_the_kernel_ends_the_search() {
+        let p = Projects::in_range(10, 20);
+        let got = p.reserve(1, any_room, |_| Err(()));
+        assert_eq!(got, Err(Refused::Check(())));
+        assert_eq!(p.promised(), 0);
     }
 
     #[test]
@@ -171,18 +193,21 @@ mod tests {
         let p = Projects::in_range(10, 20);
         p.hold(id(15), 100);
         assert_eq!(p.promised(), 100);
-        assert_eq!(p.reserve(1, any_room, |_| true).unwrap(), id(16));
+        assert_eq!(p.reserve(1, any_room, |_| Ok(true)).unwrap(), id(16));
     }
 
     #[test]
     fn a_refused_room_changes_nothing() {
         let p = Projects::in_range(10, 20);
-        let a = p.reserve(50, any_room, |_| true).unwrap();
+        let a = p.reserve(50, any_room, |_| Ok(true)).unwrap();
         let full = |promised: u64, more: u64| match promised + more > 100 {
             true => Err("full"),
             false => Ok(()),
         };
-        assert_eq!(p.reserve(51, full, |_| true), Err(Refused::Room("full")));
+        assert_eq!(
+            p.reserve(51, full, |_| Ok(true)),
+            Err(Refused::Check("full"))
+        );
         assert_eq!(p.grow(a, 101, full), Err("full"));
         assert_eq!(p.promised(), 50);
         p.grow(a, 100, full).unwrap();
@@ -197,7 +222,7 @@ mod tests {
                 let p = std::sync::Arc::clone(&p);
                 std::thread::spawn(move || {
                     (0..200)
-                        .map(|_| p.reserve(1, any_room, |_| true).unwrap().get())
+                        .map(|_| p.reserve(1, any_room, |_| Ok(true)).unwrap().get())
                         .collect::<Vec<_>>()
                 })
             })

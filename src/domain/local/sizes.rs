@@ -57,13 +57,15 @@ impl Store {
         }
     }
 
-    /// Hold the project IDs the records name, with their limits: what the quotas promise.
+    /// Hold the project IDs the records name, with their limits: what the quotas promise;
+    /// and measure what the volumes hold (see [`Store::measure_room`]).
     pub(super) fn hold_projects(&self) -> Result<(), ControllerError> {
         for (_, record) in self.all_records()? {
             if let Some(project) = record.project() {
                 self.projects.hold(project, bytes(record.size()));
             }
         }
+        self.measure_room(true)?;
         Ok(())
     }
 
@@ -91,11 +93,12 @@ impl Store {
         let unused = |id: ProjectId| {
             quotas
                 .usage(&self.root, Some(id))
-                .is_ok_and(|u| u.is_unused())
+                .map(|u| u.is_unused())
+                .map_err(quota_failed("read project usage", volume))
         };
         match self.projects.reserve(bytes(size), room, unused) {
             Ok(id) => Ok(Some(id)),
-            Err(Refused::Room(e)) => Err(e),
+            Err(Refused::Check(e)) => Err(e),
             Err(Refused::Exhausted) => Err(ControllerError::NoProjectIds {
                 volume: volume.to_string(),
                 first: FIRST,
@@ -148,10 +151,15 @@ impl Store {
 
     /// Bytes a new volume may still be promised (see [`Room`]).
     pub(super) fn room(&self) -> Result<u64, ControllerError> {
-        Ok(self.measure_room()?.left(self.projects.promised()))
+        Ok(self.measure_room(true)?.left(self.projects.promised()))
     }
 
-    fn measure_room(&self) -> Result<Room, ControllerError> {
+    /// The room as the filesystem shows it now. With `count_volumes`, what the volumes hold
+    /// is summed (one quota call per volume) to tell it from the filesystem's metadata and
+    /// other tools' projects, and remembered; creates use the last such figure, so that their
+    /// cost does not grow with the number of volumes. GetCapacity, which the provisioner asks
+    /// every minute or so, and start-up count.
+    fn measure_room(&self, count_volumes: bool) -> Result<Room, ControllerError> {
         let fs = self.statfs_root()?;
         // Files in no project: anything outside the volumes, and volumes made without a
         // quota. One call; where there is no quota to ask, everything used counts.
@@ -163,9 +171,26 @@ impl Store {
                 .usage(&self.root, None)
                 .map_or(fs.used_bytes, |u| u.bytes),
         };
+        let held = fs.used_bytes.saturating_sub(outside);
+        if count_volumes && self.support != Support::None {
+            let volumes: u64 = self
+                .projects
+                .ids()
+                .into_iter()
+                .filter_map(|id| self.quota.quotas.usage(&self.root, Some(id)).ok())
+                .map(|u| u.bytes)
+                .sum();
+            self.unusable.store(
+                held.saturating_sub(volumes),
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        }
+        let unusable = self.unusable.load(std::sync::atomic::Ordering::Relaxed);
         Ok(Room {
-            total: fs.total_bytes,
-            outside,
+            // What volumes may use: free now (to whoever pvdir's pods run as) plus what they
+            // hold already. Files outside volumes, the filesystem's own metadata, other
+            // tools' projects and the blocks ext4 keeps for root are never room.
+            usable: (fs.available_bytes + held).saturating_sub(unusable),
             available: fs.available_bytes,
             overcommit: self.quota.overcommit,
         })
@@ -177,7 +202,7 @@ impl Store {
     fn room_check(
         &self,
     ) -> Result<impl FnOnce(u64, u64) -> Result<(), ControllerError>, ControllerError> {
-        let room = self.measure_room()?;
+        let room = self.measure_room(false)?;
         Ok(move |promised: u64, more: u64| {
             let left = room.left(promised);
             match more <= left {
@@ -219,6 +244,7 @@ impl Store {
             // The spec: a volume already at or above the size asked for is a success.
             return Ok(Expanded {
                 capacity_bytes: record.size(),
+                on_node: false,
             });
         }
         let project = record.project().filter(|_| self.support != Support::None);
@@ -244,26 +270,26 @@ impl Store {
         self.apply_quota(key, &record, raw)?;
         Ok(Expanded {
             capacity_bytes: size,
+            on_node: false,
         })
     }
 }
 
 /// The local root's filesystem, as room for promises.
 struct Room {
-    total: u64,
-    /// Bytes in no volume's project.
-    outside: u64,
+    /// Bytes volumes may use in all: those free and those volumes hold now.
+    usable: u64,
     /// Free now.
     available: u64,
     overcommit: f64,
 }
 
 impl Room {
-    /// What can still be promised when `promised` bytes are: the disk beyond the files in no
-    /// volume, times the overcommit ratio, less the promises; and never more than is free
-    /// now, since a new volume's bytes must exist to be written.
+    /// What can still be promised when `promised` bytes are: what volumes may use, times the
+    /// overcommit ratio, less the promises; and never more than is free now, since a new
+    /// volume's bytes must exist to be written.
     fn left(&self, promised: u64) -> u64 {
-        let promisable = self.total.saturating_sub(self.outside) as f64 * self.overcommit;
+        let promisable = self.usable as f64 * self.overcommit;
         (promisable as u64)
             .saturating_sub(promised)
             .min(self.available)
@@ -276,13 +302,13 @@ mod tests {
 
     #[test]
     fn room_is_the_disk_less_outside_files_and_promises_and_at_most_what_is_free() {
+        // A 100-byte disk: 5 outside volumes, a volume promised 50 has written 40, 55 free.
         let room = |overcommit| Room {
-            total: 100,
-            outside: 5,
+            usable: 95,
             available: 55,
             overcommit,
         };
-        // A volume promised 50 has written 40: 10 more of it may still come.
+        // 10 more of the volume's may still come.
         assert_eq!(room(1.0).left(50), 45);
         assert_eq!(room(1.0).left(0), 55);
         assert_eq!(room(1.0).left(200), 0);

@@ -38,6 +38,9 @@ pub(super) struct Store {
     pub(super) support: Support,
     /// Project IDs held by volumes, and what their quotas promise.
     pub(super) projects: Projects,
+    /// Bytes in use in neither a volume's project nor project 0, as last counted (see
+    /// `Store::measure_room`).
+    pub(super) unusable: std::sync::atomic::AtomicU64,
 }
 
 impl Store {
@@ -58,6 +61,7 @@ impl Store {
             quota,
             support: Support::None,
             projects: Projects::new(),
+            unusable: std::sync::atomic::AtomicU64::new(0),
         }
     }
 

@@ -358,6 +358,7 @@ impl NfsBackend {
         if size <= record.size() {
             return Ok(Expanded {
                 capacity_bytes: record.size(),
+                on_node: false,
             });
         }
         let grown = NfsRecord {
@@ -367,6 +368,7 @@ impl NfsBackend {
         match records.swap(&name, &record, Some(&grown), raw).await? {
             None => Ok(Expanded {
                 capacity_bytes: size,
+                on_node: false,
             }),
             // Another process changed it between our read and the swap: the retry sees it.
             Some(_) => Err(ControllerError::RecordChanged {

@@ -251,8 +251,15 @@ impl Quotas for KernelQuotas {
 
     fn usage(&self, dir: &Path, id: Option<ProjectId>) -> Result<ProjectUsage, QuotaError> {
         let fd = open_dir(dir)?;
-        let q = get_quota(&fd, id.map_or(0, ProjectId::get), dir)?;
-        Ok(usage_of(&q))
+        match get_quota(&fd, id.map_or(0, ProjectId::get), dir) {
+            Ok(q) => Ok(usage_of(&q)),
+            // XFS keeps no record of a project nothing was ever charged to and answers ENOENT
+            // (ext4 answers zeros): nothing used, no limit.
+            Err(QuotaError::Call { source, .. }) if source.raw_os_error() == Some(libc::ENOENT) => {
+                Ok(ProjectUsage::default())
+            }
+            Err(e) => Err(e),
+        }
     }
 }
 

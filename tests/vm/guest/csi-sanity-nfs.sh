@@ -26,7 +26,7 @@ status=0
     --csi.endpoint "$work/csi.sock" \
     --csi.mountdir "$work/mnt" --csi.stagingdir "$work/stage" \
     --csi.testvolumeparameters "$work/params.yaml" \
-    --csi.testvolumesize 1073741824 >"$work/sanity.out" 2>&1 || status=$?
+    --csi.testvolumesize 1073741824 --csi.testvolumeexpandsize 2147483648 >"$work/sanity.out" 2>&1 || status=$?
 grep -E '^\s*\[FAIL\]' "$work/sanity.out" || true
 summary=$(grep -E '^(SUCCESS|FAIL)!' "$work/sanity.out" | tail -1)
 echo "csi-sanity (NFS backend, in VM): $(grep -E '^Ran [0-9]+ of' "$work/sanity.out" | tail -1)"

@@ -1,10 +1,12 @@
-//! Node-side operations: publish, unpublish and stats.
+//! Node-side operations: publish, unpublish and stats; expansion is in [`expand`].
 //!
 //! Every decision is made by observing the mount table, never by remembering: a publish that
 //! finds its target already mounted with the same source and flags is done; an unpublish
 //! unmounts whatever is at the target, however it got there. Volume-level guards serialise calls
 //! for one volume, which is what makes the ReadWriteOncePod check race-free. Target paths are
 //! compared in canonical form, because that is how the kernel writes them into mountinfo.
+
+mod expand;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
