@@ -37,8 +37,9 @@ tests/csi-sanity.sh
 echo "== fuzzing the wire parsers (tests/fuzz.sh)"
 tests/fuzz.sh
 
-# The host kernel has no NFS client or server: the NFS backend is proven in a VM that has both.
-echo "== NFS backend in a VM: kernel nfsd and NFS client (csi-sanity, seed story, faults)"
+# The host kernel has no NFS client or server and no quotas: the NFS backend and local
+# volumes' quotas are proven in a VM that has them.
+echo "== in a VM: NFS (kernel nfsd and client: csi-sanity, seed story, faults) and local quotas (XFS, ext4)"
 if [ "${PVDIR_SKIP_VM:-0}" = 1 ]; then
     echo "skipped (PVDIR_SKIP_VM=1)"
 else

@@ -10,14 +10,15 @@ cd "$(dirname "$0")/.."
 # strace: crash tests hold a syscall of the driver with its fault injection and kill it there.
 # python3-venv: a virtualenv for grpcio (below).
 # The VM suite: qemu, Debian's kernel (it has nfs, nfsd, 9p and overlay modules), busybox for
-# the initramfs, and nfs-utils, which the guest runs from this machine's root.
+# the initramfs, and nfs-utils, which the guest runs from this machine's root; xfsprogs makes
+# the guest's XFS filesystems for the quota tests (e2fsprogs, for ext4, is always there).
 # The cluster tier (tests/k8s): etcd, containerd with runc and the CNI plugins, umoci and
 # mmdebstrap to build images offline, gcc for the static pause program, iptables and socat for
 # the loopback-only networking, openssl for the cluster's PKI, jq for the image recipe's reading
 # of the Dockerfile. g++: libFuzzer, which the fuzz targets link (tests/fuzz.sh).
 PACKAGES=(
     util-linux mount ca-certificates strace python3 python3-venv
-    qemu-system-x86 linux-image-amd64 busybox-static nfs-kernel-server nfs-common
+    qemu-system-x86 linux-image-amd64 busybox-static nfs-kernel-server nfs-common xfsprogs e2fsprogs
     containerd runc etcd-server containernetworking-plugins umoci mmdebstrap gcc libc6-dev
     iptables conntrack openssl curl iproute2 psmisc socat jq g++
 )
