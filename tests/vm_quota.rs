@@ -43,14 +43,7 @@ async fn create(d: &Driver, req: csi::CreateVolumeRequest) -> String {
 
 async fn expand(d: &Driver, id: &str, bytes: i64) -> Result<i64, tonic::Status> {
     d.controller()
-        .controller_expand_volume(csi::ControllerExpandVolumeRequest {
-            volume_id: id.into(),
-            capacity_range: Some(csi::CapacityRange {
-                required_bytes: bytes,
-                limit_bytes: 0,
-            }),
-            ..Default::default()
-        })
+        .controller_expand_volume(common::expand_request(id, bytes))
         .await
         .map(|r| r.into_inner().capacity_bytes)
 }

@@ -6,6 +6,20 @@ pub mod service;
 
 use std::path::Path;
 
+use pvdir::csi::proto as csi;
+
+/// ControllerExpandVolume of `volume_id` to `bytes`.
+pub fn expand_request(volume_id: &str, bytes: i64) -> csi::ControllerExpandVolumeRequest {
+    csi::ControllerExpandVolumeRequest {
+        volume_id: volume_id.into(),
+        capacity_range: Some(csi::CapacityRange {
+            required_bytes: bytes,
+            limit_bytes: 0,
+        }),
+        ..Default::default()
+    }
+}
+
 /// The names in `dir`, sorted.
 pub fn names_in(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)

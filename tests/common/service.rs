@@ -146,14 +146,7 @@ impl Rig {
     /// ControllerExpandVolume to `bytes`; the size the volume has after it.
     pub async fn expand(&self, id: &str, bytes: i64) -> Result<i64, tonic::Status> {
         self.controller
-            .controller_expand_volume(Request::new(csi::ControllerExpandVolumeRequest {
-                volume_id: id.into(),
-                capacity_range: Some(csi::CapacityRange {
-                    required_bytes: bytes,
-                    limit_bytes: 0,
-                }),
-                ..Default::default()
-            }))
+            .controller_expand_volume(Request::new(super::expand_request(id, bytes)))
             .await
             .map(|r| r.into_inner().capacity_bytes)
     }

@@ -15,6 +15,7 @@
 
 mod archive;
 mod claims;
+mod expand;
 mod export;
 mod scratch;
 
@@ -28,7 +29,7 @@ use super::error::ControllerError;
 use super::guard::{InFlight, InFlightGuard};
 use super::params::{from_map, NfsParams};
 use super::record::{Claim, RecordDir};
-use super::volume::{CreateSpec, Deleted, Expanded, Volume};
+use super::volume::{CreateSpec, Deleted, Volume};
 use super::volume_id::{owner_tag, NfsId, OnDelete, VolumeId};
 use crate::os::{FsOp, FsReply, Medium, Os, OsError, RelPath};
 use claims::{claimed_by, record_name, NfsRecord, Placement};
@@ -291,20 +292,36 @@ impl NfsBackend {
         }
     }
 
-    /// Acts only while the record names this ID's owner. The record goes last, so a retry
-    /// after a crash finds it and finishes; once it is gone the volume is gone, whatever now
-    /// lives in the directory.
-    pub async fn delete(&self, id: &NfsId, raw: &str) -> Result<Deleted, ControllerError> {
-        let _dir = self.claim_dir(id)?;
-        // Held until this function returns: no remount under our feet.
+    /// The export mounted for `id`, its records, and the record of `id`'s directory when it
+    /// is this ID's volume (not an archive, not another owner's).
+    async fn owned(&self, id: &NfsId, raw: &str) -> Result<Owned, ControllerError> {
+        // Held by the caller until it returns: no remount under its feet.
         let export = self
             .export(&id.server, &id.share, &id.mount_options, raw)
             .await?;
         let records = self.records(&export.path);
         let name = record_name(&id.subdir);
-        let record = match records.load::<NfsRecord>(&name, raw).await? {
-            Some(r) if r.is_volume() && owner_tag(&r.name) == id.owner => r,
-            _ => return Ok(Deleted::NothingToDo),
+        let record = records
+            .load::<NfsRecord>(&name, raw)
+            .await?
+            .filter(|r| r.is_volume() && owner_tag(&r.name) == id.owner);
+        Ok(Owned {
+            export,
+            records,
+            name,
+            record,
+        })
+    }
+
+    /// Acts only while the record names this ID's owner. The record goes last, so a retry
+    /// after a crash finds it and finishes; once it is gone the volume is gone, whatever now
+    /// lives in the directory.
+    pub async fn delete(&self, id: &NfsId, raw: &str) -> Result<Deleted, ControllerError> {
+        let _dir = self.claim_dir(id)?;
+        let found = self.owned(id, raw).await?;
+        let (export, records, name) = (found.export, found.records, found.name);
+        let Some(record) = found.record else {
+            return Ok(Deleted::NothingToDo);
         };
         let done = match id.on_delete {
             OnDelete::Retain => Deleted::Retained,
@@ -329,52 +346,6 @@ impl NfsBackend {
         };
         records.remove(&name, raw).await?;
         Ok(done)
-    }
-
-    /// Record a larger size. NFS sizes are not enforced: the record is what GetVolume-like
-    /// reports and a later expansion compare against. A volume already that large is left.
-    pub async fn expand(
-        &self,
-        id: &NfsId,
-        raw: &str,
-        size: i64,
-    ) -> Result<Expanded, ControllerError> {
-        let _dir = self.claim_dir(id)?;
-        // Held until this function returns: no remount under our feet.
-        let export = self
-            .export(&id.server, &id.share, &id.mount_options, raw)
-            .await?;
-        let records = self.records(&export.path);
-        let name = record_name(&id.subdir);
-        let record = match records.load::<NfsRecord>(&name, raw).await? {
-            // A create still in progress has not answered yet: the CO cannot know the volume.
-            Some(r) if r.is_volume() && owner_tag(&r.name) == id.owner && r.creating.is_none() => r,
-            _ => {
-                return Err(ControllerError::NotFound {
-                    id: raw.to_string(),
-                })
-            }
-        };
-        if size <= record.size() {
-            return Ok(Expanded {
-                capacity_bytes: record.size(),
-                on_node: false,
-            });
-        }
-        let grown = NfsRecord {
-            expanded_bytes: Some(size),
-            ..record.clone()
-        };
-        match records.swap(&name, &record, Some(&grown), raw).await? {
-            None => Ok(Expanded {
-                capacity_bytes: size,
-                on_node: false,
-            }),
-            // Another process changed it between our read and the swap: the retry sees it.
-            Some(_) => Err(ControllerError::RecordChanged {
-                subdir: id.subdir.to_string(),
-            }),
-        }
     }
 
     pub async fn exists(&self, id: &NfsId, raw: &str) -> Result<bool, ControllerError> {
@@ -417,6 +388,14 @@ impl NfsBackend {
             )),
         }
     }
+}
+
+/// What [`NfsBackend::owned`] found.
+struct Owned {
+    export: export::ExportMount,
+    records: RecordDir,
+    name: String,
+    record: Option<NfsRecord>,
 }
 
 /// An existing record of this volume must have been asked for the same way.
