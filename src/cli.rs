@@ -38,6 +38,8 @@ pub enum Command {
     Unpublish(UnpublishArgs),
     /// Delete a volume (DeleteVolume).
     Delete(DeleteArgs),
+    /// Grow a volume (ControllerExpandVolume); on the local backend this raises its quota.
+    Expand(crate::ctl::args::ExpandArgs),
     /// Drive any CSI driver with a mix of calls at a set concurrency and report latency,
     /// errors, throughput and the driver's memory.
     Load(crate::ctl::load::args::LoadArgs),

@@ -125,6 +125,7 @@ fn main() -> ExitCode {
         Command::Publish(args) => ctl::block_on(ctl::volume::publish(args)),
         Command::Unpublish(args) => ctl::block_on(ctl::volume::unpublish(args)),
         Command::Delete(args) => ctl::block_on(ctl::volume::delete(args)),
+        Command::Expand(args) => ctl::block_on(ctl::volume::expand(args)),
         Command::Load(args) => ctl::load::main(args),
         Command::Internal(Internal::Fs { op }) => {
             ExitCode::from(u8::try_from(run_internal_fs(&op_or_stdin(op))).unwrap_or(1))

@@ -223,7 +223,7 @@ fn probe_of_a_socket_that_never_answers_times_out() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn create_list_show_publish_unpublish_delete() {
+async fn create_list_show_publish_expand_unpublish_delete() {
     require_root!();
     let d = Driver::start().await;
     let ep = endpoint(&d);
@@ -265,6 +265,14 @@ async fn create_list_show_publish_unpublish_delete() {
         "{}",
         published.stdout
     );
+
+    // Grown while published: the listing shows the new size; less is answered with it.
+    let grown = pvdir(&["expand", &id, "--size", "2Gi", "--endpoint", &ep]).expect(0, "expand");
+    assert!(grown.stdout.contains("capacity 2Gi"), "{}", grown.stdout);
+    let same = pvdir(&["expand", &id, "--size", "1Gi", "--endpoint", &ep]).expect(0, "expand");
+    assert!(same.stdout.contains("capacity 2Gi"), "{}", same.stdout);
+    let listed = pvdir(&["list", "--endpoint", &ep]).expect(0, "list after expand");
+    assert!(listed.stdout.contains("2Gi"), "{}", listed.stdout);
 
     pvdir(&["unpublish", &id, path(&target), "--endpoint", &ep]).expect(0, "unpublish");
     assert!(mounts_at(&target).is_empty(), "target still mounted");

@@ -169,6 +169,19 @@ pub struct DeleteArgs {
     pub driver: DriverArgs,
 }
 
+#[derive(Debug, Args)]
+pub struct ExpandArgs {
+    /// The volume ID (the PV's spec.csi.volumeHandle).
+    pub volume_id: String,
+
+    /// The size to grow to: plain bytes or Ki, Mi, Gi, Ti (e.g. 2Gi).
+    #[arg(long, value_parser = parse_size)]
+    pub size: i64,
+
+    #[command(flatten)]
+    pub driver: DriverArgs,
+}
+
 #[cfg(test)]
 mod tests {
     use clap::Parser;

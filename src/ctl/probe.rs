@@ -54,7 +54,14 @@ fn plugin_caps(reply: &csi::GetPluginCapabilitiesResponse) -> String {
     use csi::plugin_capability::{service::Type, Type as Kind};
     names(reply.capabilities.iter().filter_map(|c| match &c.r#type {
         Some(Kind::Service(s)) => Some(Type::try_from(s.r#type).ok().map(|t| t.as_str_name())),
-        Some(Kind::VolumeExpansion(_)) => Some(Some("VOLUME_EXPANSION")),
+        Some(Kind::VolumeExpansion(e)) => {
+            use csi::plugin_capability::volume_expansion::Type as Expansion;
+            Some(Some(match Expansion::try_from(e.r#type) {
+                Ok(Expansion::Online) => "VOLUME_EXPANSION (ONLINE)",
+                Ok(Expansion::Offline) => "VOLUME_EXPANSION (OFFLINE)",
+                _ => "VOLUME_EXPANSION",
+            }))
+        }
         None => None,
     }))
 }

@@ -1,9 +1,11 @@
-//! `pvdir create|publish|unpublish|delete`: one CSI call each, built from the flags.
+//! `pvdir create|publish|unpublish|delete|expand`: one CSI call each, built from the flags.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
-use super::args::{Access, CapabilityArgs, CreateArgs, DeleteArgs, PublishArgs, UnpublishArgs};
+use super::args::{
+    Access, CapabilityArgs, CreateArgs, DeleteArgs, ExpandArgs, PublishArgs, UnpublishArgs,
+};
 use super::client::Client;
 use super::values::{format_size, to_map, topologies};
 use super::CtlError;
@@ -122,5 +124,33 @@ pub async fn delete(args: DeleteArgs) -> Result<(), CtlError> {
     c.call("DeleteVolume", c.controller().delete_volume(request))
         .await?;
     println!("deleted {}", args.volume_id);
+    Ok(())
+}
+
+pub async fn expand(args: ExpandArgs) -> Result<(), CtlError> {
+    let request = csi::ControllerExpandVolumeRequest {
+        volume_id: args.volume_id.clone(),
+        capacity_range: Some(csi::CapacityRange {
+            required_bytes: args.size,
+            limit_bytes: 0,
+        }),
+        ..Default::default()
+    };
+    let c = connect(&args.driver).await?;
+    let reply = c
+        .call(
+            "ControllerExpandVolume",
+            c.controller().controller_expand_volume(request),
+        )
+        .await?;
+    println!(
+        "expanded {}: capacity {}{}",
+        args.volume_id,
+        format_size(reply.capacity_bytes),
+        match reply.node_expansion_required {
+            true => " (its node finishes it: NodeExpandVolume there)",
+            false => "",
+        }
+    );
     Ok(())
 }
