@@ -15,7 +15,8 @@ use super::FsStats;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum FsOp {
-    /// Capacity and inode counts of the filesystem holding `path`.
+    /// Capacity and inode counts of the filesystem holding `path`; of its project instead,
+    /// where `path` is a directory in a project of its own (a local volume with a quota).
     Statfs { path: PathBuf },
     /// The same for an NFS mount at `path`. Fails with `NotNfs` when `path` is not on NFS: a
     /// mount detached after the caller saw it in the table leaves the local disk beneath, whose
