@@ -365,8 +365,10 @@ up() {
 
     # pvdir as a user installs it: node-2's node plugin is the DaemonSet's pod (its images are
     # imported in the guest); the NFS controller runs in the guest (see node2/guest.sh).
-    "$HERE/cluster.sh" require-images "$TOP/deploy"
-    kubectl apply -k "$TOP/deploy"
+    # deploy/ less the resizer sidecars, as the install scenario applies it (see
+    # tests/k8s/offline/kustomization.yaml).
+    "$HERE/cluster.sh" require-images "$TOP/tests/k8s/offline"
+    kubectl apply -k "$TOP/tests/k8s/offline"
     make_credentials
     local initrd
     initrd=$(build_initrd "$kver")
