@@ -58,7 +58,9 @@ async fn capacity(d: &Driver) -> i64 {
     .available_capacity
 }
 
-/// The kernel's project ID of a directory, and whether it passes it on.
+/// The kernel's project ID of a directory, and whether it passes it on. Read with the test's own
+/// ioctl, deliberately not through `pvdir::os::quota`, so the code under test is not its own
+/// witness.
 fn project_of(dir: &Path) -> (u32, bool) {
     #[repr(C)]
     #[derive(Default)]

@@ -111,6 +111,16 @@ pub enum NodeError {
 }
 
 impl ControllerError {
+    /// For `map_err`: a quota call failed during `step` of work on `volume`.
+    pub fn quota(step: &'static str, volume: &str) -> impl FnOnce(QuotaError) -> ControllerError {
+        let volume = volume.to_string();
+        move |source| ControllerError::Quota {
+            step,
+            volume,
+            source,
+        }
+    }
+
     /// For `map_err`: an OS failure during `step` of work on `volume`.
     pub fn os(step: &'static str, volume: &str) -> impl FnOnce(OsError) -> ControllerError {
         let volume = volume.to_string();

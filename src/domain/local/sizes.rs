@@ -11,22 +11,13 @@
 use crate::domain::error::ControllerError;
 use crate::domain::params::QuotaPolicy;
 use crate::domain::volume_id::VolumeKey;
-use crate::os::quota::{ProjectId, QuotaError, Support};
+use crate::os::quota::{ProjectId, Support};
 
 use super::journal::Entry;
 use super::projects::{Refused, FIRST, LAST};
 use super::store::{record_name, Store};
 use super::{LocalRecord, VOLUMES};
 use crate::domain::volume::Expanded;
-
-fn quota_failed(step: &'static str, volume: &str) -> impl FnOnce(QuotaError) -> ControllerError {
-    let volume = volume.to_string();
-    move |source| ControllerError::Quota {
-        step,
-        volume,
-        source,
-    }
-}
 
 fn bytes(size: i64) -> u64 {
     u64::try_from(size).unwrap_or(0)
@@ -94,7 +85,7 @@ impl Store {
             quotas
                 .usage(&self.root, Some(id))
                 .map(|u| u.is_unused())
-                .map_err(quota_failed("read project usage", volume))
+                .map_err(ControllerError::quota("read project usage", volume))
         };
         match self.projects.reserve(bytes(size), room, unused) {
             Ok(id) => Ok(Some(id)),
@@ -127,10 +118,10 @@ impl Store {
         // The limit first: the directory is never in the project without it.
         quotas
             .set_limit(&self.root, project, bytes(record.size()))
-            .map_err(quota_failed("set quota limit", volume))?;
+            .map_err(ControllerError::quota("set quota limit", volume))?;
         quotas
             .assign(&self.root.join(VOLUMES), key.rel(), project)
-            .map_err(quota_failed("assign project", volume))?;
+            .map_err(ControllerError::quota("assign project", volume))?;
         self.projects.hold(project, bytes(record.size()));
         Ok(())
     }
@@ -146,7 +137,7 @@ impl Store {
         self.quota
             .quotas
             .set_limit(&self.root, project, 0)
-            .map_err(quota_failed("clear quota limit", volume))
+            .map_err(ControllerError::quota("clear quota limit", volume))
     }
 
     /// Bytes a new volume may still be promised (see [`Room`]).

@@ -10,7 +10,7 @@ use super::Node;
 use crate::domain::backend::Backend;
 use crate::domain::error::NodeError;
 use crate::domain::volume::Expanded;
-use crate::domain::volume_id::{guard_key, VolumeId};
+use crate::domain::volume_id::guard_key;
 
 impl Node {
     /// Raise volume `raw` to `bytes` (`None`: leave it as it is and say its size). The guard
@@ -21,18 +21,7 @@ impl Node {
                 what: "NodeExpandVolume",
             });
         };
-        let not_found = |reason: &str| NodeError::NotFound {
-            id: raw.to_string(),
-            reason: reason.to_string(),
-        };
-        let id = match Self::parse(raw)? {
-            Some(VolumeId::Local(id)) => id,
-            Some(VolumeId::Nfs(_)) => return Err(not_found("an NFS volume on the local endpoint")),
-            None => return Err(not_found("not a pvdir volume")),
-        };
-        if id.node != local.node_id() {
-            return Err(not_found("it lives on another node"));
-        }
+        let id = Self::local_id(raw, local.node_id())?;
         let _guard = self.claim(&guard_key(raw))?;
         let expanded = local
             .expand(&id, raw, bytes.unwrap_or(0))

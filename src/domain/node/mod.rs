@@ -18,7 +18,7 @@ use super::error::NodeError;
 use super::guard::{InFlight, InFlightGuard};
 use super::params::{from_map, join_export, without_kubelet_keys, NfsContext};
 use super::volume::{PublishSpec, VolumeHealth};
-use super::volume_id::{guard_key, VolumeId, VolumeIdError};
+use super::volume_id::{guard_key, LocalId, VolumeId, VolumeIdError};
 use crate::os::safe_fs::SafeFsError;
 use crate::os::{
     mountinfo, probe_nfs_mount, FsOp, FsReply, Medium, MountEntry, MountFlags, MountSource,
@@ -152,6 +152,23 @@ impl Node {
         }
     }
 
+    /// The local volume `raw` names, when it is one of this node's (`node`); NOT_FOUND else.
+    fn local_id(raw: &str, node: &str) -> Result<LocalId, NodeError> {
+        let not_found = |reason: &str| NodeError::NotFound {
+            id: raw.to_string(),
+            reason: reason.to_string(),
+        };
+        let id = match Self::parse(raw)? {
+            Some(VolumeId::Local(id)) => id,
+            Some(VolumeId::Nfs(_)) => return Err(not_found("an NFS volume on the local endpoint")),
+            None => return Err(not_found("not a pvdir volume")),
+        };
+        if id.node != node {
+            return Err(not_found("it lives on another node"));
+        }
+        Ok(id)
+    }
+
     /// The mount source of a volume: from its ID, or for static NFS PVs (whose context names a
     /// `server`) from the volume context. `None` for a static NFS handle without context.
     async fn resolve(
@@ -165,16 +182,7 @@ impl Node {
         };
         match &*self.backend {
             Backend::Local(local) => {
-                let id = match Self::parse(raw)? {
-                    Some(VolumeId::Local(id)) => id,
-                    Some(VolumeId::Nfs(_)) => {
-                        return Err(not_found("an NFS volume on the local endpoint"))
-                    }
-                    None => return Err(not_found("not a pvdir volume")),
-                };
-                if id.node != local.node_id() {
-                    return Err(not_found("it lives on another node"));
-                }
+                let id = Self::local_id(raw, local.node_id())?;
                 let exists = local
                     .exists(&id)
                     .await
