@@ -24,6 +24,8 @@ pub fn fs_code(e: &SafeFsError) -> Code {
         | SafeFsError::CrossesMount { .. }
         | SafeFsError::NotADirectory { .. }
         | SafeFsError::NotEmpty { .. } => Code::FailedPrecondition,
+        // A pod built a tree deeper than a copy follows: final until the tree changes.
+        SafeFsError::TooDeep { .. } => Code::FailedPrecondition,
         // The CO's part of NodePublish (a target's parent exists) is not done: nothing pvdir
         // or a retry can fix until it is.
         SafeFsError::NoParent { .. } => Code::FailedPrecondition,

@@ -81,6 +81,12 @@ pub enum FsOp {
         dir: RelPath,
         writers: safe_fs::Writers,
     },
+    /// Copy a tree (see `safe_fs::copy_tree`) for at most `budget_ms`, then report how far
+    /// it got; a later call with the same plan continues.
+    CopyTree {
+        plan: safe_fs::CopyPlan,
+        budget_ms: u64,
+    },
     /// Whether `base/rel` holds anything; `None` when it does not exist.
     HasEntries { base: PathBuf, rel: RelPath },
     /// Create a publish target directory (the CO creates its parent).
@@ -104,6 +110,7 @@ pub enum FsReply {
     Entries(Option<bool>),
     Names(Vec<String>),
     Swept(safe_fs::Swept),
+    Copied(safe_fs::CopyProgress),
     Done,
 }
 
@@ -125,6 +132,7 @@ impl FsOp {
             | FsOp::ListRecords { base, .. }
             | FsOp::SweepScratch { base, .. }
             | FsOp::HasEntries { base, .. } => base,
+            FsOp::CopyTree { plan, .. } => &plan.dst_base,
         }
     }
 
@@ -143,6 +151,7 @@ impl FsOp {
             FsOp::ListRecords { .. } => "list-records",
             FsOp::SweepScratch { .. } => "sweep-scratch",
             FsOp::HasEntries { .. } => "has-entries",
+            FsOp::CopyTree { .. } => "copy-tree",
             FsOp::MakeTarget { .. } => "make-target",
             FsOp::RemoveTarget { .. } => "remove-target",
         }
@@ -208,6 +217,10 @@ pub fn execute(op: &FsOp) -> Result<FsReply, SafeFsError> {
             safe_fs::sweep_scratch(base, dir, *writers).map(FsReply::Swept)
         }
         FsOp::HasEntries { base, rel } => safe_fs::has_entries(base, rel).map(FsReply::Entries),
+        FsOp::CopyTree { plan, budget_ms } => {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_millis(*budget_ms);
+            safe_fs::copy_tree(plan, deadline).map(FsReply::Copied)
+        }
         FsOp::MakeTarget { path } => {
             match fs::create_dir(path) {
                 Ok(()) => {}

@@ -17,10 +17,11 @@
 //!   writes solely into parents it created itself; `base` is never removed or chmodded.
 //!
 //! Layout: `walk` opens components safely and checks mounts (shared by all operations);
-//! `ensure`, `remove`, `prune`, `archive`, `record` and `swap` each own one operation. This file holds the
+//! `ensure`, `remove`, `prune`, `archive`, `copy`, `record` and `swap` each own one operation. This file holds the
 //! error and outcome types that cross the process boundary to `fsop`'s helper.
 
 mod archive;
+mod copy;
 mod ensure;
 mod prune;
 mod record;
@@ -39,6 +40,7 @@ use nix::errno::Errno;
 use serde::{Deserialize, Serialize, Serializer};
 
 pub use archive::rename_aside;
+pub use copy::{copy_tree, CopyPlan, CopyProgress, CopyStats, MAX_DEPTH};
 pub use ensure::{ensure_dir, OWNED_MARKER};
 pub use prune::prune_owned_parents;
 pub use record::{
@@ -77,6 +79,13 @@ pub enum SafeFsError {
     CrossesMount {
         #[serde(serialize_with = "serialize_path_lossy")]
         path: PathBuf,
+    },
+    /// A tree deeper than a copy holds open at once (see `copy`).
+    #[error("{path:?} is more than {limit} directories deep; refusing to copy it")]
+    TooDeep {
+        #[serde(serialize_with = "serialize_path_lossy")]
+        path: PathBuf,
+        limit: usize,
     },
     #[error("directory {path:?} is not empty")]
     NotEmpty {
