@@ -24,12 +24,13 @@ cleanup() {
     awk -v w="$work" '$5 ~ "^"w {print $5}' /proc/self/mountinfo | sort -r | while read -r m; do
         umount -l "$m" || true
     done
+    [ -n "${KEEP_SANITY_OUT:-}" ] && cp "$work/sanity.out" "$KEEP_SANITY_OUT"
     rm -rf "$work"
 }
 trap cleanup EXIT
 
 [ -x "$bin" ] || { echo "pvdir binary not found at $bin (cargo build --release first)"; exit 1; }
-[ -x "$sanity" ] || { echo "csi-sanity not found (go install github.com/kubernetes-csi/csi-test/v5/cmd/csi-sanity@v5.4.0)"; exit 1; }
+[ -x "$sanity" ] || { echo "csi-sanity not found (go install github.com/kubernetes-csi/csi-test/v5/cmd/csi-sanity@v5.5.0)"; exit 1; }
 
 "$bin" serve --mode all --local-endpoint "unix://$work/csi.sock" --local-root "$work/root" \
     --mount-staging-dir "$work/mounts" \
@@ -42,7 +43,7 @@ status=0
 "$sanity" --ginkgo.no-color --ginkgo.timeout=10m \
     --csi.endpoint "$work/csi.sock" \
     --csi.mountdir "$work/mnt" --csi.stagingdir "$work/stage" \
-    --csi.testvolumesize 1073741824 --csi.testvolumeexpandsize 2147483648 >"$work/sanity.out" 2>&1 || status=$?
+    --csi.testvolumesize 1073741824 --csi.testvolumeexpandsize 2147483648 ${SANITY_EXTRA:-} >"$work/sanity.out" 2>&1 || status=$?
 
 grep -E '^\s*\[FAIL\]' "$work/sanity.out" || true
 summary=$(grep -E '^(SUCCESS|FAIL)!' "$work/sanity.out" | tail -1)
@@ -58,7 +59,7 @@ fi
 # What csi-sanity does not check.
 left=$(awk -v w="$work" '$5 ~ "^"w' /proc/self/mountinfo | wc -l)
 [ "$left" = 0 ] || { echo "FAIL: $left mounts left behind under $work"; exit 1; }
-vols=$(find "$work/root/volumes" "$work/root/meta" -mindepth 1 | wc -l)
+vols=$(find "$work/root/volumes" "$work/root/meta" "$work/root/snapshots" "$work/root/snapmeta" "$work/root/work" -mindepth 1 | wc -l)
 [ "$vols" = 0 ] || { echo "FAIL: $vols volume files left behind"; find "$work/root"; exit 1; }
 
 kill -TERM "$driver_pid"

@@ -238,6 +238,25 @@ async fn delete_refuses_escaping_ids() {
             .await,
         "foreign id",
     );
+    // Snapshot IDs are confined the same way: DeleteSnapshot never leaves the snapshot area.
+    for id in [
+        "v1#snap#local#test-node#..",
+        "v1#snap#local#test-node#%2E%2E",
+        "v1#snap#local#test-node#..%2F..%2Fsentinel",
+        "v1#snap#local#test-node#..%2Fvolumes",
+        "v1#snap#local#test-node#a%2Fb",
+        "v1#snap#local#test-node#",
+    ] {
+        let req = pvdir::csi::proto::DeleteSnapshotRequest {
+            snapshot_id: id.into(),
+            ..Default::default()
+        };
+        expect_code(
+            d.controller().delete_snapshot(req).await,
+            Code::InvalidArgument,
+            id,
+        );
+    }
 
     for s in &sentinels {
         assert_eq!(
@@ -249,7 +268,15 @@ async fn delete_refuses_escaping_ids() {
     }
     assert_eq!(
         names_in(&d.root()),
-        ["journal", "meta", "sentinel", "volumes"]
+        [
+            "journal",
+            "meta",
+            "sentinel",
+            "snapmeta",
+            "snapshots",
+            "volumes",
+            "work"
+        ]
     );
     assert_eq!(
         std::fs::read(d.volume_dir(&keep).join("data")).unwrap(),

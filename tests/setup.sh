@@ -50,8 +50,10 @@ go version
 # installing it) go where `go install` puts them; tests/run-all.sh looks there.
 GOBIN=${GOBIN:-$(go env GOPATH)/bin}
 export GOBIN PATH="$GOBIN:$PATH"
-CSI_TEST_VERSION=v5.4.0
-if ! csi-sanity -h >/dev/null 2>&1; then
+CSI_TEST_VERSION=v5.5.0
+# The version is read from the binary's build info, so an older csi-sanity is replaced.
+if ! go version -m "$(command -v csi-sanity || echo /nonexistent)" 2>/dev/null |
+    grep -qE "^\s+mod\s+github.com/kubernetes-csi/csi-test/v5\s+${CSI_TEST_VERSION}\b"; then
     echo "== csi-sanity $CSI_TEST_VERSION"
     go install "github.com/kubernetes-csi/csi-test/v5/cmd/csi-sanity@${CSI_TEST_VERSION}"
 fi

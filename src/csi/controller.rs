@@ -6,10 +6,14 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use super::proto as csi;
-use super::request::{CapacitySpec, DeleteSpec, ExpandSpec, ListSpec, ValidateSpec};
+use super::request::{
+    CapacitySpec, DeleteSnapshotSpec, DeleteSpec, ExpandSpec, GetSnapshotSpec, ListSnapshotsSpec,
+    ListSpec, ValidateSpec,
+};
 use super::{detached, fail};
 use crate::domain::access::BackendKind;
 use crate::domain::controller::Controller;
+use crate::domain::snapshot::{ContentSource, Snapshot, SnapshotSpec};
 use crate::domain::volume::{CreateSpec, Volume, TOPOLOGY_KEY};
 
 pub struct ControllerService {
@@ -31,7 +35,7 @@ fn to_csi(v: Volume) -> csi::Volume {
         capacity_bytes: v.capacity_bytes,
         volume_id: v.id.to_string(),
         volume_context: HashMap::new(),
-        content_source: None,
+        content_source: v.source.map(content_source),
         accessible_topology: v
             .node
             .map(|n| {
@@ -40,6 +44,30 @@ fn to_csi(v: Volume) -> csi::Volume {
                 }]
             })
             .unwrap_or_default(),
+    }
+}
+
+fn content_source(source: ContentSource) -> csi::VolumeContentSource {
+    use csi::volume_content_source::{SnapshotSource, Type, VolumeSource};
+    csi::VolumeContentSource {
+        r#type: Some(match source {
+            ContentSource::Snapshot(snapshot_id) => Type::Snapshot(SnapshotSource { snapshot_id }),
+            ContentSource::Volume(volume_id) => Type::Volume(VolumeSource { volume_id }),
+        }),
+    }
+}
+
+fn snapshot_to_csi(s: Snapshot) -> csi::Snapshot {
+    csi::Snapshot {
+        size_bytes: s.size_bytes,
+        snapshot_id: s.id.to_string(),
+        source_volume_id: s.source_volume,
+        creation_time: Some(prost_types::Timestamp {
+            seconds: s.created.0,
+            nanos: s.created.1,
+        }),
+        ready_to_use: s.ready,
+        group_snapshot_id: String::new(),
     }
 }
 
@@ -204,10 +232,93 @@ impl csi::controller_server::Controller for ControllerService {
         // NFS volumes are spread over every export named by any StorageClass; the controller
         // cannot enumerate them, so it does not claim to.
         if self.kind == BackendKind::Local {
-            capabilities.push(rpc_capability(Type::ListVolumes));
+            capabilities.extend(
+                [
+                    Type::ListVolumes,
+                    Type::CreateDeleteSnapshot,
+                    Type::ListSnapshots,
+                    Type::GetSnapshot,
+                    Type::CloneVolume,
+                ]
+                .map(rpc_capability),
+            );
         }
         Ok(Response::new(csi::ControllerGetCapabilitiesResponse {
             capabilities,
+        }))
+    }
+
+    async fn create_snapshot(
+        &self,
+        request: Request<csi::CreateSnapshotRequest>,
+    ) -> Result<Response<csi::CreateSnapshotResponse>, Status> {
+        let req = request.into_inner();
+        let (rpc, name) = ("CreateSnapshot", req.name.clone());
+        let spec = SnapshotSpec::try_from(req).map_err(|e| fail(rpc, &name, None, e))?;
+        let inner = Arc::clone(&self.inner);
+        let snapshot = detached(async move { inner.create_snapshot(spec).await })
+            .await?
+            .map_err(|e| fail(rpc, &name, None, e))?;
+        tracing::info!(snapshot.name = name, snapshot.id = %snapshot.id,
+            ready = snapshot.ready, "snapshot created");
+        Ok(Response::new(csi::CreateSnapshotResponse {
+            snapshot: Some(snapshot_to_csi(snapshot)),
+        }))
+    }
+
+    async fn delete_snapshot(
+        &self,
+        request: Request<csi::DeleteSnapshotRequest>,
+    ) -> Result<Response<csi::DeleteSnapshotResponse>, Status> {
+        let req = request.into_inner();
+        let (rpc, id) = ("DeleteSnapshot", req.snapshot_id.clone());
+        let spec = DeleteSnapshotSpec::try_from(req).map_err(|e| fail(rpc, &id, None, e))?;
+        let inner = Arc::clone(&self.inner);
+        detached(async move { inner.delete_snapshot(&spec.snapshot_id).await })
+            .await?
+            .map_err(|e| fail(rpc, &id, None, e))?;
+        tracing::info!(snapshot.id = id, "snapshot deleted");
+        Ok(Response::new(csi::DeleteSnapshotResponse {}))
+    }
+
+    async fn list_snapshots(
+        &self,
+        request: Request<csi::ListSnapshotsRequest>,
+    ) -> Result<Response<csi::ListSnapshotsResponse>, Status> {
+        let rpc = "ListSnapshots";
+        let spec = ListSnapshotsSpec::try_from(request.into_inner())
+            .map_err(|e| fail(rpc, "", None, e))?;
+        let page = self
+            .inner
+            .list_snapshots(&spec.filter, &spec.starting_token, spec.max_entries)
+            .await
+            .map_err(|e| fail(rpc, "", None, e))?;
+        Ok(Response::new(csi::ListSnapshotsResponse {
+            entries: page
+                .snapshots
+                .into_iter()
+                .map(|s| csi::list_snapshots_response::Entry {
+                    snapshot: Some(snapshot_to_csi(s)),
+                })
+                .collect(),
+            next_token: page.next_token.unwrap_or_default(),
+        }))
+    }
+
+    async fn get_snapshot(
+        &self,
+        request: Request<csi::GetSnapshotRequest>,
+    ) -> Result<Response<csi::GetSnapshotResponse>, Status> {
+        let rpc = "GetSnapshot";
+        let spec =
+            GetSnapshotSpec::try_from(request.into_inner()).map_err(|e| fail(rpc, "", None, e))?;
+        let snapshot = self
+            .inner
+            .get_snapshot(&spec.snapshot_id)
+            .await
+            .map_err(|e| fail(rpc, &spec.snapshot_id, None, e))?;
+        Ok(Response::new(csi::GetSnapshotResponse {
+            snapshot: Some(snapshot_to_csi(snapshot)),
         }))
     }
 }

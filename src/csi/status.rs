@@ -117,6 +117,12 @@ pub fn controller_code(e: &ControllerError) -> Code {
             Code::ResourceExhausted
         }
         ControllerError::Quota { .. } => Code::Internal,
+        // The spec's code for a restore or clone smaller than its source.
+        ControllerError::SourceTooLarge { .. } => Code::OutOfRange,
+        // In progress: the sidecars retry, and the retry continues the copy.
+        ControllerError::SnapshotNotReady { .. } | ControllerError::Populating { .. } => {
+            Code::Aborted
+        }
     }
 }
 

@@ -8,6 +8,7 @@ use super::access::{unsupported_reason, Capability};
 use super::backend::Backend;
 use super::error::ControllerError;
 use super::guard::{InFlight, InFlightGuard};
+use super::snapshot::{Snapshot, SnapshotFilter, SnapshotId, SnapshotPage, SnapshotSpec};
 use super::volume::{CreateSpec, Deleted, Expanded, Volume, TOPOLOGY_KEY};
 use super::volume_id::{VolumeId, VolumeIdError};
 
@@ -57,6 +58,11 @@ impl Controller {
             Backend::Local(b) => {
                 let plan = b.plan(&spec)?;
                 let _guard = self.claim(&VolumeId::Local(plan.id.clone()).to_string())?;
+                // The source is held too: not deleted, snapshotted or copied over meanwhile.
+                let _source = match &plan.source {
+                    Some(source) => Some(self.claim(source.guard_key())?),
+                    None => None,
+                };
                 b.create(&spec, plan).await
             }
             Backend::Nfs(b) => {
@@ -209,5 +215,99 @@ impl Controller {
             }
             Backend::Nfs(b) => b.available_bytes(parameters, caps).await,
         }
+    }
+
+    /// Make, or continue making, a snapshot; `ready: false` while its copy is unfinished
+    /// (the snapshotter retries). Guarded by the snapshot's ID and by its source volume.
+    pub async fn create_snapshot(&self, spec: SnapshotSpec) -> Result<Snapshot, ControllerError> {
+        super::params::from_map::<super::params::SnapshotParams>(&spec.parameters)?;
+        let Backend::Local(b) = &*self.backend else {
+            return Err(ControllerError::Unsupported { what: "snapshots" });
+        };
+        let (id, source) = b.snapshot_plan(&spec.name, &spec.source_volume)?;
+        let _guard = self.claim(&id.to_string())?;
+        let _source = self.claim(&VolumeId::Local(source.clone()).to_string())?;
+        b.create_snapshot(&spec.name, &id, &source).await
+    }
+
+    /// Deleting a snapshot that does not exist succeeds, as for volumes.
+    pub async fn delete_snapshot(&self, raw: &str) -> Result<(), ControllerError> {
+        let Backend::Local(b) = &*self.backend else {
+            return Err(ControllerError::Unsupported { what: "snapshots" });
+        };
+        let id = match SnapshotId::parse(raw) {
+            Ok(id) => id,
+            Err(VolumeIdError::Foreign) => return Ok(()),
+            Err(source) => {
+                return Err(ControllerError::MalformedId {
+                    id: raw.to_string(),
+                    source,
+                })
+            }
+        };
+        let _guard = self.claim(&id.to_string())?;
+        b.delete_snapshot(&id, raw).await.map(drop)
+    }
+
+    /// Pages are keyed by the last snapshot ID returned, in ID order: a snapshot made or
+    /// deleted between two pages never shifts another one out of the listing or into it twice.
+    pub async fn list_snapshots(
+        &self,
+        filter: &SnapshotFilter,
+        token: &str,
+        max_entries: usize,
+    ) -> Result<SnapshotPage, ControllerError> {
+        let Backend::Local(b) = &*self.backend else {
+            return Err(ControllerError::Unsupported { what: "snapshots" });
+        };
+        if !token.is_empty() && SnapshotId::parse(token).is_err() {
+            return Err(ControllerError::BadPageToken {
+                token: token.to_string(),
+            });
+        }
+        // Compared in canonical form, so an ID spelled with other escapes still matches.
+        let canonical = |raw: &str| SnapshotId::parse(raw).map(|id| id.to_string()).ok();
+        let wanted_id = filter.snapshot_id.as_deref().map(canonical);
+        let wanted_source = filter
+            .source_volume
+            .as_deref()
+            .map(|raw| VolumeId::parse(raw).map_or_else(|_| raw.to_string(), |id| id.to_string()));
+        let mut matching = b.list_snapshots().await?.into_iter().filter(|s| {
+            let id = s.id.to_string();
+            wanted_id
+                .as_ref()
+                .is_none_or(|w| w.as_deref() == Some(id.as_str()))
+                && wanted_source.as_ref().is_none_or(|w| *w == s.source_volume)
+                && (token.is_empty() || id.as_str() > token)
+        });
+        let limit = if max_entries == 0 {
+            usize::MAX
+        } else {
+            max_entries
+        };
+        let snapshots: Vec<Snapshot> = matching.by_ref().take(limit).collect();
+        let next_token = match matching.next() {
+            Some(_) => snapshots.last().map(|s| s.id.to_string()),
+            None => None,
+        };
+        Ok(SnapshotPage {
+            snapshots,
+            next_token,
+        })
+    }
+
+    /// The snapshot `raw` names; NOT_FOUND for one that does not exist (or is not pvdir's).
+    pub async fn get_snapshot(&self, raw: &str) -> Result<Snapshot, ControllerError> {
+        let filter = SnapshotFilter {
+            snapshot_id: Some(raw.to_string()),
+            source_volume: None,
+        };
+        let page = self.list_snapshots(&filter, "", 1).await?;
+        page.snapshots
+            .into_iter()
+            .next()
+            .ok_or_else(|| ControllerError::NotFound {
+                id: raw.to_string(),
+            })
     }
 }

@@ -26,7 +26,8 @@ pub enum ControllerError {
     TopologyUnsatisfiable { node: String },
     #[error("volume {id:?} lives on node {node:?}, not on this one")]
     WrongNode { id: String, node: String },
-    #[error("volume {id:?} does not exist")]
+    /// A volume, or a snapshot or volume named as a content source.
+    #[error("{id:?} does not exist")]
     NotFound { id: String },
     #[error("volume {id:?} is still mounted at {at}")]
     InUse { id: String, at: PathBuf },
@@ -62,6 +63,16 @@ pub enum ControllerError {
         first: u32,
         last: u32,
     },
+    #[error("snapshot {id:?} is still being copied; it cannot be restored yet")]
+    SnapshotNotReady { id: String },
+    #[error("source {from:?} holds {size} bytes, more than the {requested} asked for")]
+    SourceTooLarge {
+        from: String,
+        size: i64,
+        requested: i64,
+    },
+    #[error("volume {volume:?} is still being filled from its source; a retry continues")]
+    Populating { volume: String },
     #[error("{step} for volume {volume:?}: {source}")]
     Quota {
         step: &'static str,

@@ -16,5 +16,6 @@ pub mod nfs;
 pub mod node;
 pub mod params;
 pub mod record;
+pub mod snapshot;
 pub mod volume;
 pub mod volume_id;

@@ -13,6 +13,20 @@ use crate::os::relpath::RelPath;
 
 pub use super::mode::parse_mode;
 
+/// A VolumeSnapshotClass's parameters: none of pvdir's own yet. What the snapshotter adds
+/// with `--extra-create-metadata` is accepted and unused; anything else is refused, so a typo
+/// is not silently ignored.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotParams {
+    #[serde(rename = "csi.storage.k8s.io/volumesnapshot/name", default)]
+    _name: Option<String>,
+    #[serde(rename = "csi.storage.k8s.io/volumesnapshot/namespace", default)]
+    _namespace: Option<String>,
+    #[serde(rename = "csi.storage.k8s.io/volumesnapshotcontent/name", default)]
+    _content: Option<String>,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LocalParams {

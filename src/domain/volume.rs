@@ -17,6 +17,8 @@ pub struct Volume {
     pub capacity_bytes: i64,
     /// For local volumes: the only node it is reachable from.
     pub node: Option<String>,
+    /// The snapshot or volume it was filled from.
+    pub source: Option<super::snapshot::ContentSource>,
 }
 
 /// What DeleteVolume did; every case is a success for the CO.
@@ -52,6 +54,8 @@ pub struct CreateSpec {
     pub parameters: HashMap<String, String>,
     /// Topology segments the volume must be reachable from (any one of them).
     pub requisite: Vec<HashMap<String, String>>,
+    /// The snapshot or volume whose content the new volume starts with.
+    pub source: Option<super::snapshot::ContentSource>,
 }
 
 /// A validated NodePublishVolume request.

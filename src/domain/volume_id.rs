@@ -146,11 +146,11 @@ pub enum VolumeIdError {
     Subdir(#[from] RelPathError),
 }
 
-fn encode(s: &str) -> String {
+pub(super) fn encode(s: &str) -> String {
     utf8_percent_encode(s, FIELD).to_string()
 }
 
-fn decode(field: &'static str, s: &str) -> Result<String, VolumeIdError> {
+pub(super) fn decode(field: &'static str, s: &str) -> Result<String, VolumeIdError> {
     percent_decode_str(s)
         .decode_utf8()
         .map(|c| c.into_owned())
@@ -160,7 +160,7 @@ fn decode(field: &'static str, s: &str) -> Result<String, VolumeIdError> {
         })
 }
 
-fn bad(field: &'static str, reason: impl Into<String>) -> VolumeIdError {
+pub(super) fn bad(field: &'static str, reason: impl Into<String>) -> VolumeIdError {
     VolumeIdError::BadField {
         field,
         reason: reason.into(),

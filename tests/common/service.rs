@@ -31,6 +31,8 @@ pub struct Rig {
     /// The local backend's quotas (no support unless the rig was made with some).
     pub quotas: FakeQuotas,
     dir: tempfile::TempDir,
+    /// How long one call of the local backend copies content.
+    copy_budget: Duration,
     pub controller: ControllerService,
     pub node: Arc<NodeService>,
 }
@@ -46,7 +48,14 @@ impl Rig {
 
     /// A local rig whose filesystem does with project quotas what `quotas` says.
     pub async fn local_with(quotas: FakeQuotas) -> Self {
-        Self::open_local(FakeOs::new(), quotas, tempfile::tempdir().unwrap()).await
+        let budget = pvdir::domain::local::COPY_BUDGET;
+        Self::open_local(FakeOs::new(), quotas, tempfile::tempdir().unwrap(), budget).await
+    }
+
+    /// A local rig whose calls copy content for at most `budget` each.
+    pub async fn local_with_copy_budget(budget: Duration) -> Self {
+        let (quotas, dir) = (FakeQuotas::with_support(Support::None), tempfile::tempdir());
+        Self::open_local(FakeOs::new(), quotas, dir.unwrap(), budget).await
     }
 
     /// The same local root opened again, as a driver restarted after a crash opens it: the
@@ -58,13 +67,19 @@ impl Rig {
             dir,
             controller,
             node,
+            copy_budget,
             ..
         } = self;
         drop((controller, node));
-        Self::open_local(fake, quotas, dir).await
+        Self::open_local(fake, quotas, dir, copy_budget).await
     }
 
-    async fn open_local(fake: FakeOs, quotas: FakeQuotas, dir: tempfile::TempDir) -> Self {
+    async fn open_local(
+        fake: FakeOs,
+        quotas: FakeQuotas,
+        dir: tempfile::TempDir,
+        copy_budget: Duration,
+    ) -> Self {
         let root = dir.path().canonicalize().unwrap().join("root");
         let quota = QuotaSetup {
             quotas: Arc::new(quotas.clone()),
@@ -78,8 +93,11 @@ impl Rig {
             Arc::new(pvdir::metrics::Metrics::new()),
         )
         .await
-        .expect("open the local backend");
-        Self::wire(fake, quotas, dir, Backend::Local(backend), &[])
+        .expect("open the local backend")
+        .with_copy_budget(copy_budget);
+        let mut rig = Self::wire(fake, quotas, dir, Backend::Local(backend), &[]);
+        rig.copy_budget = copy_budget;
+        rig
     }
 
     pub fn nfs() -> Self {
@@ -122,6 +140,7 @@ impl Rig {
             fake,
             quotas,
             dir,
+            copy_budget: pvdir::domain::local::COPY_BUDGET,
         }
     }
 
@@ -159,6 +178,56 @@ impl Rig {
             .unwrap()
             .into_inner()
             .available_capacity
+    }
+
+    /// CreateSnapshot of `source` under `name`.
+    pub async fn snapshot(&self, name: &str, source: &str) -> Result<csi::Snapshot, tonic::Status> {
+        self.controller
+            .create_snapshot(Request::new(csi::CreateSnapshotRequest {
+                name: name.into(),
+                source_volume_id: source.into(),
+                ..Default::default()
+            }))
+            .await
+            .map(|r| r.into_inner().snapshot.unwrap())
+    }
+
+    /// CreateSnapshot, retried as the snapshotter does until the snapshot is ready; the
+    /// number of calls it took.
+    pub async fn snapshot_ready(&self, name: &str, source: &str) -> (csi::Snapshot, usize) {
+        for calls in 1..10_000 {
+            let s = self.snapshot(name, source).await.unwrap();
+            if s.ready_to_use {
+                return (s, calls);
+            }
+        }
+        panic!("snapshot {name} never became ready");
+    }
+
+    pub async fn delete_snapshot(&self, id: &str) -> Result<(), tonic::Status> {
+        self.controller
+            .delete_snapshot(Request::new(csi::DeleteSnapshotRequest {
+                snapshot_id: id.into(),
+                ..Default::default()
+            }))
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn list_snapshots(
+        &self,
+        req: csi::ListSnapshotsRequest,
+    ) -> Result<csi::ListSnapshotsResponse, tonic::Status> {
+        self.controller
+            .list_snapshots(Request::new(req))
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    /// The directory of local volume `id` (`v1#local#n1#<key>`).
+    pub fn local_dir(&self, id: &str) -> PathBuf {
+        let key = id.rsplit('#').next().unwrap();
+        self.path().join("root/volumes").join(key)
     }
 
     pub async fn delete(&self, id: &str) -> Result<(), tonic::Status> {
@@ -207,6 +276,32 @@ pub fn cap(mode: Mode, flags: &[&str]) -> csi::VolumeCapability {
             },
         )),
     }
+}
+
+/// A CreateVolume of `name` with its content from `source`.
+pub fn create_from(
+    name: &str,
+    bytes: i64,
+    source: csi::volume_content_source::Type,
+) -> csi::CreateVolumeRequest {
+    csi::CreateVolumeRequest {
+        volume_content_source: Some(csi::VolumeContentSource {
+            r#type: Some(source),
+        }),
+        ..create_req(name, bytes, Mode::SingleNodeWriter, &[])
+    }
+}
+
+pub fn from_snapshot(id: &str) -> csi::volume_content_source::Type {
+    csi::volume_content_source::Type::Snapshot(csi::volume_content_source::SnapshotSource {
+        snapshot_id: id.into(),
+    })
+}
+
+pub fn from_volume(id: &str) -> csi::volume_content_source::Type {
+    csi::volume_content_source::Type::Volume(csi::volume_content_source::VolumeSource {
+        volume_id: id.into(),
+    })
 }
 
 pub fn create_req(

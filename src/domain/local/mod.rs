@@ -14,10 +14,12 @@
 mod journal;
 mod projects;
 mod sizes;
+mod snapshots;
 mod store;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -29,6 +31,8 @@ use super::volume_id::{LocalId, VolumeKey};
 use crate::os::quota::{ProjectId, Quotas};
 use crate::os::{LocalDisk, OsError};
 use store::Store;
+
+pub use snapshots::LocalSource;
 
 const VOLUMES: &str = "volumes";
 const META: &str = "meta";
@@ -47,13 +51,29 @@ struct LocalRecord {
     /// The size after the last ControllerExpandVolume.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     expanded_bytes: Option<i64>,
+    /// The content source CreateVolume named (see [`ContentSource::recorded`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    source: Option<String>,
+    /// Still being filled from `source`: not yet handed out, so neither published, listed,
+    /// cloned nor snapshotted.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    populating: bool,
 }
 
 impl LocalRecord {
     /// What a repeated CreateVolume must match: the request, not what was done since.
     fn same_request(&self, other: &LocalRecord) -> bool {
-        (&self.name, self.capacity_bytes, self.mount_permissions)
-            == (&other.name, other.capacity_bytes, other.mount_permissions)
+        (
+            &self.name,
+            self.capacity_bytes,
+            self.mount_permissions,
+            &self.source,
+        ) == (
+            &other.name,
+            other.capacity_bytes,
+            other.mount_permissions,
+            &other.source,
+        )
     }
 
     /// The volume's size now.
@@ -72,6 +92,9 @@ pub struct LocalPlan {
     pub id: LocalId,
     mode: Option<u32>,
     quota: QuotaPolicy,
+    /// The content to copy in, and for how long one call may copy.
+    pub source: Option<LocalSource>,
+    budget: Duration,
 }
 
 /// How the local backend enforces sizes (see [`crate::os::quota`]).
@@ -83,8 +106,14 @@ pub struct QuotaSetup {
     pub overcommit: f64,
 }
 
+/// How long one call copies content (a snapshot, a restore, a clone) before it answers and
+/// leaves the rest to the sidecar's retry: well inside the sidecars' default timeouts (10 s
+/// for the provisioner, 60 s for the snapshotter).
+pub const COPY_BUDGET: Duration = Duration::from_secs(5);
+
 pub struct LocalBackend {
     store: Arc<Store>,
+    copy_budget: Duration,
 }
 
 impl LocalBackend {
@@ -98,6 +127,7 @@ impl LocalBackend {
         };
         Self {
             store: Arc::new(Store::new(root, node_id, disk, quota)),
+            copy_budget: COPY_BUDGET,
         }
     }
 
@@ -115,7 +145,16 @@ impl LocalBackend {
         let store = blocking("open journal", "*", move || store.open(metrics)).await?;
         Ok(Self {
             store: Arc::new(store),
+            copy_budget: COPY_BUDGET,
         })
+    }
+
+    /// How long one call copies content (see [`COPY_BUDGET`]).
+    pub fn with_copy_budget(self, copy_budget: Duration) -> Self {
+        Self {
+            copy_budget,
+            ..self
+        }
     }
 
     /// Run `work` on the store on the blocking pool, to its end: the caller's guard is held
@@ -139,7 +178,7 @@ impl LocalBackend {
     }
 
     /// The directories the backend needs before it serves.
-    pub fn layout_dirs(&self) -> [PathBuf; 3] {
+    pub fn layout_dirs(&self) -> Vec<PathBuf> {
         self.store.layout_dirs()
     }
 
@@ -160,7 +199,7 @@ impl LocalBackend {
         }
         let key = id.key.clone();
         self.run("read volume record", id.key.as_str(), move |s| {
-            Ok(s.read_record(&key)?.is_some())
+            Ok(s.read_record(&key)?.is_some_and(|r| !r.populating))
         })
         .await
     }
@@ -189,6 +228,10 @@ impl LocalBackend {
             VolumeKey::from_name(&spec.name).ok_or_else(|| ControllerError::UnusableName {
                 name: spec.name.clone(),
             })?;
+        let source = match &spec.source {
+            None => None,
+            Some(source) => Some(self.source(source)?),
+        };
         Ok(LocalPlan {
             id: LocalId {
                 node: node.clone(),
@@ -196,6 +239,8 @@ impl LocalBackend {
             },
             mode,
             quota: params.quota,
+            source,
+            budget: self.copy_budget,
         })
     }
 

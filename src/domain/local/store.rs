@@ -11,18 +11,20 @@ use std::sync::Arc;
 
 use super::journal::{Entry, LocalJournal};
 use super::projects::Projects;
+use super::snapshots::{SNAPMETA, SNAPSHOTS, WORK};
 use super::{LocalPlan, LocalRecord, QuotaSetup, JOURNAL, META, VOLUMES};
 use crate::domain::error::ControllerError;
 use crate::domain::record::{DiskRecords, RecordSpec, RECORD_SUFFIX};
+use crate::domain::snapshot::ContentSource;
 use crate::domain::volume::{CreateSpec, Deleted, Volume};
 use crate::domain::volume_id::{LocalId, VolumeId, VolumeKey};
 use crate::os::quota::Support;
 use crate::os::safe_fs::Swept;
 use crate::os::{mountinfo, FsOp, FsReply, LocalDisk, MountEntry, OsError, RelPath};
 
-fn meta_dir() -> RelPath {
+fn state_dir(name: &'static str) -> RelPath {
     // A constant plain segment always parses; the fallback only keeps this panic-free.
-    RelPath::parse(META).unwrap_or_else(|_| unreachable!("\"meta\" is a valid RelPath"))
+    RelPath::parse(name).unwrap_or_else(|_| unreachable!("{name:?} is a valid RelPath"))
 }
 
 pub(super) struct Store {
@@ -31,6 +33,8 @@ pub(super) struct Store {
     disk: Arc<dyn LocalDisk>,
     /// Records are synced by the journal, not one by one.
     records: RecordSpec,
+    /// Snapshot records are synced one by one (see `snapshots`).
+    snap_records: RecordSpec,
     /// Present where this process creates and deletes volumes (see [`Store::open`]).
     journal: Option<LocalJournal>,
     pub(super) quota: QuotaSetup,
@@ -51,12 +55,14 @@ impl Store {
         quota: QuotaSetup,
     ) -> Self {
         // META is a constant single segment; the records are reached without following links.
-        let records = RecordSpec::new(root.clone(), meta_dir()).journaled();
+        let records = RecordSpec::new(root.clone(), state_dir(META)).journaled();
+        let snap_records = RecordSpec::new(root.clone(), state_dir(SNAPMETA));
         Self {
             root,
             node_id,
             disk,
             records,
+            snap_records,
             journal: None,
             quota,
             support: Support::None,
@@ -65,12 +71,12 @@ impl Store {
         }
     }
 
-    pub(super) fn layout_dirs(&self) -> [PathBuf; 3] {
-        [
-            self.root.join(VOLUMES),
-            self.root.join(META),
-            self.root.join(JOURNAL),
-        ]
+    /// The journal covers the first two (see [`Store::open`]).
+    pub(super) fn layout_dirs(&self) -> Vec<PathBuf> {
+        [VOLUMES, META, JOURNAL, SNAPSHOTS, SNAPMETA, WORK]
+            .iter()
+            .map(|d| self.root.join(d))
+            .collect()
     }
 
     /// Take the journal and redo what it holds; then this store creates and deletes.
@@ -79,6 +85,14 @@ impl Store {
         metrics: Arc<crate::metrics::Metrics>,
     ) -> Result<Self, ControllerError> {
         let roots = self.layout_dirs()[..2].to_vec();
+        for dir in &self.layout_dirs()[3..] {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                ControllerError::os("create layout", "*")(OsError::Helper {
+                    what: format!("mkdir {}", dir.display()),
+                    message: e.to_string(),
+                })
+            })?;
+        }
         let pending = LocalJournal::open(self.root.join(JOURNAL), roots, metrics)?;
         self.support = self.detect_support();
         // One read of the mount table for the whole replay, and none without a delete in it.
@@ -142,6 +156,7 @@ impl Store {
                     Err(ControllerError::CorruptRecord { .. }) => None,
                     Err(e) => return Err(e),
                 };
+                self.remove_fill(key, key.as_str())?;
                 self.remove(key, project, key.as_str())
             }
         }
@@ -160,14 +175,18 @@ impl Store {
         self.root.join(VOLUMES).join(key.as_str())
     }
 
-    pub(super) fn volume(&self, key: VolumeKey, capacity_bytes: i64) -> Volume {
+    pub(super) fn volume(&self, key: VolumeKey, record: &LocalRecord) -> Volume {
         Volume {
             id: VolumeId::Local(LocalId {
                 node: self.node_id.clone(),
                 key,
             }),
-            capacity_bytes,
+            capacity_bytes: record.size(),
             node: Some(self.node_id.clone()),
+            source: record
+                .source
+                .as_deref()
+                .and_then(ContentSource::from_recorded),
         }
     }
 
@@ -184,6 +203,13 @@ impl Store {
         DiskRecords {
             disk: &*self.disk,
             spec: &self.records,
+        }
+    }
+
+    pub(super) fn snap_records(&self) -> DiskRecords<'_> {
+        DiskRecords {
+            disk: &*self.disk,
+            spec: &self.snap_records,
         }
     }
 
@@ -206,6 +232,8 @@ impl Store {
             mount_permissions: mode,
             project: None,
             expanded_bytes: None,
+            source: spec.source.as_ref().map(|s| s.recorded()),
+            populating: spec.source.is_some(),
         };
         let journal = self.journal()?;
         let conflict = |existing: LocalRecord| ControllerError::NameConflict {
@@ -219,6 +247,12 @@ impl Store {
         let existing = self.read_record(&key)?;
         if let Some(other) = existing.clone().filter(|r| !r.same_request(&wanted)) {
             return Err(conflict(other));
+        }
+        let filling = existing
+            .as_ref()
+            .map_or(wanted.populating, |r| r.populating);
+        if let (Some(source), true) = (&plan.source, filling) {
+            self.resolve_source(source, spec.capacity_bytes)?;
         }
         // A retry finds the record as the first call left it, project and expansion included.
         let reserved = match existing.clone() {
@@ -249,7 +283,19 @@ impl Store {
         }
         self.ensure_dir(&key, mode, &spec.name)?;
         self.apply_quota(&key, &wanted, &spec.name)?;
-        Ok(self.volume(key, wanted.size()))
+        if let (Some(source), true) = (&plan.source, wanted.populating) {
+            if !self.fill(&key, &wanted, source, plan.budget)? {
+                return Err(ControllerError::Populating {
+                    volume: spec.name.clone(),
+                });
+            }
+            // The content is complete and synced: from now on the volume may be handed out.
+            wanted.populating = false;
+            self.log_create(journal, &key, &wanted, &spec.name)?;
+            self.records()
+                .store(&record_name(&key), &wanted, false, &spec.name)?;
+        }
+        Ok(self.volume(key, &wanted))
     }
 
     /// Commit a create's intent to the journal: once it is on disk, a crash at any later step
@@ -299,6 +345,9 @@ impl Store {
             key: key.as_str().to_string(),
         };
         journal.commit(&entry, raw)?;
+        if record.populating {
+            self.remove_fill(key, raw)?;
+        }
         self.remove(key, record.project(), raw)?;
         journal.deleted(key, raw)?;
         Ok(Deleted::Removed)
@@ -350,7 +399,8 @@ impl Store {
         Ok(self
             .all_records()?
             .into_iter()
-            .map(|(key, r)| self.volume(key, r.size()))
+            .filter(|(_, r)| !r.populating)
+            .map(|(key, r)| self.volume(key, &r))
             .collect())
     }
 

@@ -128,6 +128,11 @@ impl NfsBackend {
 
     /// Validate a CreateVolume request and work out the volume it names, touching nothing.
     pub fn plan(&self, spec: &CreateSpec) -> Result<NfsPlan, ControllerError> {
+        if spec.source.is_some() {
+            return Err(ControllerError::Unsupported {
+                what: "CreateVolume from a snapshot or a volume",
+            });
+        }
         let params: NfsParams = from_map(&spec.parameters)?;
         let resolved = params.resolve(&spec.name)?;
         if let Some(reason) = spec
@@ -261,6 +266,7 @@ impl NfsBackend {
             id: VolumeId::Nfs(id),
             capacity_bytes: spec.capacity_bytes,
             node: None,
+            source: None,
         })
     }
 

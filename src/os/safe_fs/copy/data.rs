@@ -70,7 +70,8 @@ pub(super) fn copy(
         };
         let mut at = start;
         while at < end {
-            if Instant::now() >= deadline {
+            // One chunk at least per call (see the header of `copy`).
+            if at > from && Instant::now() >= deadline {
                 return Ok(false);
             }
             let want = usize::try_from(end - at).unwrap_or(CHUNK).min(CHUNK);

@@ -14,6 +14,8 @@
 //! - A file's partial copy in the work directory is named after its path and the source's
 //!   inode, size and mtime: a later call continues it while the source is unchanged, so a file
 //!   larger than one call's budget still gets copied; a changed source starts afresh.
+//! - Every call makes progress (at least one entry, or one chunk of a file), so a copy
+//!   retried often enough completes whatever its budget.
 //! - `complete` is returned only after the whole tree is copied and the destination's
 //!   filesystem is synced: a caller that records "done" never records a copy a power cut loses.
 //! - Memory and descriptors are bounded: one open directory (and its destination) per level,
@@ -116,7 +118,10 @@ pub fn copy_tree(plan: &CopyPlan, deadline: Instant) -> Result<CopyProgress, Saf
     };
     let mut stack = vec![frame(src.fd, src.st, dst.fd, src.path, PathBuf::new())?];
     while let Some(top) = stack.last_mut() {
-        if Instant::now() >= deadline {
+        // Every call copies something new before it may stop, however short its budget
+        // (walking past what earlier calls copied is not progress): else a copy whose calls
+        // all stopped there would never finish.
+        if copy.stats != CopyStats::default() && Instant::now() >= deadline {
             return Ok(copy.progress(false));
         }
         let Some(entry) = top.entries.next() else {

@@ -2,10 +2,15 @@
 //! into typed domain values here, so missing or malformed fields give INVALID_ARGUMENT before any
 //! lookup or side effect (the order the CSI spec and csi-sanity expect).
 
+mod snapshot;
+
+pub use snapshot::{DeleteSnapshotSpec, GetSnapshotSpec, ListSnapshotsSpec};
+
 use std::path::PathBuf;
 
 use super::proto as csi;
 use crate::domain::access::{check_mount_option, AccessMode, AccessType, Capability};
+use crate::domain::snapshot::ContentSource;
 use crate::domain::volume::{CreateSpec, PublishSpec};
 
 /// A request that is malformed; always INVALID_ARGUMENT.
@@ -94,15 +99,31 @@ fn capacity(range: Option<&csi::CapacityRange>) -> Result<i64, Invalid> {
     })
 }
 
+/// A content source names exactly one snapshot or volume, by a non-empty ID.
+fn content_source(source: &csi::VolumeContentSource) -> Result<ContentSource, Invalid> {
+    use csi::volume_content_source::Type;
+    match &source.r#type {
+        Some(Type::Snapshot(s)) => {
+            required(&s.snapshot_id, "volume_content_source.snapshot.snapshot_id")?;
+            Ok(ContentSource::Snapshot(s.snapshot_id.clone()))
+        }
+        Some(Type::Volume(v)) => {
+            required(&v.volume_id, "volume_content_source.volume.volume_id")?;
+            Ok(ContentSource::Volume(v.volume_id.clone()))
+        }
+        None => Err(Invalid("volume_content_source names no source".into())),
+    }
+}
+
 impl TryFrom<csi::CreateVolumeRequest> for CreateSpec {
     type Error = Invalid;
     fn try_from(req: csi::CreateVolumeRequest) -> Result<Self, Invalid> {
         required(&req.name, "name")?;
-        if req.volume_content_source.is_some() {
-            return Err(Invalid(
-                "volume_content_source is not supported (no snapshots or clones yet)".into(),
-            ));
-        }
+        let source = req
+            .volume_content_source
+            .as_ref()
+            .map(content_source)
+            .transpose()?;
         let capabilities = capabilities(&req.volume_capabilities)?;
         let requisite = req
             .accessibility_requirements
@@ -114,6 +135,7 @@ impl TryFrom<csi::CreateVolumeRequest> for CreateSpec {
             capabilities,
             parameters: req.parameters,
             requisite,
+            source,
         })
     }
 }

@@ -1,0 +1,411 @@
+//! Local snapshots and the content of restored and cloned volumes.
+//!
+//! Layout (beside the volumes, never inside one, so no pod can reach it):
+//! `<root>/snapshots/<key>/data/` is the copy and `<root>/snapshots/<key>/work/` the copy's
+//! scratch space; `<root>/snapmeta/<key>.json` is the snapshot's record. A volume being filled
+//! from a snapshot or another volume copies through `<root>/work/<volume key>/`.
+//!
+//! A snapshot's record is written (and synced) before its copy starts and says `ready` only
+//! once the copy is complete and synced (see `safe_fs::copy_tree`): a snapshot is never
+//! reported ready with partial content. Each call copies for at most the copy budget and
+//! answers `ready: false` if it was not enough; the snapshotter's retries continue the copy
+//! where it stopped, and so does the first retry after a crash. DeleteSnapshot removes the
+//! copy and then the record, so a retry after a crash finishes it. Snapshots and volumes never
+//! share a directory: deleting either never touches the other.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use super::store::{record_name, Store};
+use super::{LocalRecord, VOLUMES};
+use crate::domain::error::ControllerError;
+use crate::domain::record::RECORD_SUFFIX;
+use crate::domain::snapshot::{ContentSource, Snapshot, SnapshotId};
+use crate::domain::volume_id::{LocalId, VolumeId, VolumeIdError, VolumeKey};
+use crate::os::safe_fs::{CopyPlan, CopyProgress};
+use crate::os::{FsOp, FsReply, OsError, RelPath};
+
+pub(super) const SNAPSHOTS: &str = "snapshots";
+pub(super) const SNAPMETA: &str = "snapmeta";
+pub(super) const WORK: &str = "work";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct SnapshotRecord {
+    name: String,
+    /// The source volume's ID, in canonical form.
+    source_volume: String,
+    source_key: VolumeKeyText,
+    size_bytes: i64,
+    created_secs: i64,
+    created_nanos: i32,
+    ready: bool,
+}
+
+type VolumeKeyText = String;
+
+/// Where a new volume's content comes from, checked to exist (see [`Store::resolve_source`]).
+#[derive(Debug, Clone)]
+pub enum LocalSource {
+    Snapshot { raw: String, key: VolumeKey },
+    Volume { raw: String, key: VolumeKey },
+}
+
+fn seg(s: &str) -> RelPath {
+    // Keys and the constant names here are single plain segments.
+    RelPath::parse(s).unwrap_or_else(|_| unreachable!("{s:?} is a valid RelPath"))
+}
+
+impl Store {
+    fn snapshot_of(&self, key: &VolumeKey, r: &SnapshotRecord) -> Snapshot {
+        Snapshot {
+            id: SnapshotId::Local {
+                node: self.node_id.clone(),
+                key: key.clone(),
+            },
+            source_volume: r.source_volume.clone(),
+            size_bytes: r.size_bytes,
+            created: (r.created_secs, r.created_nanos),
+            ready: r.ready,
+        }
+    }
+
+    fn read_snapshot(&self, key: &VolumeKey) -> Result<Option<SnapshotRecord>, ControllerError> {
+        self.snap_records().load(&record_name(key), key.as_str())
+    }
+
+    /// Make (or continue making) snapshot `key` of volume `source` on this node; see the
+    /// module header.
+    pub(super) fn create_snapshot(
+        &self,
+        name: &str,
+        key: &VolumeKey,
+        source: &LocalId,
+        budget: Duration,
+    ) -> Result<Snapshot, ControllerError> {
+        let source_raw = VolumeId::Local(source.clone()).to_string();
+        let conflict = |r: &SnapshotRecord| ControllerError::NameConflict {
+            name: name.to_string(),
+            difference: format!(
+                "snapshot of {:?}; requested of {source_raw:?}",
+                r.source_volume
+            ),
+        };
+        let mut record = match self.read_snapshot(key)? {
+            Some(r) if r.name != name || r.source_volume != source_raw => return Err(conflict(&r)),
+            Some(r) if r.ready => return Ok(self.snapshot_of(key, &r)),
+            Some(r) => r,
+            None => {
+                let volume = self
+                    .read_record(&source.key)?
+                    .filter(|v| !v.populating)
+                    .ok_or_else(|| ControllerError::NotFound {
+                        id: source_raw.clone(),
+                    })?;
+                let now = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap_or_default();
+                let r = SnapshotRecord {
+                    name: name.to_string(),
+                    source_volume: source_raw.clone(),
+                    source_key: source.key.as_str().to_string(),
+                    size_bytes: volume.size(),
+                    created_secs: i64::try_from(now.as_secs()).unwrap_or(i64::MAX),
+                    created_nanos: i32::try_from(now.subsec_nanos()).unwrap_or(0),
+                    ready: false,
+                };
+                // Synced before any copying: a crash leaves a record that the retry continues.
+                if !self
+                    .snap_records()
+                    .store(&record_name(key), &r, true, name)?
+                {
+                    return Err(ControllerError::InFlight {
+                        key: format!("snapshot {name}"),
+                    });
+                }
+                r
+            }
+        };
+        for rel in [
+            key.as_str().to_string(),
+            format!("{}/data", key.as_str()),
+            format!("{}/work", key.as_str()),
+        ] {
+            self.ensure(SNAPSHOTS, &rel, name)?;
+        }
+        let plan = CopyPlan {
+            src_base: self.root.join(VOLUMES),
+            src: source.key.rel().clone(),
+            dst_base: self.root.join(SNAPSHOTS),
+            dst: seg(&format!("{}/data", key.as_str())),
+            work_base: self.root.join(SNAPSHOTS),
+            work: seg(&format!("{}/work", key.as_str())),
+        };
+        let progress = self.copy(plan, budget, name)?;
+        if progress.complete {
+            self.remove_dir(SNAPSHOTS, &format!("{}/work", key.as_str()), name)?;
+            record.ready = true;
+            self.snap_records()
+                .store(&record_name(key), &record, false, name)?;
+        }
+        Ok(self.snapshot_of(key, &record))
+    }
+
+    /// The copy first, then the record: a retry after a crash still finds the record.
+    pub(super) fn delete_snapshot(
+        &self,
+        key: &VolumeKey,
+        raw: &str,
+    ) -> Result<bool, ControllerError> {
+        if self.read_snapshot(key)?.is_none() {
+            return Ok(false);
+        }
+        self.remove_dir(SNAPSHOTS, key.as_str(), raw)?;
+        self.snap_records().remove(&record_name(key), raw)?;
+        Ok(true)
+    }
+
+    /// Every snapshot on this node, sorted by key (a stable order for pagination).
+    pub(super) fn list_snapshots(&self) -> Result<Vec<Snapshot>, ControllerError> {
+        let records = self.snap_records();
+        let (keys, names): (Vec<VolumeKey>, Vec<String>) = records
+            .names()?
+            .into_iter()
+            .filter_map(|n| Some((n.strip_suffix(RECORD_SUFFIX).and_then(VolumeKey::parse)?, n)))
+            .unzip();
+        let found: Vec<Option<SnapshotRecord>> = records.load_many(&names, "*")?;
+        let mut all: Vec<Snapshot> = keys
+            .iter()
+            .zip(found)
+            .filter_map(|(key, r)| Some(self.snapshot_of(key, &r?)))
+            .collect();
+        all.sort_by_key(|a| a.id.to_string());
+        Ok(all)
+    }
+
+    /// Check a new volume's content source before anything is made: it exists here and is
+    /// complete, and the volume (if sized) is at least as large.
+    pub(super) fn resolve_source(
+        &self,
+        source: &LocalSource,
+        capacity_bytes: i64,
+    ) -> Result<(), ControllerError> {
+        let (raw, size) = match source {
+            LocalSource::Snapshot { raw, key } => {
+                let r = self
+                    .read_snapshot(key)?
+                    .ok_or_else(|| ControllerError::NotFound { id: raw.clone() })?;
+                if !r.ready {
+                    return Err(ControllerError::SnapshotNotReady { id: raw.clone() });
+                }
+                (raw, r.size_bytes)
+            }
+            LocalSource::Volume { raw, key } => {
+                let r = self
+                    .read_record(key)?
+                    .filter(|r| !r.populating)
+                    .ok_or_else(|| ControllerError::NotFound { id: raw.clone() })?;
+                (raw, r.size())
+            }
+        };
+        // 0 asks for no size: the volume is then not limited, and holds the source whatever
+        // its size.
+        if capacity_bytes > 0 && capacity_bytes < size {
+            return Err(ControllerError::SourceTooLarge {
+                from: raw.clone(),
+                size,
+                requested: capacity_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    /// Copy `source` into volume `key` for at most `budget`; `true` once it is all there. The
+    /// work directory joins the volume's project first: a file renamed into a directory of
+    /// another project is refused (EXDEV) by both XFS and ext4.
+    pub(super) fn fill(
+        &self,
+        key: &VolumeKey,
+        record: &LocalRecord,
+        source: &LocalSource,
+        budget: Duration,
+    ) -> Result<bool, ControllerError> {
+        let volume = record.name.as_str();
+        self.ensure(WORK, key.as_str(), volume)?;
+        if let (Some(project), false) = (
+            record.project(),
+            self.support == crate::os::quota::Support::None,
+        ) {
+            self.quota
+                .quotas
+                .assign(&self.root.join(WORK), key.rel(), project)
+                .map_err(ControllerError::quota("assign project", volume))?;
+        }
+        let (src_base, src) = match source {
+            LocalSource::Snapshot { key, .. } => (
+                self.root.join(SNAPSHOTS),
+                seg(&format!("{}/data", key.as_str())),
+            ),
+            LocalSource::Volume { key, .. } => (self.root.join(VOLUMES), key.rel().clone()),
+        };
+        let plan = CopyPlan {
+            src_base,
+            src,
+            dst_base: self.root.join(VOLUMES),
+            dst: key.rel().clone(),
+            work_base: self.root.join(WORK),
+            work: key.rel().clone(),
+        };
+        let progress = self.copy(plan, budget, volume)?;
+        if progress.complete {
+            self.remove_dir(WORK, key.as_str(), volume)?;
+        }
+        Ok(progress.complete)
+    }
+
+    /// The work directory of a volume that was being filled, when the volume goes.
+    pub(super) fn remove_fill(&self, key: &VolumeKey, volume: &str) -> Result<(), ControllerError> {
+        self.remove_dir(WORK, key.as_str(), volume)
+    }
+
+    fn copy(
+        &self,
+        plan: CopyPlan,
+        budget: Duration,
+        volume: &str,
+    ) -> Result<CopyProgress, ControllerError> {
+        let step = "copy content";
+        let op = FsOp::CopyTree {
+            plan,
+            budget_ms: u64::try_from(budget.as_millis()).unwrap_or(u64::MAX),
+        };
+        match self.fs(op, step, volume)? {
+            FsReply::Copied(progress) => {
+                tracing::debug!(volume, complete = progress.complete, stats = ?progress.stats, "copied");
+                Ok(progress)
+            }
+            other => Err(ControllerError::os(step, volume)(
+                OsError::unexpected_reply("copy-tree", &other),
+            )),
+        }
+    }
+
+    fn ensure(&self, area: &str, rel: &str, volume: &str) -> Result<(), ControllerError> {
+        let op = FsOp::EnsureDir {
+            base: self.root.join(area),
+            rel: seg(rel),
+            mode: Some(0o700),
+        };
+        self.fs(op, "create directory", volume).map(drop)
+    }
+
+    fn remove_dir(&self, area: &str, rel: &str, volume: &str) -> Result<(), ControllerError> {
+        let op = FsOp::RemoveTree {
+            base: self.root.join(area),
+            rel: seg(rel),
+            prune_parents: false,
+        };
+        self.fs(op, "remove directory", volume).map(drop)
+    }
+}
+
+impl LocalSource {
+    /// The in-flight key of the source: the same key its own calls take, so a source is
+    /// neither deleted nor written by pvdir while it is being copied.
+    pub fn guard_key(&self) -> &str {
+        match self {
+            LocalSource::Snapshot { raw, .. } | LocalSource::Volume { raw, .. } => raw,
+        }
+    }
+}
+
+impl super::LocalBackend {
+    /// The content source of a CreateVolume, when it is one of this node's; NOT_FOUND for
+    /// anything else (another node's, another backend's, or an ID pvdir never made).
+    pub(super) fn source(&self, source: &ContentSource) -> Result<LocalSource, ControllerError> {
+        let node = &self.store.node_id;
+        match source {
+            ContentSource::Snapshot(raw) => match SnapshotId::parse(raw) {
+                Ok(id @ SnapshotId::Local { .. }) if id.node() == node => {
+                    Ok(LocalSource::Snapshot {
+                        raw: id.to_string(),
+                        key: id.key().clone(),
+                    })
+                }
+                _ => Err(ControllerError::NotFound { id: raw.clone() }),
+            },
+            ContentSource::Volume(raw) => match VolumeId::parse(raw) {
+                Ok(VolumeId::Local(id)) if &id.node == node => Ok(LocalSource::Volume {
+                    raw: VolumeId::Local(id.clone()).to_string(),
+                    key: id.key,
+                }),
+                _ => Err(ControllerError::NotFound { id: raw.clone() }),
+            },
+        }
+    }
+
+    /// The snapshot a CreateSnapshot names, of a volume on this node. Another node's volume
+    /// is NOT_FOUND here: its own node's snapshotter takes it.
+    pub fn snapshot_plan(
+        &self,
+        name: &str,
+        source_volume: &str,
+    ) -> Result<(SnapshotId, LocalId), ControllerError> {
+        let not_found = || ControllerError::NotFound {
+            id: source_volume.to_string(),
+        };
+        let source = match VolumeId::parse(source_volume) {
+            Ok(VolumeId::Local(id)) if id.node == self.store.node_id => id,
+            Ok(_) | Err(VolumeIdError::Foreign) => return Err(not_found()),
+            Err(source) => {
+                return Err(ControllerError::MalformedId {
+                    id: source_volume.to_string(),
+                    source,
+                })
+            }
+        };
+        let key = VolumeKey::from_name(name).ok_or_else(|| ControllerError::UnusableName {
+            name: name.to_string(),
+        })?;
+        let id = SnapshotId::Local {
+            node: self.store.node_id.clone(),
+            key,
+        };
+        Ok((id, source))
+    }
+
+    pub async fn create_snapshot(
+        &self,
+        name: &str,
+        id: &SnapshotId,
+        source: &LocalId,
+    ) -> Result<Snapshot, ControllerError> {
+        let (name, key, source) = (name.to_string(), id.key().clone(), source.clone());
+        let budget = self.copy_budget;
+        self.run("create snapshot", &name.clone(), move |s| {
+            s.create_snapshot(&name, &key, &source, budget)
+        })
+        .await
+    }
+
+    /// `false` when there was no such snapshot (deleted before, or never made).
+    pub async fn delete_snapshot(
+        &self,
+        id: &SnapshotId,
+        raw: &str,
+    ) -> Result<bool, ControllerError> {
+        if id.node() != self.store.node_id {
+            return Ok(false);
+        }
+        let (key, owned) = (id.key().clone(), raw.to_string());
+        self.run("delete snapshot", raw, move |s| {
+            s.delete_snapshot(&key, &owned)
+        })
+        .await
+    }
+
+    pub async fn list_snapshots(&self) -> Result<Vec<Snapshot>, ControllerError> {
+        self.run("list snapshots", "*", |s| s.list_snapshots())
+            .await
+    }
+}
