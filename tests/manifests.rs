@@ -1010,3 +1010,74 @@ fn the_service_monitor_points_at_the_port_pvdir_serves_metrics_on() {
         );
     }
 }
+
+/// Each example snapshot class names a driver that is installed, that has a csi-snapshotter
+/// on its socket (for local.pvdir.io: on every node, --node-deployment), and whose binary
+/// accepts the class's parameters as the snapshotter sends them.
+#[test]
+fn snapshot_classes_name_a_driver_with_a_snapshotter() {
+    let objects = plain();
+    let mut classes = 0;
+    for entry in std::fs::read_dir(deploy_dir().join("examples")).unwrap() {
+        for o in load(&entry.unwrap().path()) {
+            let Typed::VolumeSnapshotClass(class) = &o.typed else {
+                continue;
+            };
+            classes += 1;
+            assert_eq!(
+                (class.api_version.as_str(), class.kind.as_str()),
+                ("snapshot.storage.k8s.io/v1", "VolumeSnapshotClass")
+            );
+            assert_eq!(class.metadata.name.as_deref(), Some(o.name.as_str()));
+            assert!(
+                ["Delete", "Retain"].contains(&class.deletion_policy.as_str()),
+                "{}",
+                o.name
+            );
+            assert!(
+                objects
+                    .iter()
+                    .any(|d| d.kind == "CSIDriver" && d.name == class.driver),
+                "{}: driver {} is not installed",
+                o.name,
+                class.driver
+            );
+            let socket = format!(
+                "--csi-address=/csi/{}/csi.sock",
+                class.driver.trim_end_matches(".pvdir.io")
+            );
+            let snapshotters: Vec<&Container> = pod_specs(&objects)
+                .into_iter()
+                .flat_map(|(_, s)| s.containers.iter())
+                .filter(|c| {
+                    c.image
+                        .as_deref()
+                        .is_some_and(|i| i.contains("/csi-snapshotter:"))
+                })
+                .filter(|c| c.args.iter().flatten().any(|a| *a == socket))
+                .collect();
+            assert_eq!(
+                snapshotters.len(),
+                1,
+                "{}: one snapshotter on {socket}",
+                o.name
+            );
+            if class.driver == "local.pvdir.io" {
+                assert!(has_flag(snapshotters[0], "node-deployment"), "{}", o.name);
+            }
+            let mut params: HashMap<String, String> = class.parameters.clone();
+            params.insert("csi.storage.k8s.io/volumesnapshot/name".into(), "s".into());
+            params.insert(
+                "csi.storage.k8s.io/volumesnapshot/namespace".into(),
+                "d".into(),
+            );
+            params.insert(
+                "csi.storage.k8s.io/volumesnapshotcontent/name".into(),
+                "c".into(),
+            );
+            let accepted = from_map::<pvdir::domain::params::SnapshotParams>(&params);
+            assert!(accepted.is_ok(), "{}: {accepted:?}", o.name);
+        }
+    }
+    assert!(classes > 0, "an example snapshot class");
+}

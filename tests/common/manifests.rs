@@ -49,6 +49,21 @@ pub enum Typed {
     PersistentVolumeClaim(Box<PersistentVolumeClaim>),
     Pod(Box<Pod>),
     ServiceMonitor(Box<ServiceMonitor>),
+    VolumeSnapshotClass(Box<VolumeSnapshotClass>),
+}
+
+/// snapshot.storage.k8s.io/v1 VolumeSnapshotClass, from the external-snapshotter's CRD:
+/// k8s-openapi has no type for it. Every field of the CRD is known here.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeSnapshotClass {
+    pub api_version: String,
+    pub kind: String,
+    pub metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    pub driver: String,
+    pub deletion_policy: String,
+    #[serde(default)]
+    pub parameters: std::collections::HashMap<String, String>,
 }
 
 /// The Prometheus Operator's ServiceMonitor (monitoring.coreos.com/v1), as far as the chart
@@ -114,6 +129,7 @@ fn typed(kind: &str, doc: &serde_yaml::Value, origin: &str) -> Typed {
         "PersistentVolumeClaim" => Typed::PersistentVolumeClaim(Box::new(strict(doc, origin))),
         "Pod" => Typed::Pod(Box::new(strict(doc, origin))),
         "ServiceMonitor" => Typed::ServiceMonitor(Box::new(strict(doc, origin))),
+        "VolumeSnapshotClass" => Typed::VolumeSnapshotClass(Box::new(strict(doc, origin))),
         other => panic!("{origin}: kind {other} is not one these tests know how to check"),
     }
 }
