@@ -10,6 +10,8 @@
 //! disk directory, `PVDIR_BENCH_ON=tmpfs|disk` one filesystem only, `PVDIR_BENCH_PREFILL`
 //! (default 100) the volumes made before each run. Runs alternate between the drivers.
 
+// Each bench uses part of the shared helpers.
+#[allow(dead_code)]
 mod common;
 
 use std::path::{Path, PathBuf};

@@ -25,32 +25,16 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hyper_util::rt::TokioIo;
 use pvdir::csi::proto as csi;
 use pvdir::csi::proto::controller_client::ControllerClient;
 use pvdir::ctl::load::usage::Sample;
-use tonic::transport::{Channel, Uri};
+use tonic::transport::Channel;
 
 mod common;
 
-use common::{env_or, hostpath_binary, start_hostpath, start_pvdir, Driver};
+use common::{connect, env_or, hostpath_binary, start_hostpath, start_pvdir, Driver};
 
 const CLIENTS: usize = 8;
-
-async fn connect(socket: &Path) -> ControllerClient<Channel> {
-    let path = socket.to_path_buf();
-    let channel = tonic::transport::Endpoint::from_static("http://localhost")
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let path = path.clone();
-            async move {
-                let stream = tokio::net::UnixStream::connect(path).await?;
-                Ok::<_, std::io::Error>(TokioIo::new(stream))
-            }
-        }))
-        .await
-        .expect("connect");
-    ControllerClient::new(channel)
-}
 
 fn create_request(name: String) -> csi::CreateVolumeRequest {
     use csi::volume_capability::{access_mode::Mode, AccessMode, AccessType};

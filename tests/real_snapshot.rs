@@ -12,6 +12,7 @@ use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 use common::real::driver::*;
 use common::real::mounts::*;
 use common::real::requests::*;
+use common::real::strace::{kill_at_syscall, restart_after_kill};
 use pvdir::csi::proto as csi;
 use pvdir::csi::proto::volume_capability::access_mode::Mode;
 use tonic::Code;
@@ -176,4 +177,42 @@ fn walkdir(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         }
     }
     out
+}
+
+/// Killed in the middle of a snapshot's copy (at its 12th `copy_file_range`, with a dozen
+/// files copied and more to go), the driver leaves a snapshot that is not ready; after a
+/// restart the snapshotter's retry continues and the finished copy equals the source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_driver_killed_mid_copy_finishes_the_snapshot_after_a_restart() {
+    require_root!();
+    let mut d = Driver::start().await;
+    let src = create_volume(&d, "pvc-src", Mode::SingleNodeWriter).await;
+    let dir = d.volume_dir(&src);
+    for i in 0..40u32 {
+        let sub = dir.join(format!("d{}", i % 4));
+        fs::create_dir_all(&sub).unwrap();
+        let body: Vec<u8> = (0..64 * 1024).map(|b| (b as u32 ^ i) as u8).collect();
+        fs::write(sub.join(format!("f{i}")), body).unwrap();
+    }
+    let strace = kill_at_syscall(&d, "copy_file_range", 12);
+    assert!(snapshot(&d, "snap", &src).await.is_err(), "killed mid-copy");
+    let record = d.root().join("snapmeta/snap.json");
+    let text = fs::read_to_string(&record).unwrap();
+    assert!(text.contains("\"ready\":false"), "{text}");
+    let copy = d.root().join("snapshots/snap/data");
+    let part = walkdir(&copy).len();
+    assert!(part > 4 && part < 44, "{part} entries in place when killed");
+    restart_after_kill(&mut d, strace).await;
+    let snap = snapshot(&d, "snap", &src).await.unwrap();
+    assert!(snap.ready_to_use);
+    for i in 0..40u32 {
+        let rel = format!("d{}/f{i}", i % 4);
+        assert_eq!(
+            fs::read(copy.join(&rel)).unwrap(),
+            fs::read(dir.join(&rel)).unwrap(),
+            "{rel}"
+        );
+    }
+    assert_eq!(walkdir(&copy).len(), 44);
+    assert!(!d.root().join("snapshots/snap/work").exists());
 }

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use common::real::driver::*;
 use common::real::requests::*;
+use common::real::strace::{kill_at_syscall, restart_after_kill};
 use pvdir::csi::proto as csi;
 use pvdir::csi::proto::volume_capability::access_mode::Mode;
 use tonic::Code;
@@ -358,39 +359,6 @@ async fn capacity_counts_promises_and_a_create_past_them_is_resource_exhausted()
     assert_eq!(grown.unwrap_err().code(), Code::ResourceExhausted);
 }
 
-/// Attach strace to the running driver, armed to SIGKILL it at the `when`th `quotactl_fd`
-/// of any one thread. Counting starts at the attach, and each call's steps run on one thread
-/// of the blocking pool, so the count is that call's.
-fn kill_at_quotactl(d: &Driver, when: u32) -> std::process::Child {
-    use std::io::BufRead;
-    let inject = format!("inject=quotactl_fd:signal=KILL:when={when}");
-    let mut strace = std::process::Command::new("strace")
-        .args([
-            "-f",
-            "-o",
-            "/dev/null",
-            "-e",
-            "trace=quotactl_fd",
-            "-e",
-            &inject,
-            "-p",
-        ])
-        .arg(d.pid().to_string())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("start strace");
-    let mut lines = std::io::BufReader::new(strace.stderr.take().unwrap()).lines();
-    let attached = lines.any(|l| l.is_ok_and(|l| l.contains("attached")));
-    assert!(attached, "strace did not attach");
-    strace
-}
-
-async fn restart_after_kill(d: &mut Driver, mut strace: std::process::Child) {
-    let _ = strace.wait();
-    d.kill();
-    d.spawn().await;
-}
-
 /// Killed between the steps of create, expand and delete (at the quota call that follows the
 /// journal's commit), the driver's next start completes what was committed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -398,7 +366,7 @@ async fn restart_after_kill(d: &mut Driver, mut strace: std::process::Child) {
 async fn a_driver_killed_between_quota_steps_is_completed_at_start_up() {
     let mut d = Driver::start().await;
     // A create asks about the room and a free ID, then sets the limit: the 3rd call.
-    let strace = kill_at_quotactl(&d, 3);
+    let strace = kill_at_syscall(&d, "quotactl_fd", 3);
     let lost = d
         .controller()
         .create_volume(sized("pvc-crash", 2 * MIB, "required"))
@@ -423,7 +391,7 @@ async fn a_driver_killed_between_quota_steps_is_completed_at_start_up() {
     );
 
     // Expand: the room, then the limit (the 2nd call).
-    let strace = kill_at_quotactl(&d, 2);
+    let strace = kill_at_syscall(&d, "quotactl_fd", 2);
     assert!(expand(&d, &id, 6 * MIB).await.is_err());
     assert_eq!(df(&dir).0, 2 << 20, "killed before the limit was raised");
     restart_after_kill(&mut d, strace).await;
@@ -435,7 +403,7 @@ async fn a_driver_killed_between_quota_steps_is_completed_at_start_up() {
     assert_eq!(expand(&d, &id, 6 * MIB).await.unwrap(), 6 * MIB);
 
     // Delete: the directory goes, then the limit is cleared (the 1st call).
-    let strace = kill_at_quotactl(&d, 1);
+    let strace = kill_at_syscall(&d, "quotactl_fd", 1);
     assert!(d
         .controller()
         .delete_volume(delete_request(&id))

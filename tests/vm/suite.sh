@@ -15,6 +15,11 @@ cargo test --release --test vm_nfs --test vm_nfs_faults --test vm_nfs_crashes --
 cargo test --release --test vm_quota --no-run --message-format=json 2>/dev/null \
     | sed -n 's/.*"executable":"\([^"]*\/vm_quota-[^"]*\)".*/\1/p' >target/vm/quota-test
 [ -s target/vm/quota-test ] || { echo "could not build the vm_quota tests"; exit 1; }
+# Snapshots and restores on XFS with and without reflink and on ext4 (tests/vm_copy.rs, run
+# by quota-suite.sh too).
+cargo test --release --test vm_copy --no-run --message-format=json 2>/dev/null \
+    | sed -n 's/.*"executable":"\([^"]*\/vm_copy-[^"]*\)".*/\1/p' >target/vm/copy-test
+[ -s target/vm/copy-test ] || { echo "could not build the vm_copy tests"; exit 1; }
 # The guest gets no environment from here: the chaos soak's long mode (PVDIR_SOAK_KILLS)
 # reaches it through a file beside the test list.
 echo "${PVDIR_SOAK_KILLS:-}" >target/vm/soak-kills

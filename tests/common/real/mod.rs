@@ -6,6 +6,7 @@ pub mod driver;
 pub mod mounts;
 pub mod requests;
 pub mod soak;
+pub mod strace;
 pub mod vm;
 
 /// `true` when the privileged tests should run. Panics (fails the test) when they cannot run

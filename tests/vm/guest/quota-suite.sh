@@ -5,6 +5,9 @@
 #   xfs          mkfs.xfs, mounted -o prjquota
 #   ext4         mkfs.ext4 -O project,quota, mounted -o prjquota
 #   xfs-noquota  mkfs.xfs, mounted without quota options
+#   xfs-noreflink  mkfs.xfs -m reflink=0, without quota options
+# tests/vm_copy.rs (snapshots and restores; its path is in target/vm/copy-test) runs on xfs
+# (reflink: blocks shared), xfs-noreflink and ext4 (blocks copied).
 set -euo pipefail
 here=$(dirname "$(realpath "$0")")
 top=$(cd "$here/../../.." && pwd)
@@ -22,12 +25,13 @@ make_fs() {
     local name=$1 img=/fs/$1.img size=$2
     truncate -s "$size" "$img"
     case $name in
-        xfs | xfs-noquota) mkfs.xfs -q -f "$img" ;;
+        xfs | xfs-noquota) mkfs.xfs -q -f -m reflink=1 "$img" ;;
+        xfs-noreflink) mkfs.xfs -q -f -m reflink=0 "$img" ;;
         ext4) mkfs.ext4 -q -F -O project,quota -I 256 "$img" ;;
     esac
     mkdir -p "/mnt/$name"
     case $name in
-        xfs-noquota) mount -o loop "$img" "/mnt/$name" ;;
+        xfs-noquota | xfs-noreflink) mount -o loop "$img" "/mnt/$name" ;;
         *) mount -o loop,prjquota "$img" "/mnt/$name" ;;
     esac
     echo "== $name: $(grep " /mnt/$name " /proc/mounts)"
@@ -35,6 +39,7 @@ make_fs() {
 make_fs xfs 16G
 make_fs ext4 4G
 make_fs xfs-noquota 320M
+make_fs xfs-noreflink 6G
 
 bin=$(cat target/vm/quota-test)
 status=0
@@ -45,6 +50,12 @@ done
 echo "== vm_quota on xfs-noquota"
 TMPDIR=/mnt/xfs-noquota PVDIR_VM_QUOTA_FS=xfs-noquota "$bin" --ignored --test-threads=1 \
     --nocapture without_prjquota || status=1
+
+copy=$(cat target/vm/copy-test)
+for fs in xfs xfs-noreflink ext4; do
+    echo "== vm_copy on $fs"
+    TMPDIR=/mnt/$fs PVDIR_VM_COPY_FS=$fs "$copy" --ignored --test-threads=1 --nocapture || status=1
+done
 
 echo "== csi-sanity, local backend on XFS with prjquota"
 TMPDIR=/mnt/xfs CSI_SANITY=${CSI_SANITY:-/root/go/bin/csi-sanity} bash tests/csi-sanity.sh || status=1
