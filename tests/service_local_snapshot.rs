@@ -444,3 +444,49 @@ async fn the_local_controller_advertises_snapshots_and_clones() {
         assert!(have.contains(&(t as i32)), "{t:?}");
     }
 }
+
+#[tokio::test]
+async fn a_copy_that_cannot_be_made_leaves_nothing_behind() {
+    let rig = Rig::local().await;
+    let src = volume(&rig, "pvc-src").await;
+    let (ok, _) = rig.snapshot_ready("snap-ok", &src).await;
+    // A pod builds a tree deeper than a copy follows.
+    let mut deep = rig.local_dir(&src);
+    for _ in 0..=pvdir::os::safe_fs::MAX_DEPTH {
+        deep.push("d");
+    }
+    fs::create_dir_all(&deep).unwrap();
+    assert_eq!(
+        code(rig.snapshot("snap", &src).await),
+        Code::FailedPrecondition
+    );
+    assert!(!rig.path().join("root/snapmeta/snap.json").exists());
+    assert!(!rig.path().join("root/snapshots/snap").exists());
+    let clone = rig
+        .create(create_from("pvc-clone", 1 << 20, from_volume(&src)))
+        .await;
+    assert_eq!(code(clone), Code::FailedPrecondition);
+    for gone in ["volumes/pvc-clone", "meta/pvc-clone.json", "work/pvc-clone"] {
+        assert!(!rig.path().join("root").join(gone).exists(), "{gone}");
+    }
+    // The provisioner may try again later: the same name is free, and a restore from the
+    // snapshot taken before works.
+    rig.create(create_from(
+        "pvc-clone",
+        1 << 20,
+        from_snapshot(&ok.snapshot_id),
+    ))
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn nonsense_sources_and_other_nodes_snapshots_are_refused() {
+    let rig = Rig::local().await;
+    let req = create_from("pvc-self", 1 << 20, from_volume("v1#local#n1#pvc-self"));
+    assert_eq!(code(rig.create(req).await), Code::InvalidArgument);
+    assert_eq!(
+        code(rig.delete_snapshot("v1#snap#local#n2#snap").await),
+        Code::FailedPrecondition
+    );
+}

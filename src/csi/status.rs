@@ -88,7 +88,8 @@ pub fn controller_code(e: &ControllerError) -> Code {
         ControllerError::Parameters(_)
         | ControllerError::MalformedId { .. }
         | ControllerError::UnsupportedCapability { .. }
-        | ControllerError::UnusableName { .. } => Code::InvalidArgument,
+        | ControllerError::UnusableName { .. }
+        | ControllerError::SourceIsTarget { .. } => Code::InvalidArgument,
         ControllerError::NameConflict { .. } | ControllerError::DirectoryClaimed { .. } => {
             Code::AlreadyExists
         }

@@ -60,6 +60,13 @@ impl Controller {
                 let _guard = self.claim(&VolumeId::Local(plan.id.clone()).to_string())?;
                 // The source is held too: not deleted, snapshotted or copied over meanwhile.
                 let _source = match &plan.source {
+                    Some(source)
+                        if source.guard_key() == VolumeId::Local(plan.id.clone()).to_string() =>
+                    {
+                        return Err(ControllerError::SourceIsTarget {
+                            id: source.guard_key().to_string(),
+                        })
+                    }
                     Some(source) => Some(self.claim(source.guard_key())?),
                     None => None,
                 };

@@ -71,6 +71,8 @@ pub enum ControllerError {
         size: i64,
         requested: i64,
     },
+    #[error("volume {id:?} cannot be its own content source")]
+    SourceIsTarget { id: String },
     #[error("volume {volume:?} is still being filled from its source; a retry continues")]
     Populating { volume: String },
     #[error("{step} for volume {volume:?}: {source}")]

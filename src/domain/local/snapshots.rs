@@ -141,7 +141,18 @@ impl Store {
             work_base: self.root.join(SNAPSHOTS),
             work: seg(&format!("{}/work", key.as_str())),
         };
-        let progress = self.copy(plan, budget, name)?;
+        let progress = match self.copy(plan, budget, name) {
+            Ok(p) => p,
+            Err(e) => {
+                // Never reported, and the snapshotter takes a final error to mean none
+                // exists: leave nothing behind (a retry starts afresh).
+                if let Err(undo) = self.delete_snapshot(key, name) {
+                    tracing::warn!(snapshot.name = name, error = %undo, copy = %e,
+                        "could not remove a snapshot whose copy failed");
+                }
+                return Err(e);
+            }
+        };
         if progress.complete {
             self.remove_dir(SNAPSHOTS, &format!("{}/work", key.as_str()), name)?;
             record.ready = true;
@@ -388,14 +399,19 @@ impl super::LocalBackend {
         .await
     }
 
-    /// `false` when there was no such snapshot (deleted before, or never made).
+    /// `false` when there was no such snapshot (deleted before, or never made); another
+    /// node's snapshot is FAILED_PRECONDITION, as another node's volume is.
     pub async fn delete_snapshot(
         &self,
         id: &SnapshotId,
         raw: &str,
     ) -> Result<bool, ControllerError> {
         if id.node() != self.store.node_id {
-            return Ok(false);
+            // Only its own node can remove the copy (as for volumes).
+            return Err(ControllerError::WrongNode {
+                id: raw.to_string(),
+                node: id.node().to_string(),
+            });
         }
         let (key, owned) = (id.key().clone(), raw.to_string());
         self.run("delete snapshot", raw, move |s| {

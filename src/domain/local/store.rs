@@ -284,7 +284,16 @@ impl Store {
         self.ensure_dir(&key, mode, &spec.name)?;
         self.apply_quota(&key, &wanted, &spec.name)?;
         if let (Some(source), true) = (&plan.source, wanted.populating) {
-            if !self.fill(&key, &wanted, source, plan.budget)? {
+            let filled = self.fill(&key, &wanted, source, plan.budget);
+            if let Err(e) = &filled {
+                // No volume was handed out, and the provisioner takes a final error to mean
+                // none exists: leave nothing behind (a retry starts afresh).
+                if let Err(undo) = self.abandon(&key, &wanted, &spec.name) {
+                    tracing::warn!(volume.name = %spec.name, error = %undo, fill = %e,
+                        "could not remove a volume whose content could not be copied");
+                }
+            }
+            if !filled? {
                 return Err(ControllerError::Populating {
                     volume: spec.name.clone(),
                 });
@@ -351,6 +360,23 @@ impl Store {
         self.remove(key, record.project(), raw)?;
         journal.deleted(key, raw)?;
         Ok(Deleted::Removed)
+    }
+
+    /// Remove a volume that was never handed out, as a delete would.
+    fn abandon(
+        &self,
+        key: &VolumeKey,
+        record: &LocalRecord,
+        volume: &str,
+    ) -> Result<(), ControllerError> {
+        let journal = self.journal()?;
+        let entry = Entry::Delete {
+            key: key.as_str().to_string(),
+        };
+        journal.commit(&entry, volume)?;
+        self.remove_fill(key, volume)?;
+        self.remove(key, record.project(), volume)?;
+        journal.deleted(key, volume)
     }
 
     fn mount_table(&self, raw: &str) -> Result<Vec<MountEntry>, ControllerError> {

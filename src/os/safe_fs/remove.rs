@@ -60,6 +60,36 @@ pub fn remove_tree(base: &Path, rel: &RelPath) -> Result<RemoveOutcome, SafeFsEr
     Ok(RemoveOutcome::Removed)
 }
 
+/// Empties directory `rel`, keeping it (and its owner, mode and project): for a copy that
+/// must start again into a destination it does not own the making of.
+pub(super) fn empty_dir(base: &Path, rel: &RelPath) -> Result<(), SafeFsError> {
+    let Some(leaf) = open_leaf(base, rel)? else {
+        return Ok(());
+    };
+    let name = CString::new(rel.file_name()).map_err(|_| io("empty", &leaf.path, Errno::EINVAL))?;
+    let dir = Dir::from_fd(leaf.fd).map_err(|e| io("read directory", &leaf.path, e))?;
+    let mut stack = vec![Frame { dir, name }];
+    empty_tree(&mut stack, leaf.path.clone(), leaf.st.st_dev)
+}
+
+/// Removes directory `name` in `parent` (at `parent_path`, on device `dev`) and everything in
+/// it, as [`remove_tree`] does, for a caller that holds the parent open.
+pub(super) fn remove_subdir_at(
+    parent: BorrowedFd<'_>,
+    name: &CStr,
+    parent_path: &Path,
+    dev: u64,
+) -> Result<(), SafeFsError> {
+    let Some(frame) = open_subdir(parent, name.to_owned(), parent_path, dev)? else {
+        return Ok(());
+    };
+    let path = parent_path.join(OsStr::from_bytes(name.to_bytes()));
+    let mut stack = vec![frame];
+    empty_tree(&mut stack, path.clone(), dev)?;
+    drop(stack);
+    rmdir_at(parent, name, &path).map(drop)
+}
+
 /// Empties the bottom frame's directory depth-first; `path` tracks the top frame's path.
 /// Each pass re-reads the top directory from the start: everything already handled is gone,
 /// so no per-frame entry lists are kept that a wide, deep tree could blow up.

@@ -53,6 +53,9 @@ pub(super) fn copy(
     }
     let mut pos = (from - from % RESUME_ALIGN).min(size).max(0);
     let mut way = Way::Kernel;
+    // Bytes copied by this call: one chunk at least before the deadline may stop it (see the
+    // header of `copy`), whatever holes come first.
+    let mut copied = 0u64;
     while pos < size {
         let start = match lseek(src, pos, libc::SEEK_DATA) {
             Ok(p) => p,
@@ -70,8 +73,7 @@ pub(super) fn copy(
         };
         let mut at = start;
         while at < end {
-            // One chunk at least per call (see the header of `copy`).
-            if at > from && Instant::now() >= deadline {
+            if copied > 0 && Instant::now() >= deadline {
                 return Ok(false);
             }
             let want = usize::try_from(end - at).unwrap_or(CHUNK).min(CHUNK);
@@ -94,9 +96,16 @@ pub(super) fn copy(
                 }
             };
             if n == 0 {
+                let now = nix::sys::stat::fstat(src)?.st_size;
+                if now > at && way == Way::Kernel {
+                    // Some filesystems' copy_file_range copies nothing rather than fail.
+                    way = Way::Plain;
+                    continue;
+                }
                 // The source shrank while being copied: what it holds now is copied.
-                return finish(dst, at);
+                return finish(dst, at.min(now.max(0)));
             }
+            copied += n as u64;
             at += n as i64;
         }
         pos = end.max(start + 1);

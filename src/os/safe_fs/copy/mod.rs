@@ -5,17 +5,21 @@
 //! - The source is read as `remove_tree` deletes: every component is opened relative to its
 //!   parent with `O_NOFOLLOW`, a symlink is copied as a symlink (never followed), and a
 //!   directory or file on another mount (another device, or a bind mount's root) stops the copy
-//!   with `CrossesMount`. Nothing is written outside the destination and work directories.
+//!   with `CrossesMount`. A file is opened `O_PATH` first and read only once it is seen to be a
+//!   regular file, so an entry swapped for a device or FIFO meanwhile is never opened. Nothing
+//!   is written outside the destination and work directories.
 //! - What the destination shows is always complete: every non-directory is built in the work
 //!   directory (data, owner, mode, xattrs, times) and renamed into place only when whole. A
 //!   directory is made at once (so a resumed copy descends into it) and gets its attributes
 //!   when everything in it is done. So a copy cut short by its deadline, a killed helper or a
-//!   crash resumes by walking again: what exists in the destination is kept, the rest copied.
-//! - A file's partial copy in the work directory is named after its path and the source's
-//!   inode, size and mtime: a later call continues it while the source is unchanged, so a file
-//!   larger than one call's budget still gets copied; a changed source starts afresh.
-//! - Every call makes progress (at least one entry, or one chunk of a file), so a copy
-//!   retried often enough completes whatever its budget.
+//!   crash resumes by walking again: what exists in the destination is kept, the rest copied;
+//!   an entry whose type changed between calls is replaced. After a restart of the machine the
+//!   destination is emptied and the copy starts again (see [`work`]).
+//! - A file larger than one call's budget is continued from its partial copy by later calls
+//!   while its source is unchanged (see [`work`]).
+//! - Every call makes progress (at least one entry, or one chunk of a file) before its
+//!   deadline may stop it, so a copy retried often enough completes whatever its budget; and
+//!   a call stopped in the middle of a file answers "not complete" at once.
 //! - `complete` is returned only after the whole tree is copied and the destination's
 //!   filesystem is synced: a caller that records "done" never records a copy a power cut loses.
 //! - Memory and descriptors are bounded: one open directory (and its destination) per level,
@@ -27,9 +31,10 @@ mod attrs;
 mod data;
 #[cfg(test)]
 mod tests;
+mod work;
 
-use std::ffi::{CStr, CString, OsStr};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::ffi::{CStr, OsStr};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -39,11 +44,11 @@ use nix::errno::Errno;
 use nix::fcntl::{openat, AtFlags, OFlag};
 use nix::sys::stat::{fstat, fstatat, mkdirat, FileStat, Mode, SFlag};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use super::walk::{check_same_mount, dir_flags, open_dir_at, open_leaf};
 use super::{io, SafeFsError};
 use crate::os::relpath::RelPath;
+use work::Work;
 
 /// Levels of directories held open at once (two descriptors each, plus a duplicate).
 pub const MAX_DEPTH: usize = 128;
@@ -95,8 +100,10 @@ struct Frame {
     src: OwnedFd,
     src_st: FileStat,
     dst: OwnedFd,
-    /// The source path, for errors; and the path below the copy's root, for work names.
+    /// The source path, for errors; the destination's, for errors; and the path below the
+    /// copy's root, for work names.
     path: PathBuf,
+    dst_path: PathBuf,
     rel: PathBuf,
 }
 
@@ -105,18 +112,23 @@ pub fn copy_tree(plan: &CopyPlan, deadline: Instant) -> Result<CopyProgress, Saf
     let missing = |base: &Path, rel: &RelPath| io("open", &base.join(rel.as_str()), Errno::ENOENT);
     let src =
         open_leaf(&plan.src_base, &plan.src)?.ok_or_else(|| missing(&plan.src_base, &plan.src))?;
-    let dst =
-        open_leaf(&plan.dst_base, &plan.dst)?.ok_or_else(|| missing(&plan.dst_base, &plan.dst))?;
     let work = open_leaf(&plan.work_base, &plan.work)?
         .ok_or_else(|| missing(&plan.work_base, &plan.work))?;
+    let (work, fresh) = Work::open(work.fd, work.path)?;
+    if fresh {
+        super::remove::empty_dir(&plan.dst_base, &plan.dst)?;
+    }
+    let dst =
+        open_leaf(&plan.dst_base, &plan.dst)?.ok_or_else(|| missing(&plan.dst_base, &plan.dst))?;
     let mut copy = Copy {
         dev: src.st.st_dev,
-        work: work.fd,
-        work_path: work.path,
+        dst_dev: dst.st.st_dev,
+        work,
         stats: CopyStats::default(),
         deadline,
     };
-    let mut stack = vec![frame(src.fd, src.st, dst.fd, src.path, PathBuf::new())?];
+    let root = frame(src.fd, src.st, dst.fd, [src.path, dst.path], PathBuf::new())?;
+    let mut stack = vec![root];
     while let Some(top) = stack.last_mut() {
         // Every call copies something new before it may stop, however short its budget
         // (walking past what earlier calls copied is not progress): else a copy whose calls
@@ -135,17 +147,22 @@ pub fn copy_tree(plan: &CopyPlan, deadline: Instant) -> Result<CopyProgress, Saf
         if name == c"." || name == c".." {
             continue;
         }
-        if let Some(child) = copy.entry(top, name)? {
-            if stack.len() >= MAX_DEPTH {
-                return Err(SafeFsError::TooDeep {
-                    path: child.path,
-                    limit: MAX_DEPTH,
-                });
+        match copy.entry(top, name)? {
+            Step::Done => {}
+            // Stopped by the deadline in the middle of a file: the next call continues it.
+            Step::Unfinished => return Ok(copy.progress(false)),
+            Step::Descend(child) => {
+                if stack.len() >= MAX_DEPTH {
+                    return Err(SafeFsError::TooDeep {
+                        path: child.path,
+                        limit: MAX_DEPTH,
+                    });
+                }
+                stack.push(*child);
             }
-            stack.push(child);
         }
     }
-    copy.clear_work()?;
+    copy.work.clear()?;
     // `complete` promises a copy that survives a power cut.
     nix::unistd::syncfs(dst.parent.as_fd()).map_err(|e| io("sync", &plan.dst_base, e))?;
     Ok(copy.progress(true))
@@ -155,7 +172,7 @@ fn frame(
     src: OwnedFd,
     src_st: FileStat,
     dst: OwnedFd,
-    path: PathBuf,
+    [path, dst_path]: [PathBuf; 2],
     rel: PathBuf,
 ) -> Result<Frame, SafeFsError> {
     let dup = src.try_clone().map_err(|e| {
@@ -172,14 +189,23 @@ fn frame(
         src_st,
         dst,
         path,
+        dst_path,
         rel,
     })
 }
 
+/// What became of one entry.
+enum Step {
+    Done,
+    Descend(Box<Frame>),
+    /// A file's copy was cut by the deadline.
+    Unfinished,
+}
+
 struct Copy {
     dev: u64,
-    work: OwnedFd,
-    work_path: PathBuf,
+    dst_dev: u64,
+    work: Work,
     stats: CopyStats,
     deadline: Instant,
 }
@@ -196,14 +222,14 @@ impl Copy {
         }
     }
 
-    /// Copy entry `name` of `top`'s directory; a directory to descend into is returned.
-    fn entry(&mut self, top: &Frame, name: &CStr) -> Result<Option<Frame>, SafeFsError> {
+    /// Copy entry `name` of `top`'s directory.
+    fn entry(&mut self, top: &Frame, name: &CStr) -> Result<Step, SafeFsError> {
         let os_name = OsStr::from_bytes(name.to_bytes());
         let path = top.path.join(os_name);
         let st = match fstatat(top.src.as_fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW) {
             Ok(st) => st,
             // Removed since readdir: nothing to copy.
-            Err(Errno::ENOENT) => return Ok(None),
+            Err(Errno::ENOENT) => return Ok(Step::Done),
             Err(e) => return Err(io("stat", &path, e)),
         };
         let kind = file_type(&st);
@@ -212,21 +238,38 @@ impl Copy {
             Err(Errno::ENOENT) => None,
             Err(e) => return Err(io("stat", &path, e)),
         };
-        match (kind, existing) {
-            (SFlag::S_IFDIR, Some(SFlag::S_IFDIR)) | (SFlag::S_IFDIR, None) => {
-                self.directory(top, name, &path).map(Some)
+        // An entry in place whose kind changed since (the source changed between calls) is
+        // replaced; one of the same kind was renamed into place whole by an earlier call.
+        match (kind == SFlag::S_IFDIR, existing) {
+            (true, Some(SFlag::S_IFDIR)) | (_, None) => {}
+            (false, Some(SFlag::S_IFDIR)) => {
+                let dst = top.dst.as_fd();
+                super::remove::remove_subdir_at(dst, name, &top.dst_path, self.dst_dev)?;
             }
-            // Renamed into place whole by an earlier call.
-            (_, Some(d)) if d != SFlag::S_IFDIR => Ok(None),
-            (_, Some(_)) => Err(io("copy over a directory", &path, Errno::EISDIR)),
-            (SFlag::S_IFREG, None) => self.file(top, name, &path).map(|()| None),
-            (SFlag::S_IFLNK, None) => self.symlink(top, name, &st, &path).map(|()| None),
-            (SFlag::S_IFIFO | SFlag::S_IFSOCK, None) => {
-                self.special(top, name, &st, &path).map(|()| None)
+            (true, Some(_)) => {
+                match nix::unistd::unlinkat(
+                    top.dst.as_fd(),
+                    name,
+                    nix::unistd::UnlinkatFlags::NoRemoveDir,
+                ) {
+                    Ok(()) | Err(Errno::ENOENT) => {}
+                    Err(e) => return Err(io("replace", &path, e)),
+                }
+            }
+            (false, Some(_)) => return Ok(Step::Done),
+        }
+        match kind {
+            SFlag::S_IFDIR => self
+                .directory(top, name, &path)
+                .map(|f| Step::Descend(Box::new(f))),
+            SFlag::S_IFREG => self.file(top, name, &path),
+            SFlag::S_IFLNK => self.symlink(top, name, &st, &path).map(|()| Step::Done),
+            SFlag::S_IFIFO | SFlag::S_IFSOCK => {
+                self.special(top, name, &st, &path).map(|()| Step::Done)
             }
             _ => {
                 self.stats.skipped += 1;
-                Ok(None)
+                Ok(Step::Done)
             }
         }
     }
@@ -243,50 +286,32 @@ impl Copy {
         }
         let dst = openat(top.dst.as_fd(), name, dir_flags(), Mode::empty())
             .map_err(|e| io("open copied directory", path, e))?;
-        frame(src, src_st, dst, path.to_path_buf(), top.rel.join(os_name))
+        let paths = [path.to_path_buf(), top.dst_path.join(os_name)];
+        frame(src, src_st, dst, paths, top.rel.join(os_name))
     }
 
-    /// The work file of `rel`'s copy, named so that only an unchanged source continues it.
-    fn work_name(rel: &Path, st: &FileStat) -> CString {
-        let mut h = Sha256::new();
-        h.update(rel.as_os_str().as_bytes());
-        for n in [st.st_ino, st.st_size as u64, st.st_mtime as u64] {
-            h.update(n.to_le_bytes());
-        }
-        h.update((st.st_mtime_nsec as u64).to_le_bytes());
-        let name = format!("f-{}", &hex::encode(h.finalize())[..40]);
-        CString::new(name).unwrap_or_default()
-    }
-
-    fn file(&mut self, top: &Frame, name: &CStr, path: &Path) -> Result<(), SafeFsError> {
-        // O_NONBLOCK: should the entry have become a FIFO since it was looked at, opening it
-        // must not wait for a writer; it is then refused below as not a regular file.
-        let flags = OFlag::O_RDONLY
-            | OFlag::O_NOFOLLOW
-            | OFlag::O_NONBLOCK
-            | OFlag::O_NOCTTY
-            | OFlag::O_CLOEXEC;
-        let src = match openat(top.src.as_fd(), name, flags, Mode::empty()) {
+    /// The file is opened `O_PATH` and checked before it is opened for reading: an entry a
+    /// pod swapped for a device node or a FIFO since it was looked at is never opened (opening
+    /// some devices has effects of its own), and is left for the next walk to see as it is.
+    fn file(&mut self, top: &Frame, name: &CStr, path: &Path) -> Result<Step, SafeFsError> {
+        let flags = OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let handle = match openat(top.src.as_fd(), name, flags, Mode::empty()) {
             Ok(fd) => fd,
-            Err(Errno::ENOENT) => return Ok(()),
+            Err(Errno::ENOENT) => return Ok(Step::Done),
             Err(e) => return Err(io("open", path, e)),
         };
         let os_name = OsStr::from_bytes(name.to_bytes());
-        let st = check_same_mount(src.as_fd(), self.dev, &top.path, os_name)?;
+        let st = check_same_mount(handle.as_fd(), self.dev, &top.path, os_name)?;
         if file_type(&st) != SFlag::S_IFREG {
-            return Err(io("copy (changed while copying)", path, Errno::EAGAIN));
+            return Ok(Step::Done);
         }
-        let work_name = Self::work_name(&top.rel.join(os_name), &st);
-        let work_flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-        let dst = openat(
-            self.work.as_fd(),
-            work_name.as_c_str(),
-            work_flags,
-            Mode::from_bits_truncate(0o600),
-        )
-        .map_err(|e| io("create work file", &self.work_path, e))?;
+        let reopen = format!("/proc/self/fd/{}", handle.as_raw_fd());
+        let read = OFlag::O_RDONLY | OFlag::O_NOCTTY | OFlag::O_CLOEXEC;
+        let src = nix::fcntl::open(reopen.as_str(), read, Mode::empty())
+            .map_err(|e| io("open", path, e))?;
+        let (work_name, dst) = self.work.file(&top.rel.join(os_name), &st)?;
         let from = fstat(dst.as_fd())
-            .map_err(|e| io("stat work file", &self.work_path, e))?
+            .map_err(|e| io("stat work file", &self.work.path, e))?
             .st_size;
         let copied = data::copy(
             src.as_fd(),
@@ -298,11 +323,12 @@ impl Copy {
         )
         .map_err(|e| io("copy data of", path, e))?;
         if !copied {
-            return Ok(()); // the deadline: continued by the next call
+            return Ok(Step::Unfinished);
         }
         attrs::apply_fd(src.as_fd(), &st, dst.as_fd(), path)?;
         drop(dst);
-        self.place(work_name.as_c_str(), top.dst.as_fd(), name, path)
+        self.place(work_name.as_c_str(), top.dst.as_fd(), name, path)?;
+        Ok(Step::Done)
     }
 
     fn symlink(
@@ -317,10 +343,10 @@ impl Copy {
             Err(Errno::ENOENT) => return Ok(()),
             Err(e) => return Err(io("read link", path, e)),
         };
-        let tmp = self.fresh_work_name(path)?;
-        nix::unistd::symlinkat(target.as_os_str(), self.work.as_fd(), tmp.as_c_str())
+        let tmp = self.work.fresh_name();
+        nix::unistd::symlinkat(target.as_os_str(), self.work.dir(), tmp.as_c_str())
             .map_err(|e| io("make symlink", path, e))?;
-        attrs::apply_at(self.work.as_fd(), &tmp, st, path, false)?;
+        attrs::apply_at(self.work.dir(), &tmp, st, path, false)?;
         self.place(tmp.as_c_str(), top.dst.as_fd(), name, path)
     }
 
@@ -331,39 +357,17 @@ impl Copy {
         st: &FileStat,
         path: &Path,
     ) -> Result<(), SafeFsError> {
-        let tmp = self.fresh_work_name(path)?;
-        let kind = file_type(st);
+        let tmp = self.work.fresh_name();
         nix::sys::stat::mknodat(
-            self.work.as_fd(),
+            self.work.dir(),
             tmp.as_c_str(),
-            kind,
+            file_type(st),
             Mode::from_bits_truncate(0o600),
             0,
         )
         .map_err(|e| io("make node", path, e))?;
-        attrs::apply_at(self.work.as_fd(), &tmp, st, path, true)?;
+        attrs::apply_at(self.work.dir(), &tmp, st, path, true)?;
         self.place(tmp.as_c_str(), top.dst.as_fd(), name, path)
-    }
-
-    /// A name in the work directory no earlier call left behind.
-    fn fresh_work_name(&self, path: &Path) -> Result<CString, SafeFsError> {
-        for n in 0..64u32 {
-            let nanos = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos())
-                .unwrap_or_default();
-            let name = CString::new(format!("n-{nanos:x}-{n}")).unwrap_or_default();
-            match fstatat(
-                self.work.as_fd(),
-                name.as_c_str(),
-                AtFlags::AT_SYMLINK_NOFOLLOW,
-            ) {
-                Err(Errno::ENOENT) => return Ok(name),
-                Ok(_) => continue,
-                Err(e) => return Err(io("stat work entry", path, e)),
-            }
-        }
-        Err(io("name a work entry", path, Errno::EEXIST))
     }
 
     /// Rename a finished entry into place; never over an existing one.
@@ -375,7 +379,7 @@ impl Copy {
         path: &Path,
     ) -> Result<(), SafeFsError> {
         nix::fcntl::renameat2(
-            self.work.as_fd(),
+            self.work.dir(),
             tmp,
             dir,
             name,
@@ -383,32 +387,6 @@ impl Copy {
         )
         .map_err(|e| io("put copy in place", path, e))?;
         self.stats.entries += 1;
-        Ok(())
-    }
-
-    /// What is left in the (flat) work directory: partial copies of files that changed.
-    fn clear_work(&self) -> Result<(), SafeFsError> {
-        let dup = self
-            .work
-            .try_clone()
-            .map_err(|_| io("read directory", &self.work_path, Errno::EBADF))?;
-        let mut dir = Dir::from_fd(dup).map_err(|e| io("read directory", &self.work_path, e))?;
-        let names: Vec<CString> = dir
-            .iter()
-            .filter_map(Result::ok)
-            .map(|e| e.file_name().to_owned())
-            .filter(|n| n.as_c_str() != c"." && n.as_c_str() != c"..")
-            .collect();
-        for n in names {
-            match nix::unistd::unlinkat(
-                self.work.as_fd(),
-                n.as_c_str(),
-                nix::unistd::UnlinkatFlags::NoRemoveDir,
-            ) {
-                Ok(()) | Err(Errno::ENOENT) => {}
-                Err(e) => return Err(io("clear work directory", &self.work_path, e)),
-            }
-        }
         Ok(())
     }
 }

@@ -233,24 +233,36 @@ fn a_copy_past_its_deadline_resumes_to_the_same_result() {
     assert_same_tree(&vol, &d.base.join("snap"));
 }
 
+/// The work directory as a call of this boot left it: what a resumed copy trusts.
+fn same_boot(d: &Dirs) {
+    let boot = fs::read("/proc/sys/kernel/random/boot_id").unwrap();
+    fs::write(d.base.join("work/boot"), boot).unwrap();
+}
+
+/// A partial copy of `rel`'s source, as a call cut short after `data` left it.
+fn partial(d: &Dirs, rel: &str, data: &[u8]) -> PathBuf {
+    let fd = nix::fcntl::open(
+        &d.base.join("work"),
+        super::super::walk::dir_flags(),
+        Mode::empty(),
+    )
+    .unwrap();
+    let (mut work, _) = Work::open(fd, d.base.join("work")).unwrap();
+    let st = nix::sys::stat::stat(&d.base.join("vol").join(rel)).unwrap();
+    let (name, file) = work.file(Path::new(rel), &st).unwrap();
+    nix::unistd::write(&file, data).unwrap();
+    d.base.join("work").join(name.to_str().unwrap())
+}
+
 #[test]
 fn a_partial_file_copy_is_continued_while_its_source_is_unchanged() {
     let d = dirs();
     let data: Vec<u8> = (0..3u32 << 20).map(|i| (i % 251) as u8).collect();
-    let src = d.base.join("vol/big");
-    fs::write(&src, &data).unwrap();
-    // What a call cut short after 2 MiB leaves: the start, under the work name.
-    let st = nix::sys::stat::stat(&src).unwrap();
-    let name = Copy::work_name(Path::new("big"), &st);
-    let partial = d.base.join("work").join(name.to_str().unwrap());
-    fs::write(&partial, &data[..2 << 20]).unwrap();
-    // Marked, to see that the first 2 MiB were kept rather than copied again.
-    fs::File::options()
-        .write(true)
-        .open(&partial)
-        .unwrap()
-        .write_all_at(b"KEPT", 0)
-        .unwrap();
+    fs::write(d.base.join("vol/big"), &data).unwrap();
+    // Marked, to see that the first 2 MiB are kept rather than copied again.
+    let mut start = data[..2 << 20].to_vec();
+    start[..4].copy_from_slice(b"KEPT");
+    partial(&d, "big", &start);
     run(&d.plan);
     let copied = fs::read(d.base.join("snap/big")).unwrap();
     assert_eq!(&copied[..4], b"KEPT");
@@ -258,12 +270,69 @@ fn a_partial_file_copy_is_continued_while_its_source_is_unchanged() {
 }
 
 #[test]
-fn entries_already_in_place_are_kept() {
+fn a_partial_copy_of_a_source_that_changed_is_replaced_not_kept_beside() {
+    let d = dirs();
+    fs::write(d.base.join("vol/f"), b"first").unwrap();
+    let stale = partial(&d, "f", b"fir");
+    std::thread::sleep(Duration::from_millis(10));
+    fs::write(d.base.join("vol/f"), b"second version").unwrap();
+    let p = copy_tree(&d.plan, far()).unwrap();
+    assert!(p.complete);
+    assert!(!stale.exists());
+    assert_eq!(fs::read(d.base.join("snap/f")).unwrap(), b"second version");
+}
+
+#[test]
+fn entries_already_in_place_are_kept_within_one_boot() {
     let d = dirs();
     fs::write(d.base.join("vol/f"), b"source").unwrap();
     fs::write(d.base.join("snap/f"), b"copied before").unwrap();
+    same_boot(&d);
     run(&d.plan);
     assert_eq!(fs::read(d.base.join("snap/f")).unwrap(), b"copied before");
+}
+
+#[test]
+fn after_a_restart_of_the_machine_the_copy_starts_again() {
+    let d = dirs();
+    fs::write(d.base.join("vol/f"), b"source").unwrap();
+    // What a power cut can leave: a name renamed into place whose data never reached disk.
+    fs::write(d.base.join("snap/f"), b"").unwrap();
+    fs::create_dir(d.base.join("snap/gone")).unwrap();
+    fs::write(d.base.join("work/boot"), b"another boot").unwrap();
+    run(&d.plan);
+    assert_eq!(fs::read(d.base.join("snap/f")).unwrap(), b"source");
+    assert!(!d.base.join("snap/gone").exists());
+}
+
+#[test]
+fn a_file_after_a_hole_is_never_skipped_by_a_short_budget() {
+    let d = dirs();
+    let f = fs::File::create(d.base.join("vol/late")).unwrap();
+    f.write_all_at(b"data", 4 << 20).unwrap();
+    drop(f);
+    let mut calls = 0;
+    while !copy_tree(&d.plan, Instant::now()).unwrap().complete {
+        calls += 1;
+        assert!(calls < 100);
+    }
+    let copied = fs::read(d.base.join("snap/late")).unwrap();
+    assert_eq!(copied.len(), (4 << 20) + 4);
+    assert_eq!(&copied[4 << 20..], b"data");
+}
+
+#[test]
+fn an_entry_whose_kind_changed_between_calls_is_replaced() {
+    let d = dirs();
+    fs::write(d.base.join("vol/was-dir"), b"now a file").unwrap();
+    fs::create_dir(d.base.join("vol/was-file")).unwrap();
+    fs::write(d.base.join("vol/was-file/inner"), b"inner").unwrap();
+    fs::create_dir_all(d.base.join("snap/was-dir/sub")).unwrap();
+    fs::write(d.base.join("snap/was-dir/sub/old"), b"old").unwrap();
+    fs::write(d.base.join("snap/was-file"), b"old file").unwrap();
+    same_boot(&d);
+    run(&d.plan);
+    assert_same_tree(&d.base.join("vol"), &d.base.join("snap"));
 }
 
 #[test]
