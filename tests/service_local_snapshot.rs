@@ -417,35 +417,6 @@ async fn a_restored_volume_gets_its_own_quota() {
 }
 
 #[tokio::test]
-async fn the_local_controller_advertises_snapshots_and_clones() {
-    use csi::controller_service_capability::rpc::Type;
-    let rig = Rig::local().await;
-    let caps = rig
-        .controller
-        .controller_get_capabilities(Request::new(Default::default()))
-        .await
-        .unwrap()
-        .into_inner()
-        .capabilities;
-    let have: Vec<i32> = caps
-        .iter()
-        .filter_map(|c| {
-            c.r#type
-                .as_ref()
-                .map(|csi::controller_service_capability::Type::Rpc(r)| r.r#type)
-        })
-        .collect();
-    for t in [
-        Type::CreateDeleteSnapshot,
-        Type::ListSnapshots,
-        Type::CloneVolume,
-        Type::GetSnapshot,
-    ] {
-        assert!(have.contains(&(t as i32)), "{t:?}");
-    }
-}
-
-#[tokio::test]
 async fn a_copy_that_cannot_be_made_leaves_nothing_behind() {
     let rig = Rig::local().await;
     let src = volume(&rig, "pvc-src").await;

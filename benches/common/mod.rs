@@ -6,24 +6,16 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use hyper_util::rt::TokioIo;
 use pvdir::csi::proto::controller_client::ControllerClient;
-use tonic::transport::{Channel, Uri};
+use tonic::transport::Channel;
 
-/// A controller client on the unix socket `socket`.
+/// A controller client on the unix socket `socket`, dialled as the operator CLI dials.
 pub async fn connect(socket: &Path) -> ControllerClient<Channel> {
-    let path = socket.to_path_buf();
-    let channel = tonic::transport::Endpoint::from_static("http://localhost")
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let path = path.clone();
-            async move {
-                let stream = tokio::net::UnixStream::connect(path).await?;
-                Ok::<_, std::io::Error>(TokioIo::new(stream))
-            }
-        }))
+    let endpoint = pvdir::server::Endpoint::Unix(socket.to_path_buf());
+    pvdir::ctl::client::Client::connect(&endpoint, Duration::from_secs(10))
         .await
-        .expect("connect");
-    ControllerClient::new(channel)
+        .expect("connect")
+        .controller()
 }
 
 /// A driver process serving CSI on `socket`, killed when dropped.

@@ -11,10 +11,12 @@
 //! Each call's steps run as one unit on the blocking pool ([`store`]): they are short work on
 //! the node's own disk, and a hand-off per step used to cost more than the steps themselves.
 
+mod fill;
 mod journal;
 mod projects;
 mod sizes;
 mod snapshots;
+mod startup;
 mod store;
 
 use std::path::{Path, PathBuf};
@@ -32,7 +34,7 @@ use crate::os::quota::{ProjectId, Quotas};
 use crate::os::{LocalDisk, OsError};
 use store::Store;
 
-pub use snapshots::LocalSource;
+pub use fill::LocalSource;
 
 const VOLUMES: &str = "volumes";
 const META: &str = "meta";

@@ -1,9 +1,8 @@
-//! Local snapshots and the content of restored and cloned volumes.
+//! Local snapshots (restores and clones are in `fill`).
 //!
 //! Layout (beside the volumes, never inside one, so no pod can reach it):
 //! `<root>/snapshots/<key>/data/` is the copy and `<root>/snapshots/<key>/work/` the copy's
-//! scratch space; `<root>/snapmeta/<key>.json` is the snapshot's record. A volume being filled
-//! from a snapshot or another volume copies through `<root>/work/<volume key>/`.
+//! scratch space; `<root>/snapmeta/<key>.json` is the snapshot's record.
 //!
 //! A snapshot's record is written (and synced) before its copy starts and says `ready` only
 //! once the copy is complete and synced (see `safe_fs::copy_tree`): a snapshot is never
@@ -17,14 +16,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use super::fill::seg;
 use super::store::{record_name, Store};
-use super::{LocalRecord, VOLUMES};
+use super::VOLUMES;
 use crate::domain::error::ControllerError;
 use crate::domain::record::RECORD_SUFFIX;
-use crate::domain::snapshot::{ContentSource, Snapshot, SnapshotId};
+use crate::domain::snapshot::{Snapshot, SnapshotId};
 use crate::domain::volume_id::{LocalId, VolumeId, VolumeIdError, VolumeKey};
-use crate::os::safe_fs::{CopyPlan, CopyProgress};
-use crate::os::{FsOp, FsReply, OsError, RelPath};
+use crate::os::safe_fs::CopyPlan;
 
 pub(super) const SNAPSHOTS: &str = "snapshots";
 pub(super) const SNAPMETA: &str = "snapmeta";
@@ -36,25 +35,13 @@ pub(super) struct SnapshotRecord {
     /// The source volume's ID, in canonical form.
     source_volume: String,
     source_key: VolumeKeyText,
-    size_bytes: i64,
+    pub(super) size_bytes: i64,
     created_secs: i64,
     created_nanos: i32,
-    ready: bool,
+    pub(super) ready: bool,
 }
 
 type VolumeKeyText = String;
-
-/// Where a new volume's content comes from, checked to exist (see [`Store::resolve_source`]).
-#[derive(Debug, Clone)]
-pub enum LocalSource {
-    Snapshot { raw: String, key: VolumeKey },
-    Volume { raw: String, key: VolumeKey },
-}
-
-fn seg(s: &str) -> RelPath {
-    // Keys and the constant names here are single plain segments.
-    RelPath::parse(s).unwrap_or_else(|_| unreachable!("{s:?} is a valid RelPath"))
-}
 
 impl Store {
     fn snapshot_of(&self, key: &VolumeKey, r: &SnapshotRecord) -> Snapshot {
@@ -70,7 +57,10 @@ impl Store {
         }
     }
 
-    fn read_snapshot(&self, key: &VolumeKey) -> Result<Option<SnapshotRecord>, ControllerError> {
+    pub(super) fn read_snapshot(
+        &self,
+        key: &VolumeKey,
+    ) -> Result<Option<SnapshotRecord>, ControllerError> {
         self.snap_records().load(&record_name(key), key.as_str())
     }
 
@@ -193,168 +183,9 @@ impl Store {
         all.sort_by_key(|a| a.id.to_string());
         Ok(all)
     }
-
-    /// Check a new volume's content source before anything is made: it exists here and is
-    /// complete, and the volume (if sized) is at least as large.
-    pub(super) fn resolve_source(
-        &self,
-        source: &LocalSource,
-        capacity_bytes: i64,
-    ) -> Result<(), ControllerError> {
-        let (raw, size) = match source {
-            LocalSource::Snapshot { raw, key } => {
-                let r = self
-                    .read_snapshot(key)?
-                    .ok_or_else(|| ControllerError::NotFound { id: raw.clone() })?;
-                if !r.ready {
-                    return Err(ControllerError::SnapshotNotReady { id: raw.clone() });
-                }
-                (raw, r.size_bytes)
-            }
-            LocalSource::Volume { raw, key } => {
-                let r = self
-                    .read_record(key)?
-                    .filter(|r| !r.populating)
-                    .ok_or_else(|| ControllerError::NotFound { id: raw.clone() })?;
-                (raw, r.size())
-            }
-        };
-        // 0 asks for no size: the volume is then not limited, and holds the source whatever
-        // its size.
-        if capacity_bytes > 0 && capacity_bytes < size {
-            return Err(ControllerError::SourceTooLarge {
-                from: raw.clone(),
-                size,
-                requested: capacity_bytes,
-            });
-        }
-        Ok(())
-    }
-
-    /// Copy `source` into volume `key` for at most `budget`; `true` once it is all there. The
-    /// work directory joins the volume's project first: a file renamed into a directory of
-    /// another project is refused (EXDEV) by both XFS and ext4.
-    pub(super) fn fill(
-        &self,
-        key: &VolumeKey,
-        record: &LocalRecord,
-        source: &LocalSource,
-        budget: Duration,
-    ) -> Result<bool, ControllerError> {
-        let volume = record.name.as_str();
-        self.ensure(WORK, key.as_str(), volume)?;
-        if let (Some(project), false) = (
-            record.project(),
-            self.support == crate::os::quota::Support::None,
-        ) {
-            self.quota
-                .quotas
-                .assign(&self.root.join(WORK), key.rel(), project)
-                .map_err(ControllerError::quota("assign project", volume))?;
-        }
-        let (src_base, src) = match source {
-            LocalSource::Snapshot { key, .. } => (
-                self.root.join(SNAPSHOTS),
-                seg(&format!("{}/data", key.as_str())),
-            ),
-            LocalSource::Volume { key, .. } => (self.root.join(VOLUMES), key.rel().clone()),
-        };
-        let plan = CopyPlan {
-            src_base,
-            src,
-            dst_base: self.root.join(VOLUMES),
-            dst: key.rel().clone(),
-            work_base: self.root.join(WORK),
-            work: key.rel().clone(),
-        };
-        let progress = self.copy(plan, budget, volume)?;
-        if progress.complete {
-            self.remove_dir(WORK, key.as_str(), volume)?;
-        }
-        Ok(progress.complete)
-    }
-
-    /// The work directory of a volume that was being filled, when the volume goes.
-    pub(super) fn remove_fill(&self, key: &VolumeKey, volume: &str) -> Result<(), ControllerError> {
-        self.remove_dir(WORK, key.as_str(), volume)
-    }
-
-    fn copy(
-        &self,
-        plan: CopyPlan,
-        budget: Duration,
-        volume: &str,
-    ) -> Result<CopyProgress, ControllerError> {
-        let step = "copy content";
-        let op = FsOp::CopyTree {
-            plan,
-            budget_ms: u64::try_from(budget.as_millis()).unwrap_or(u64::MAX),
-        };
-        match self.fs(op, step, volume)? {
-            FsReply::Copied(progress) => {
-                tracing::debug!(volume, complete = progress.complete, stats = ?progress.stats, "copied");
-                Ok(progress)
-            }
-            other => Err(ControllerError::os(step, volume)(
-                OsError::unexpected_reply("copy-tree", &other),
-            )),
-        }
-    }
-
-    fn ensure(&self, area: &str, rel: &str, volume: &str) -> Result<(), ControllerError> {
-        let op = FsOp::EnsureDir {
-            base: self.root.join(area),
-            rel: seg(rel),
-            mode: Some(0o700),
-        };
-        self.fs(op, "create directory", volume).map(drop)
-    }
-
-    fn remove_dir(&self, area: &str, rel: &str, volume: &str) -> Result<(), ControllerError> {
-        let op = FsOp::RemoveTree {
-            base: self.root.join(area),
-            rel: seg(rel),
-            prune_parents: false,
-        };
-        self.fs(op, "remove directory", volume).map(drop)
-    }
-}
-
-impl LocalSource {
-    /// The in-flight key of the source: the same key its own calls take, so a source is
-    /// neither deleted nor written by pvdir while it is being copied.
-    pub fn guard_key(&self) -> &str {
-        match self {
-            LocalSource::Snapshot { raw, .. } | LocalSource::Volume { raw, .. } => raw,
-        }
-    }
 }
 
 impl super::LocalBackend {
-    /// The content source of a CreateVolume, when it is one of this node's; NOT_FOUND for
-    /// anything else (another node's, another backend's, or an ID pvdir never made).
-    pub(super) fn source(&self, source: &ContentSource) -> Result<LocalSource, ControllerError> {
-        let node = &self.store.node_id;
-        match source {
-            ContentSource::Snapshot(raw) => match SnapshotId::parse(raw) {
-                Ok(id @ SnapshotId::Local { .. }) if id.node() == node => {
-                    Ok(LocalSource::Snapshot {
-                        raw: id.to_string(),
-                        key: id.key().clone(),
-                    })
-                }
-                _ => Err(ControllerError::NotFound { id: raw.clone() }),
-            },
-            ContentSource::Volume(raw) => match VolumeId::parse(raw) {
-                Ok(VolumeId::Local(id)) if &id.node == node => Ok(LocalSource::Volume {
-                    raw: VolumeId::Local(id.clone()).to_string(),
-                    key: id.key,
-                }),
-                _ => Err(ControllerError::NotFound { id: raw.clone() }),
-            },
-        }
-    }
-
     /// The snapshot a CreateSnapshot names, of a volume on this node. Another node's volume
     /// is NOT_FOUND here: its own node's snapshotter takes it.
     pub fn snapshot_plan(

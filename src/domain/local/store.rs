@@ -19,7 +19,6 @@ use crate::domain::snapshot::ContentSource;
 use crate::domain::volume::{CreateSpec, Deleted, Volume};
 use crate::domain::volume_id::{LocalId, VolumeId, VolumeKey};
 use crate::os::quota::Support;
-use crate::os::safe_fs::Swept;
 use crate::os::{mountinfo, FsOp, FsReply, LocalDisk, MountEntry, OsError, RelPath};
 
 fn state_dir(name: &'static str) -> RelPath {
@@ -36,7 +35,7 @@ pub(super) struct Store {
     /// Snapshot records are synced one by one (see `snapshots`).
     snap_records: RecordSpec,
     /// Present where this process creates and deletes volumes (see [`Store::open`]).
-    journal: Option<LocalJournal>,
+    pub(super) journal: Option<LocalJournal>,
     pub(super) quota: QuotaSetup,
     /// What the root's filesystem does with project quotas, as found at start-up.
     pub(super) support: Support,
@@ -79,89 +78,6 @@ impl Store {
             .collect()
     }
 
-    /// Take the journal and redo what it holds; then this store creates and deletes.
-    pub(super) fn open(
-        mut self,
-        metrics: Arc<crate::metrics::Metrics>,
-    ) -> Result<Self, ControllerError> {
-        let roots = self.layout_dirs()[..2].to_vec();
-        for dir in &self.layout_dirs()[3..] {
-            std::fs::create_dir_all(dir).map_err(|e| {
-                ControllerError::os("create layout", "*")(OsError::Helper {
-                    what: format!("mkdir {}", dir.display()),
-                    message: e.to_string(),
-                })
-            })?;
-        }
-        let pending = LocalJournal::open(self.root.join(JOURNAL), roots, metrics)?;
-        self.support = self.detect_support();
-        // One read of the mount table for the whole replay, and none without a delete in it.
-        let mounts = match pending
-            .last
-            .iter()
-            .any(|(_, e)| matches!(e, Entry::Delete { .. }))
-        {
-            true => self.mount_table("*")?,
-            false => Vec::new(),
-        };
-        for (key, entry) in &pending.last {
-            self.redo(key, entry, &mounts)?;
-        }
-        // A process killed between writing a record's temporary file and renaming it leaves
-        // that file, and nothing else would ever remove it. The journal's lock is held: no
-        // other process writes here now. Only clutter is at stake, so a failure is logged.
-        match self.records().sweep_all_scratch() {
-            Ok(swept) if swept != Swept::default() => {
-                tracing::info!(
-                    removed = swept.removed.len(),
-                    restored = swept.restored.len(),
-                    "dealt with the scratch files of a killed driver"
-                );
-            }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "could not sweep scratch files"),
-        }
-        self.journal = Some(pending.finish()?);
-        self.hold_projects()?;
-        Ok(self)
-    }
-
-    /// Make the disk match a journal entry: the volume exists as recorded, or not at all.
-    fn redo(
-        &self,
-        key: &VolumeKey,
-        entry: &Entry,
-        mounts: &[MountEntry],
-    ) -> Result<(), ControllerError> {
-        match entry {
-            Entry::Create { record, .. } => {
-                // After a power cut the record may be missing or empty (its name made it to
-                // disk, its data did not): both are rewritten from the entry.
-                let found = match self.read_record(key) {
-                    Ok(found) => found,
-                    Err(ControllerError::CorruptRecord { .. }) => None,
-                    Err(e) => return Err(e),
-                };
-                if found.as_ref() != Some(record) {
-                    self.records()
-                        .store(&record_name(key), record, false, &record.name)?;
-                }
-                self.ensure_dir(key, record.mount_permissions, &record.name)?;
-                self.apply_quota(key, record, &record.name)
-            }
-            Entry::Delete { .. } => {
-                refuse_if_mounted(mounts, &self.volume_dir(key), key.as_str())?;
-                let project = match self.read_record(key) {
-                    Ok(found) => found.and_then(|r| r.project()),
-                    Err(ControllerError::CorruptRecord { .. }) => None,
-                    Err(e) => return Err(e),
-                };
-                self.remove_fill(key, key.as_str())?;
-                self.remove(key, project, key.as_str())
-            }
-        }
-    }
-
     pub(super) fn journal(&self) -> Result<&LocalJournal, ControllerError> {
         // Only a wiring mistake gets here: the controller is always given an opened backend.
         self.journal.as_ref().ok_or_else(|| {
@@ -171,7 +87,7 @@ impl Store {
         })
     }
 
-    fn volume_dir(&self, key: &VolumeKey) -> PathBuf {
+    pub(super) fn volume_dir(&self, key: &VolumeKey) -> PathBuf {
         self.root.join(VOLUMES).join(key.as_str())
     }
 
@@ -325,7 +241,7 @@ impl Store {
         journal.commit(&entry, volume)
     }
 
-    fn ensure_dir(
+    pub(super) fn ensure_dir(
         &self,
         key: &VolumeKey,
         mode: Option<u32>,
@@ -379,7 +295,7 @@ impl Store {
         journal.deleted(key, volume)
     }
 
-    fn mount_table(&self, raw: &str) -> Result<Vec<MountEntry>, ControllerError> {
+    pub(super) fn mount_table(&self, raw: &str) -> Result<Vec<MountEntry>, ControllerError> {
         self.disk
             .mount_table()
             .map_err(ControllerError::os("read mount table", raw))
@@ -387,7 +303,7 @@ impl Store {
 
     /// Remove the volume's directory, clear its quota and then remove its record; the caller
     /// checked for mounts. The record goes last: a retry still knows the project to clear.
-    fn remove(
+    pub(super) fn remove(
         &self,
         key: &VolumeKey,
         project: Option<crate::os::quota::ProjectId>,
@@ -456,7 +372,7 @@ pub(super) fn record_name(key: &VolumeKey) -> String {
 
 /// Deleting the source of a live bind mount would delete a running pod's data. That includes
 /// binds of a subdirectory (kubelet's subPath mounts), hence the prefix match.
-fn refuse_if_mounted(
+pub(super) fn refuse_if_mounted(
     mounts: &[MountEntry],
     dir: &std::path::Path,
     raw: &str,

@@ -343,13 +343,12 @@ impl Copy {
             Err(Errno::ENOENT) => return Ok(()),
             Err(e) => return Err(io("read link", path, e)),
         };
-        let tmp = self.work.fresh_name();
-        nix::unistd::symlinkat(target.as_os_str(), self.work.dir(), tmp.as_c_str())
-            .map_err(|e| io("make symlink", path, e))?;
-        attrs::apply_at(self.work.dir(), &tmp, st, path, false)?;
-        self.place(tmp.as_c_str(), top.dst.as_fd(), name, path)
+        let make =
+            |dir: BorrowedFd<'_>, tmp: &CStr| nix::unistd::symlinkat(target.as_os_str(), dir, tmp);
+        self.aside(top, name, st, path, make, false)
     }
 
+    /// A FIFO or socket node: a new node of the same kind (nothing listens on a copied socket).
     fn special(
         &mut self,
         top: &Frame,
@@ -357,16 +356,27 @@ impl Copy {
         st: &FileStat,
         path: &Path,
     ) -> Result<(), SafeFsError> {
+        let make = |dir: BorrowedFd<'_>, tmp: &CStr| {
+            let mode = Mode::from_bits_truncate(0o600);
+            nix::sys::stat::mknodat(dir, tmp, file_type(st), mode, 0)
+        };
+        self.aside(top, name, st, path, make, true)
+    }
+
+    /// Make an entry in the work directory with `make`, give it `st`'s owner and times (and
+    /// mode, with `chmod`), and put it in place.
+    fn aside(
+        &mut self,
+        top: &Frame,
+        name: &CStr,
+        st: &FileStat,
+        path: &Path,
+        make: impl FnOnce(BorrowedFd<'_>, &CStr) -> Result<(), Errno>,
+        chmod: bool,
+    ) -> Result<(), SafeFsError> {
         let tmp = self.work.fresh_name();
-        nix::sys::stat::mknodat(
-            self.work.dir(),
-            tmp.as_c_str(),
-            file_type(st),
-            Mode::from_bits_truncate(0o600),
-            0,
-        )
-        .map_err(|e| io("make node", path, e))?;
-        attrs::apply_at(self.work.dir(), &tmp, st, path, true)?;
+        make(self.work.dir(), &tmp).map_err(|e| io("make", path, e))?;
+        attrs::apply_at(self.work.dir(), &tmp, st, path, chmod)?;
         self.place(tmp.as_c_str(), top.dst.as_fd(), name, path)
     }
 
