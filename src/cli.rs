@@ -40,6 +40,11 @@ pub enum Command {
     Delete(DeleteArgs),
     /// Grow a volume (ControllerExpandVolume); on the local backend this raises its quota.
     Expand(crate::ctl::args::ExpandArgs),
+    /// Take a snapshot of a volume (CreateSnapshot, repeated until it is ready, as the
+    /// snapshotter does) and print its ID.
+    Snapshot(crate::ctl::args::SnapshotArgs),
+    /// Delete a snapshot (DeleteSnapshot).
+    DeleteSnapshot(crate::ctl::args::DeleteSnapshotArgs),
     /// Drive any CSI driver with a mix of calls at a set concurrency and report latency,
     /// errors, throughput and the driver's memory.
     Load(crate::ctl::load::args::LoadArgs),

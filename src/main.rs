@@ -126,6 +126,8 @@ fn main() -> ExitCode {
         Command::Unpublish(args) => ctl::block_on(ctl::volume::unpublish(args)),
         Command::Delete(args) => ctl::block_on(ctl::volume::delete(args)),
         Command::Expand(args) => ctl::block_on(ctl::volume::expand(args)),
+        Command::Snapshot(args) => ctl::block_on(ctl::snapshot::create(args)),
+        Command::DeleteSnapshot(args) => ctl::block_on(ctl::snapshot::delete(args)),
         Command::Load(args) => ctl::load::main(args),
         Command::Internal(Internal::Fs { op }) => {
             ExitCode::from(u8::try_from(run_internal_fs(&op_or_stdin(op))).unwrap_or(1))

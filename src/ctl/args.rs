@@ -121,6 +121,36 @@ pub struct CreateArgs {
     /// Require the volume on this node (local backend: the accessibility requirement).
     #[arg(long)]
     pub node: Option<String>,
+
+    /// Fill the new volume from this snapshot (a restore).
+    #[arg(long, conflicts_with = "from_volume")]
+    pub from_snapshot: Option<String>,
+
+    /// Fill the new volume from this volume (a clone).
+    #[arg(long)]
+    pub from_volume: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct SnapshotArgs {
+    /// The snapshot name (Kubernetes uses `snapshot-<uid>`).
+    pub name: String,
+
+    /// The ID of the volume to take it of.
+    #[arg(long)]
+    pub source: String,
+
+    #[command(flatten)]
+    pub driver: DriverArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct DeleteSnapshotArgs {
+    /// The snapshot ID (the VolumeSnapshotContent's status.snapshotHandle).
+    pub snapshot_id: String,
+
+    #[command(flatten)]
+    pub driver: DriverArgs,
 }
 
 #[derive(Debug, Args)]

@@ -1,11 +1,13 @@
-//! The operator CLI (`pvdir probe|list|show|create|publish|unpublish|delete|expand|load`): a CSI *client*
+//! The operator CLI (`pvdir probe|list|show|create|publish|unpublish|delete|expand|snapshot|
+//! delete-snapshot|load`): a CSI *client*
 //! adapter, the counterpart of [`crate::csi`]. It may see tonic and the generated proto; it
 //! reuses the domain's volume ID parser and the OS layer's mountinfo parser, and never changes
 //! anything except through the driver's own RPCs.
 //!
 //! This file owns the error type, the exit codes and the runner that turns a handler's result
 //! into a process exit status. Handlers live one per file: probe.rs, list.rs, show.rs, and
-//! volume.rs (create, publish, unpublish, delete, expand), and load/ (the load generator).
+//! volume.rs (create, publish, unpublish, delete, expand), snapshot.rs (snapshot,
+//! delete-snapshot), and load/ (the load generator).
 
 pub mod args;
 pub mod client;
@@ -13,6 +15,7 @@ pub mod list;
 pub mod load;
 pub mod probe;
 pub mod show;
+pub mod snapshot;
 pub mod values;
 pub mod volume;
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 use super::args::{
     Access, CapabilityArgs, CreateArgs, DeleteArgs, ExpandArgs, PublishArgs, UnpublishArgs,
 };
-use super::client::Client;
+pub(super) use super::client::Client;
 use super::values::{format_size, to_map, topologies};
 use super::CtlError;
 use crate::csi::proto as csi;
@@ -40,7 +40,7 @@ pub fn capability(args: &CapabilityArgs) -> csi::VolumeCapability {
     }
 }
 
-async fn connect(driver: &super::args::DriverArgs) -> Result<Client, CtlError> {
+pub(super) async fn connect(driver: &super::args::DriverArgs) -> Result<Client, CtlError> {
     Client::connect(&driver.endpoint, Duration::from_secs(driver.timeout_secs)).await
 }
 
@@ -60,16 +60,50 @@ fn create_request(args: &CreateArgs) -> Result<csi::CreateVolumeRequest, CtlErro
             requisite: vec![t.clone()],
             preferred: vec![t],
         }),
+        volume_content_source: content_source(args),
         ..Default::default()
     })
 }
 
-/// Prints the volume; its ID alone on the last line, for scripts (`| tail -n1`).
+fn content_source(args: &CreateArgs) -> Option<csi::VolumeContentSource> {
+    use csi::volume_content_source::{SnapshotSource, Type, VolumeSource};
+    let source = match (&args.from_snapshot, &args.from_volume) {
+        (Some(id), _) => Type::Snapshot(SnapshotSource {
+            snapshot_id: id.clone(),
+        }),
+        (None, Some(id)) => Type::Volume(VolumeSource {
+            volume_id: id.clone(),
+        }),
+        (None, None) => return None,
+    };
+    Some(csi::VolumeContentSource {
+        r#type: Some(source),
+    })
+}
+
+/// Prints the volume; its ID alone on the last line, for scripts (`| tail -n1`). A volume
+/// filled from a snapshot or volume is asked for again while the driver answers ABORTED
+/// (still copying), as the provisioner does, within `--timeout-secs`.
 pub async fn create(args: CreateArgs) -> Result<(), CtlError> {
     let request = create_request(&args)?;
     let c = connect(&args.driver).await?;
     let rpc = "CreateVolume";
-    let reply = c.call(rpc, c.controller().create_volume(request)).await?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(args.driver.timeout_secs);
+    let reply = loop {
+        match c
+            .call(rpc, c.controller().create_volume(request.clone()))
+            .await
+        {
+            Err(CtlError::Call {
+                code: "ABORTED", ..
+            }) if request.volume_content_source.is_some()
+                && std::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            other => break other?,
+        }
+    };
     let volume = reply.volume.ok_or_else(|| CtlError::EmptyReply {
         rpc,
         endpoint: c.endpoint().clone(),
