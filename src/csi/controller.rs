@@ -7,8 +7,7 @@ use tonic::{Request, Response, Status};
 
 use super::proto as csi;
 use super::request::{
-    CapacitySpec, DeleteSnapshotSpec, DeleteSpec, ExpandSpec, GetSnapshotSpec, ListSnapshotsSpec,
-    ListSpec, ValidateSpec,
+    CapacitySpec, DeleteSpec, ExpandSpec, ListSnapshotsSpec, ListSpec, SnapshotIdSpec, ValidateSpec,
 };
 use super::{detached, fail};
 use crate::domain::access::BackendKind;
@@ -272,7 +271,7 @@ impl csi::controller_server::Controller for ControllerService {
     ) -> Result<Response<csi::DeleteSnapshotResponse>, Status> {
         let req = request.into_inner();
         let (rpc, id) = ("DeleteSnapshot", req.snapshot_id.clone());
-        let spec = DeleteSnapshotSpec::try_from(req).map_err(|e| fail(rpc, &id, None, e))?;
+        let spec = SnapshotIdSpec::try_from(req).map_err(|e| fail(rpc, &id, None, e))?;
         let inner = Arc::clone(&self.inner);
         detached(async move { inner.delete_snapshot(&spec.snapshot_id).await })
             .await?
@@ -311,7 +310,7 @@ impl csi::controller_server::Controller for ControllerService {
     ) -> Result<Response<csi::GetSnapshotResponse>, Status> {
         let rpc = "GetSnapshot";
         let spec =
-            GetSnapshotSpec::try_from(request.into_inner()).map_err(|e| fail(rpc, "", None, e))?;
+            SnapshotIdSpec::try_from(request.into_inner()).map_err(|e| fail(rpc, "", None, e))?;
         let snapshot = self
             .inner
             .get_snapshot(&spec.snapshot_id)

@@ -272,20 +272,22 @@ impl Controller {
                 token: token.to_string(),
             });
         }
+        // One record read when an ID is asked for (an ID not of this driver names none).
+        let candidates = match filter.snapshot_id.as_deref() {
+            Some(raw) => match SnapshotId::parse(raw) {
+                Ok(id) => b.snapshot(&id).await?.into_iter().collect(),
+                Err(_) => Vec::new(),
+            },
+            None => b.list_snapshots().await?,
+        };
         // Compared in canonical form, so an ID spelled with other escapes still matches.
-        let canonical = |raw: &str| SnapshotId::parse(raw).map(|id| id.to_string()).ok();
-        let wanted_id = filter.snapshot_id.as_deref().map(canonical);
         let wanted_source = filter
             .source_volume
             .as_deref()
             .map(|raw| VolumeId::parse(raw).map_or_else(|_| raw.to_string(), |id| id.to_string()));
-        let mut matching = b.list_snapshots().await?.into_iter().filter(|s| {
-            let id = s.id.to_string();
-            wanted_id
-                .as_ref()
-                .is_none_or(|w| w.as_deref() == Some(id.as_str()))
-                && wanted_source.as_ref().is_none_or(|w| *w == s.source_volume)
-                && (token.is_empty() || id.as_str() > token)
+        let mut matching = candidates.into_iter().filter(|s| {
+            wanted_source.as_ref().is_none_or(|w| *w == s.source_volume)
+                && (token.is_empty() || s.id.to_string().as_str() > token)
         });
         let limit = if max_entries == 0 {
             usize::MAX
@@ -305,16 +307,13 @@ impl Controller {
 
     /// The snapshot `raw` names; NOT_FOUND for one that does not exist (or is not pvdir's).
     pub async fn get_snapshot(&self, raw: &str) -> Result<Snapshot, ControllerError> {
-        let filter = SnapshotFilter {
-            snapshot_id: Some(raw.to_string()),
-            source_volume: None,
+        let not_found = || ControllerError::NotFound {
+            id: raw.to_string(),
         };
-        let page = self.list_snapshots(&filter, "", 1).await?;
-        page.snapshots
-            .into_iter()
-            .next()
-            .ok_or_else(|| ControllerError::NotFound {
-                id: raw.to_string(),
-            })
+        let Backend::Local(b) = &*self.backend else {
+            return Err(ControllerError::Unsupported { what: "snapshots" });
+        };
+        let id = SnapshotId::parse(raw).map_err(|_| not_found())?;
+        b.snapshot(&id).await?.ok_or_else(not_found)
     }
 }

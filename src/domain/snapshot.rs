@@ -90,32 +90,13 @@ pub struct SnapshotSpec {
     pub parameters: HashMap<String, String>,
 }
 
-/// Where a new volume's content comes from (CreateVolume's `volume_content_source`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where a new volume's content comes from (CreateVolume's `volume_content_source`); kept in
+/// the volume's record as given, since a repeated create must name the same source.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum ContentSource {
     Snapshot(String),
     Volume(String),
-}
-
-impl ContentSource {
-    /// The raw ID, as recorded with the volume (part of what a repeated create must match).
-    pub fn recorded(&self) -> String {
-        match self {
-            ContentSource::Snapshot(id) => format!("snapshot:{id}"),
-            ContentSource::Volume(id) => format!("volume:{id}"),
-        }
-    }
-
-    /// The inverse of [`ContentSource::recorded`].
-    pub fn from_recorded(recorded: &str) -> Option<Self> {
-        if let Some(id) = recorded.strip_prefix("snapshot:") {
-            Some(ContentSource::Snapshot(id.to_string()))
-        } else {
-            recorded
-                .strip_prefix("volume:")
-                .map(|id| ContentSource::Volume(id.to_string()))
-        }
-    }
 }
 
 /// ListSnapshots' filters: both optional, both exact.

@@ -4,7 +4,7 @@
 
 mod snapshot;
 
-pub use snapshot::{DeleteSnapshotSpec, GetSnapshotSpec, ListSnapshotsSpec};
+pub use snapshot::{ListSnapshotsSpec, SnapshotIdSpec};
 
 use std::path::PathBuf;
 

@@ -18,31 +18,29 @@ impl TryFrom<csi::CreateSnapshotRequest> for SnapshotSpec {
     }
 }
 
-pub struct DeleteSnapshotSpec {
+/// DeleteSnapshot and GetSnapshot: a snapshot ID, required.
+pub struct SnapshotIdSpec {
     pub snapshot_id: String,
 }
 
-impl TryFrom<csi::DeleteSnapshotRequest> for DeleteSnapshotSpec {
+impl TryFrom<csi::DeleteSnapshotRequest> for SnapshotIdSpec {
     type Error = Invalid;
     fn try_from(req: csi::DeleteSnapshotRequest) -> Result<Self, Invalid> {
-        required(&req.snapshot_id, "snapshot_id")?;
-        Ok(Self {
-            snapshot_id: req.snapshot_id,
-        })
+        Self::new(req.snapshot_id)
     }
 }
 
-pub struct GetSnapshotSpec {
-    pub snapshot_id: String,
-}
-
-impl TryFrom<csi::GetSnapshotRequest> for GetSnapshotSpec {
+impl TryFrom<csi::GetSnapshotRequest> for SnapshotIdSpec {
     type Error = Invalid;
     fn try_from(req: csi::GetSnapshotRequest) -> Result<Self, Invalid> {
-        required(&req.snapshot_id, "snapshot_id")?;
-        Ok(Self {
-            snapshot_id: req.snapshot_id,
-        })
+        Self::new(req.snapshot_id)
+    }
+}
+
+impl SnapshotIdSpec {
+    fn new(snapshot_id: String) -> Result<Self, Invalid> {
+        required(&snapshot_id, "snapshot_id")?;
+        Ok(Self { snapshot_id })
     }
 }
 

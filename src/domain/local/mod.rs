@@ -53,9 +53,9 @@ struct LocalRecord {
     /// The size after the last ControllerExpandVolume.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     expanded_bytes: Option<i64>,
-    /// The content source CreateVolume named (see [`ContentSource::recorded`]).
+    /// The content source CreateVolume named.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    source: Option<String>,
+    source: Option<super::snapshot::ContentSource>,
     /// Still being filled from `source`: not yet handed out, so neither published, listed,
     /// cloned nor snapshotted.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]

@@ -44,7 +44,7 @@ pub(super) struct SnapshotRecord {
 type VolumeKeyText = String;
 
 impl Store {
-    fn snapshot_of(&self, key: &VolumeKey, r: &SnapshotRecord) -> Snapshot {
+    pub(super) fn snapshot_of(&self, key: &VolumeKey, r: &SnapshotRecord) -> Snapshot {
         Snapshot {
             id: SnapshotId::Local {
                 node: self.node_id.clone(),
@@ -247,6 +247,18 @@ impl super::LocalBackend {
         let (key, owned) = (id.key().clone(), raw.to_string());
         self.run("delete snapshot", raw, move |s| {
             s.delete_snapshot(&key, &owned)
+        })
+        .await
+    }
+
+    /// The snapshot `id` names, from its record alone; `None` for another node's.
+    pub async fn snapshot(&self, id: &SnapshotId) -> Result<Option<Snapshot>, ControllerError> {
+        if id.node() != self.store.node_id {
+            return Ok(None);
+        }
+        let key = id.key().clone();
+        self.run("read snapshot record", id.key().as_str(), move |s| {
+            Ok(s.read_snapshot(&key)?.map(|r| s.snapshot_of(&key, &r)))
         })
         .await
     }

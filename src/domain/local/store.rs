@@ -15,7 +15,6 @@ use super::snapshots::{SNAPMETA, SNAPSHOTS, WORK};
 use super::{LocalPlan, LocalRecord, QuotaSetup, JOURNAL, META, VOLUMES};
 use crate::domain::error::ControllerError;
 use crate::domain::record::{DiskRecords, RecordSpec, RECORD_SUFFIX};
-use crate::domain::snapshot::ContentSource;
 use crate::domain::volume::{CreateSpec, Deleted, Volume};
 use crate::domain::volume_id::{LocalId, VolumeId, VolumeKey};
 use crate::os::quota::Support;
@@ -99,10 +98,7 @@ impl Store {
             }),
             capacity_bytes: record.size(),
             node: Some(self.node_id.clone()),
-            source: record
-                .source
-                .as_deref()
-                .and_then(ContentSource::from_recorded),
+            source: record.source.clone(),
         }
     }
 
@@ -148,7 +144,7 @@ impl Store {
             mount_permissions: mode,
             project: None,
             expanded_bytes: None,
-            source: spec.source.as_ref().map(|s| s.recorded()),
+            source: spec.source.clone(),
             populating: spec.source.is_some(),
         };
         let journal = self.journal()?;

@@ -29,6 +29,10 @@ use sha2::{Digest, Sha256};
 use super::super::{io, SafeFsError};
 
 const MARKER: &CStr = c"boot";
+/// Bytes of SHA-256 in each half of a work file's name (see [`hash`]).
+const HASH_BYTES: usize = 12;
+/// `f-<path hash>`: what names the partial copies of one path.
+const KEY_LEN: usize = 2 + 2 * HASH_BYTES;
 
 pub(super) struct Work {
     pub(super) fd: OwnedFd,
@@ -49,7 +53,7 @@ fn hash(parts: &[&[u8]]) -> String {
     for p in parts {
         h.update(p);
     }
-    hex::encode(&h.finalize()[..12])
+    hex::encode(&h.finalize()[..HASH_BYTES])
 }
 
 impl Work {
@@ -69,7 +73,7 @@ impl Work {
             let bytes = name.to_bytes();
             let keep = !fresh && bytes.starts_with(b"f-");
             if keep {
-                let key = String::from_utf8_lossy(&bytes[..bytes.len().min(2 + 24)]).into_owned();
+                let key = String::from_utf8_lossy(&bytes[..bytes.len().min(KEY_LEN)]).into_owned();
                 work.partial.insert(key, name);
             } else if name.as_c_str() != MARKER {
                 work.unlink(&name)?;
