@@ -388,14 +388,26 @@ impl Copy {
         name: &CStr,
         path: &Path,
     ) -> Result<(), SafeFsError> {
-        nix::fcntl::renameat2(
-            self.work.dir(),
+        let work = self.work.dir();
+        match nix::fcntl::renameat2(
+            work,
             tmp,
             dir,
             name,
             nix::fcntl::RenameFlags::RENAME_NOREPLACE,
-        )
-        .map_err(|e| io("put copy in place", path, e))?;
+        ) {
+            Ok(()) => {}
+            // The Linux NFS client rejects every renameat2 flag. link(2) is just as exclusive
+            // (EEXIST, never a replacement) and links a symlink itself, not its target; the
+            // work name then goes. A crash in between leaves only a name in the work directory.
+            Err(Errno::EINVAL) => {
+                nix::unistd::linkat(work, tmp, dir, name, AtFlags::empty())
+                    .map_err(|e| io("put copy in place", path, e))?;
+                nix::unistd::unlinkat(work, tmp, nix::unistd::UnlinkatFlags::NoRemoveDir)
+                    .map_err(|e| io("remove work name", path, e))?;
+            }
+            Err(e) => return Err(io("put copy in place", path, e)),
+        }
         self.stats.entries += 1;
         Ok(())
     }
