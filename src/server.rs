@@ -272,11 +272,14 @@ pub async fn assemble(
             &endpoint,
             &args.nfs_driver_name,
             nfs_mode,
-            Backend::Nfs(NfsBackend::new(
-                staging,
-                Arc::clone(&os),
-                ClaimPolicy::new(ClaimPolicy::expiry_for(args.nfs_timeout())),
-            )),
+            Backend::Nfs(
+                NfsBackend::new(
+                    staging,
+                    Arc::clone(&os),
+                    ClaimPolicy::new(ClaimPolicy::expiry_for(args.nfs_timeout())),
+                )
+                .with_copy_budget(NfsBackend::copy_budget_for(args.nfs_timeout())),
+            ),
             args.nfs_registration_path.as_deref(),
         )?;
     }

@@ -228,19 +228,18 @@ impl csi::controller_server::Controller for ControllerService {
             rpc_capability(Type::SingleNodeMultiWriter),
             rpc_capability(Type::ExpandVolume),
         ];
-        // NFS volumes are spread over every export named by any StorageClass; the controller
-        // cannot enumerate them, so it does not claim to.
+        capabilities.extend(
+            [
+                Type::CreateDeleteSnapshot,
+                Type::GetSnapshot,
+                Type::CloneVolume,
+            ]
+            .map(rpc_capability),
+        );
+        // NFS volumes and snapshots are spread over every export named by any StorageClass;
+        // the controller cannot enumerate them, so it does not claim to.
         if self.kind == BackendKind::Local {
-            capabilities.extend(
-                [
-                    Type::ListVolumes,
-                    Type::CreateDeleteSnapshot,
-                    Type::ListSnapshots,
-                    Type::GetSnapshot,
-                    Type::CloneVolume,
-                ]
-                .map(rpc_capability),
-            );
+            capabilities.extend([Type::ListVolumes, Type::ListSnapshots].map(rpc_capability));
         }
         Ok(Response::new(csi::ControllerGetCapabilitiesResponse {
             capabilities,

@@ -38,6 +38,22 @@ impl Controller {
             })
     }
 
+    /// The guard of a new volume's content source (canonical ID `source`), so that it is not
+    /// deleted, snapshotted or copied over meanwhile; a volume cannot be its own source.
+    fn claim_source(
+        &self,
+        source: Option<&str>,
+        own: &str,
+    ) -> Result<Option<InFlightGuard>, ControllerError> {
+        match source {
+            Some(source) if source == own => Err(ControllerError::SourceIsTarget {
+                id: source.to_string(),
+            }),
+            Some(source) => self.claim(source).map(Some),
+            None => Ok(None),
+        }
+    }
+
     /// `None` for an ID this driver never made; an error for one that claims to be ours but is
     /// malformed (for example one whose path would leave the share).
     fn parse_ours(raw: &str) -> Result<Option<VolumeId>, ControllerError> {
@@ -57,24 +73,18 @@ impl Controller {
         match &*self.backend {
             Backend::Local(b) => {
                 let plan = b.plan(&spec)?;
-                let _guard = self.claim(&VolumeId::Local(plan.id.clone()).to_string())?;
-                // The source is held too: not deleted, snapshotted or copied over meanwhile.
-                let _source = match &plan.source {
-                    Some(source)
-                        if source.guard_key() == VolumeId::Local(plan.id.clone()).to_string() =>
-                    {
-                        return Err(ControllerError::SourceIsTarget {
-                            id: source.guard_key().to_string(),
-                        })
-                    }
-                    Some(source) => Some(self.claim(source.guard_key())?),
-                    None => None,
-                };
+                let own = VolumeId::Local(plan.id.clone()).to_string();
+                let _guard = self.claim(&own)?;
+                let _source =
+                    self.claim_source(plan.source.as_ref().map(|s| s.guard_key()), &own)?;
                 b.create(&spec, plan).await
             }
             Backend::Nfs(b) => {
                 let plan = b.plan(&spec)?;
-                let _guard = self.claim(&VolumeId::Nfs(plan.id.clone()).to_string())?;
+                let own = VolumeId::Nfs(plan.id.clone()).to_string();
+                let _guard = self.claim(&own)?;
+                let _source =
+                    self.claim_source(plan.source.as_ref().map(|s| s.guard_key()), &own)?;
                 b.create(&spec, plan).await
             }
         }
@@ -228,57 +238,97 @@ impl Controller {
     /// (the snapshotter retries). Guarded by the snapshot's ID and by its source volume.
     pub async fn create_snapshot(&self, spec: SnapshotSpec) -> Result<Snapshot, ControllerError> {
         super::params::from_map::<super::params::SnapshotParams>(&spec.parameters)?;
-        let Backend::Local(b) = &*self.backend else {
-            return Err(ControllerError::Unsupported { what: "snapshots" });
-        };
-        let (id, source) = b.snapshot_plan(&spec.name, &spec.source_volume)?;
-        let _guard = self.claim(&id.to_string())?;
-        let _source = self.claim(&VolumeId::Local(source.clone()).to_string())?;
-        b.create_snapshot(&spec.name, &id, &source).await
+        match &*self.backend {
+            Backend::Local(b) => {
+                let (id, source) = b.snapshot_plan(&spec.name, &spec.source_volume)?;
+                let _guard = self.claim(&id.to_string())?;
+                let _source = self.claim(&VolumeId::Local(source.clone()).to_string())?;
+                b.create_snapshot(&spec.name, id.key(), &source).await
+            }
+            Backend::Nfs(b) => {
+                let (id, source) = b.snapshot_plan(&spec.name, &spec.source_volume)?;
+                let _guard = self.claim(&id.to_string())?;
+                let _source = self.claim(&VolumeId::Nfs(source.clone()).to_string())?;
+                b.create_snapshot(&spec.name, id.key(), &source).await
+            }
+        }
+    }
+
+    /// `None` for an ID this driver never made, as for volumes.
+    fn parse_snapshot(raw: &str) -> Result<Option<SnapshotId>, ControllerError> {
+        match SnapshotId::parse(raw) {
+            Ok(id) => Ok(Some(id)),
+            Err(VolumeIdError::Foreign) => Ok(None),
+            Err(source) => Err(ControllerError::MalformedId {
+                id: raw.to_string(),
+                source,
+            }),
+        }
     }
 
     /// Deleting a snapshot that does not exist succeeds, as for volumes.
     pub async fn delete_snapshot(&self, raw: &str) -> Result<(), ControllerError> {
-        let Backend::Local(b) = &*self.backend else {
-            return Err(ControllerError::Unsupported { what: "snapshots" });
-        };
-        let id = match SnapshotId::parse(raw) {
-            Ok(id) => id,
-            Err(VolumeIdError::Foreign) => return Ok(()),
-            Err(source) => {
-                return Err(ControllerError::MalformedId {
-                    id: raw.to_string(),
-                    source,
-                })
-            }
+        let Some(id) = Self::parse_snapshot(raw)? else {
+            return Ok(());
         };
         let _guard = self.claim(&id.to_string())?;
-        b.delete_snapshot(&id, raw).await.map(drop)
+        match (&*self.backend, &id) {
+            (Backend::Local(b), SnapshotId::Local { node, key }) => {
+                b.delete_snapshot(node, key, raw).await.map(drop)
+            }
+            (Backend::Nfs(b), SnapshotId::Nfs { export, key }) => {
+                b.delete_snapshot(export, key, raw).await.map(drop)
+            }
+            (_, SnapshotId::Local { .. }) => {
+                Err(ControllerError::WrongBackend { backend: "local" })
+            }
+            (_, SnapshotId::Nfs { .. }) => Err(ControllerError::WrongBackend { backend: "nfs" }),
+        }
+    }
+
+    /// The snapshot `id` names, from its record alone; `None` when there is none (or it is
+    /// another backend's).
+    async fn snapshot(
+        &self,
+        id: &SnapshotId,
+        raw: &str,
+    ) -> Result<Option<Snapshot>, ControllerError> {
+        match (&*self.backend, id) {
+            (Backend::Local(b), SnapshotId::Local { node, key }) => b.snapshot(node, key).await,
+            (Backend::Nfs(b), SnapshotId::Nfs { export, key }) => {
+                b.snapshot(export, key, raw).await
+            }
+            _ => Ok(None),
+        }
     }
 
     /// Pages are keyed by the last snapshot ID returned, in ID order: a snapshot made or
     /// deleted between two pages never shifts another one out of the listing or into it twice.
+    /// The NFS backend lists only by snapshot ID: its snapshots lie on every export of every
+    /// class, which it has no list of.
     pub async fn list_snapshots(
         &self,
         filter: &SnapshotFilter,
         token: &str,
         max_entries: usize,
     ) -> Result<SnapshotPage, ControllerError> {
-        let Backend::Local(b) = &*self.backend else {
-            return Err(ControllerError::Unsupported { what: "snapshots" });
-        };
         if !token.is_empty() && SnapshotId::parse(token).is_err() {
             return Err(ControllerError::BadPageToken {
                 token: token.to_string(),
             });
         }
         // One record read when an ID is asked for (an ID not of this driver names none).
-        let candidates = match filter.snapshot_id.as_deref() {
-            Some(raw) => match SnapshotId::parse(raw) {
-                Ok(id) => b.snapshot(&id).await?.into_iter().collect(),
+        let candidates = match (filter.snapshot_id.as_deref(), &*self.backend) {
+            (Some(raw), _) => match SnapshotId::parse(raw) {
+                Ok(id) => self.snapshot(&id, raw).await?.into_iter().collect(),
                 Err(_) => Vec::new(),
             },
-            None => b.list_snapshots().await?,
+            (None, Backend::Local(b)) => b.list_snapshots().await?,
+            (None, Backend::Nfs(_)) => {
+                return Err(ControllerError::Unsupported {
+                    what: "ListSnapshots without a snapshot ID",
+                })
+            }
         };
         // Compared in canonical form, so an ID spelled with other escapes still matches.
         let wanted_source = filter
@@ -310,10 +360,7 @@ impl Controller {
         let not_found = || ControllerError::NotFound {
             id: raw.to_string(),
         };
-        let Backend::Local(b) = &*self.backend else {
-            return Err(ControllerError::Unsupported { what: "snapshots" });
-        };
         let id = SnapshotId::parse(raw).map_err(|_| not_found())?;
-        b.snapshot(&id).await?.ok_or_else(not_found)
+        self.snapshot(&id, raw).await?.ok_or_else(not_found)
     }
 }

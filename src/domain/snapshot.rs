@@ -1,14 +1,20 @@
-//! Snapshots and content sources: the IDs, the validated requests and what is reported.
+//! Snapshots and content sources: the IDs, the validated requests, what is reported, and the
+//! record both backends keep of a snapshot.
 //!
-//! A snapshot ID is self-describing like a volume ID, `v1#snap#local#<node>#<key>`, so
-//! DeleteSnapshot and a restore find the snapshot from the ID alone (its record on disk), with
-//! no memory of the call that made it. The key is made from the snapshot's name by the same
-//! rules as a volume's directory name (see [`VolumeKey`]).
+//! A snapshot ID is self-describing like a volume ID, `v1#snap#local#<node>#<key>` or
+//! `v1#snap#nfs#<server>#<share>#<mount options>#<key>`, so DeleteSnapshot and a restore find
+//! the snapshot from the ID alone (its record on the node's disk or on the export), with no
+//! memory of the call that made it. The key is made from the snapshot's name by the same rules
+//! as a local volume's directory name (see [`VolumeKey`]).
 
 use std::collections::HashMap;
 use std::fmt;
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::volume_id::{bad, decode, encode, VolumeIdError, VolumeKey};
+use serde::{Deserialize, Serialize};
+
+use super::error::ControllerError;
+use super::volume_id::{bad, decode, encode, NfsExport, VolumeIdError, VolumeKey};
 
 const PREFIX: &str = "v1#snap";
 
@@ -16,19 +22,14 @@ const PREFIX: &str = "v1#snap";
 pub enum SnapshotId {
     /// A copy kept on the node that holds the source volume, beside its volumes.
     Local { node: String, key: VolumeKey },
+    /// A copy kept on the source volume's export, in pvdir's own directory there.
+    Nfs { export: NfsExport, key: VolumeKey },
 }
 
 impl SnapshotId {
-    /// The node that holds the snapshot.
-    pub fn node(&self) -> &str {
-        match self {
-            Self::Local { node, .. } => node,
-        }
-    }
-
     pub fn key(&self) -> &VolumeKey {
         match self {
-            Self::Local { key, .. } => key,
+            Self::Local { key, .. } | Self::Nfs { key, .. } => key,
         }
     }
 
@@ -37,16 +38,21 @@ impl SnapshotId {
             return Err(VolumeIdError::Foreign);
         };
         let fields: Vec<&str> = rest.split('#').collect();
+        let key = |k: &str| {
+            VolumeKey::parse(&decode("key", k)?).ok_or_else(|| bad("key", "not a snapshot key"))
+        };
         match fields.as_slice() {
-            ["local", node, key] => {
+            ["local", node, k] => {
                 let node = decode("node", node)?;
                 if node.is_empty() {
                     return Err(bad("node", "empty"));
                 }
-                let key = VolumeKey::parse(&decode("key", key)?)
-                    .ok_or_else(|| bad("key", "not a snapshot key"))?;
-                Ok(Self::Local { node, key })
+                Ok(Self::Local { node, key: key(k)? })
             }
+            ["nfs", server, share, options, k] => Ok(Self::Nfs {
+                export: NfsExport::parse_fields(server, share, options)?,
+                key: key(k)?,
+            }),
             [backend, ..] => Err(bad("backend", format!("unknown backend {backend:?}"))),
             [] => Err(VolumeIdError::Foreign),
         }
@@ -64,6 +70,68 @@ impl fmt::Display for SnapshotId {
                     encode(key.as_str())
                 )
             }
+            Self::Nfs { export, key } => {
+                write!(
+                    f,
+                    "{PREFIX}#nfs#{}#{}",
+                    export.fields(),
+                    encode(key.as_str())
+                )
+            }
+        }
+    }
+}
+
+/// A snapshot's record, kept beside its copy by either backend. Written (and synced) before
+/// the copy starts; `ready` only once the copy is complete and synced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotRecord {
+    pub name: String,
+    /// The source volume's ID, in canonical form.
+    pub source_volume: String,
+    pub size_bytes: i64,
+    created_secs: i64,
+    created_nanos: i32,
+    pub ready: bool,
+}
+
+impl SnapshotRecord {
+    /// A record of a snapshot being made now of `source_volume`, which holds `size_bytes`.
+    pub fn started(name: &str, source_volume: &str, size_bytes: i64) -> Self {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        Self {
+            name: name.to_string(),
+            source_volume: source_volume.to_string(),
+            size_bytes,
+            created_secs: i64::try_from(now.as_secs()).unwrap_or(i64::MAX),
+            created_nanos: i32::try_from(now.subsec_nanos()).unwrap_or(0),
+            ready: false,
+        }
+    }
+
+    /// The error for a CreateSnapshot of `name` from `source_volume` that this record, of
+    /// the same key, does not match; `None` when it does.
+    pub fn conflict(&self, name: &str, source_volume: &str) -> Option<ControllerError> {
+        (self.name != name || self.source_volume != source_volume).then(|| {
+            ControllerError::NameConflict {
+                name: name.to_string(),
+                difference: format!(
+                    "snapshot {:?} of {:?}; requested of {source_volume:?}",
+                    self.name, self.source_volume
+                ),
+            }
+        })
+    }
+
+    pub fn snapshot(&self, id: SnapshotId) -> Snapshot {
+        Snapshot {
+            id,
+            source_volume: self.source_volume.clone(),
+            size_bytes: self.size_bytes,
+            created: (self.created_secs, self.created_nanos),
+            ready: self.ready,
         }
     }
 }
@@ -124,6 +192,20 @@ mod tests {
         };
         let raw = id.to_string();
         assert_eq!(SnapshotId::parse(&raw).unwrap(), id);
+        let nfs = SnapshotId::Nfs {
+            export: NfsExport {
+                server: "10.0.0.1".into(),
+                share: "/export".into(),
+                mount_options: vec!["nfsvers=4.2".into(), "hard".into()],
+            },
+            key: VolumeKey::from_name("snapshot-1").unwrap(),
+        };
+        let raw = nfs.to_string();
+        assert_eq!(
+            raw,
+            "v1#snap#nfs#10.0.0.1#/export#nfsvers=4.2,hard#snapshot-1"
+        );
+        assert_eq!(SnapshotId::parse(&raw).unwrap(), nfs);
         assert_eq!(
             SnapshotId::parse("v1#local#n#k"),
             Err(VolumeIdError::Foreign)
@@ -135,6 +217,10 @@ mod tests {
             "v1#snap#local#n#..",
             "v1#snap#local#n#a%2Fb",
             "v1#snap#nfs#x",
+            "v1#snap#nfs#-oops#/export##k",
+            "v1#snap#nfs#10.0.0.1#export##k",
+            "v1#snap#nfs#10.0.0.1#/export#k",
+            "v1#snap#nfs#10.0.0.1#/export##..",
             "v1#snap#",
         ] {
             assert!(

@@ -203,6 +203,63 @@ fn validate_mount_option(option: &str) -> Result<(), VolumeIdError> {
     check_mount_option(option).map_err(|e| bad("mountOptions", e.to_string()))
 }
 
+/// An export as the controller mounts it: the part of an NFS ID that names where a volume or
+/// a snapshot lives (the volume's own fields are in [`NfsId`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NfsExport {
+    pub server: String,
+    pub share: String,
+    pub mount_options: Vec<String>,
+}
+
+impl NfsExport {
+    /// The three ID fields server, share and mount options, each checked as a create checks
+    /// them: an ID never makes the controller mount what a StorageClass could not name.
+    pub(super) fn parse_fields(
+        server: &str,
+        share: &str,
+        options: &str,
+    ) -> Result<Self, VolumeIdError> {
+        let server = decode("server", server)?;
+        validate_server(&server)?;
+        let share = decode("share", share)?;
+        validate_share(&share)?;
+        let mut mount_options = Vec::new();
+        for raw in options.split(',').filter(|s| !s.is_empty()) {
+            let option = decode("mountOptions", raw)?;
+            validate_mount_option(&option)?;
+            mount_options.push(option);
+        }
+        Ok(Self {
+            server,
+            share,
+            mount_options,
+        })
+    }
+
+    /// The same three fields, encoded, joined by the ID separator.
+    pub(super) fn fields(&self) -> String {
+        let opts: Vec<String> = self.mount_options.iter().map(|o| encode(o)).collect();
+        format!(
+            "{}{SEP}{}{SEP}{}",
+            encode(&self.server),
+            encode(&self.share),
+            opts.join(",")
+        )
+    }
+}
+
+impl NfsId {
+    /// The export this volume lives on.
+    pub fn export(&self) -> NfsExport {
+        NfsExport {
+            server: self.server.clone(),
+            share: self.share.clone(),
+            mount_options: self.mount_options.clone(),
+        }
+    }
+}
+
 impl VolumeId {
     pub fn parse(id: &str) -> Result<Self, VolumeIdError> {
         let fields: Vec<&str> = id.split(SEP).collect();
@@ -232,10 +289,7 @@ impl VolumeId {
             }
             "nfs" => {
                 expect(8)?;
-                let server = decode("server", fields[2])?;
-                validate_server(&server)?;
-                let share = decode("share", fields[3])?;
-                validate_share(&share)?;
+                let export = NfsExport::parse_fields(fields[2], fields[3], fields[6])?;
                 let subdir = RelPath::parse(&decode("subdir", fields[4])?)?;
                 validate_volume_subdir(&subdir)?;
                 let on_delete = match fields[5] {
@@ -244,12 +298,6 @@ impl VolumeId {
                     "archive" => OnDelete::Archive,
                     other => return Err(bad("onDelete", format!("{other:?}"))),
                 };
-                let mut mount_options = Vec::new();
-                for raw in fields[6].split(',').filter(|s| !s.is_empty()) {
-                    let option = decode("mountOptions", raw)?;
-                    validate_mount_option(&option)?;
-                    mount_options.push(option);
-                }
                 let owner = fields[7].to_string();
                 if owner.len() != OWNER_HEX_LEN
                     || !owner
@@ -259,11 +307,11 @@ impl VolumeId {
                     return Err(bad("owner", format!("{owner:?} is not an owner tag")));
                 }
                 Ok(Self::Nfs(NfsId {
-                    server,
-                    share,
+                    server: export.server,
+                    share: export.share,
                     subdir,
                     on_delete,
-                    mount_options,
+                    mount_options: export.mount_options,
                     owner,
                 }))
             }

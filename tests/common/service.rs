@@ -106,11 +106,21 @@ impl Rig {
 
     /// An NFS rig whose claims of other processes expire after `expiry`.
     pub fn nfs_with_claim_expiry(expiry: Duration) -> Self {
+        Self::nfs_with(expiry, pvdir::domain::local::COPY_BUDGET)
+    }
+
+    /// An NFS rig whose snapshots and restores copy for at most `budget` per call.
+    pub fn nfs_with_copy_budget(budget: Duration) -> Self {
+        Self::nfs_with(Duration::from_secs(600), budget)
+    }
+
+    fn nfs_with(expiry: Duration, copy_budget: Duration) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let fake = FakeOs::new();
         let staging = dir.path().canonicalize().unwrap().join("staging");
         std::fs::create_dir_all(&staging).unwrap();
-        let backend = NfsBackend::new(staging, Arc::new(fake.clone()), ClaimPolicy::new(expiry));
+        let backend = NfsBackend::new(staging, Arc::new(fake.clone()), ClaimPolicy::new(expiry))
+            .with_copy_budget(copy_budget);
         let quotas = FakeQuotas::with_support(Support::None);
         Self::wire(fake, quotas, dir, Backend::Nfs(backend), &["hard"])
     }

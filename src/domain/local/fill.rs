@@ -181,12 +181,14 @@ impl super::LocalBackend {
         let node = &self.store.node_id;
         match source {
             ContentSource::Snapshot(raw) => match SnapshotId::parse(raw) {
-                Ok(id @ SnapshotId::Local { .. }) if id.node() == node => {
-                    Ok(LocalSource::Snapshot {
-                        raw: id.to_string(),
-                        key: id.key().clone(),
-                    })
-                }
+                Ok(SnapshotId::Local { node: n, key }) if &n == node => Ok(LocalSource::Snapshot {
+                    raw: SnapshotId::Local {
+                        node: n,
+                        key: key.clone(),
+                    }
+                    .to_string(),
+                    key,
+                }),
                 _ => Err(ControllerError::NotFound { id: raw.clone() }),
             },
             ContentSource::Volume(raw) => match VolumeId::parse(raw) {

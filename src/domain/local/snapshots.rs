@@ -12,16 +12,14 @@
 //! copy and then the record, so a retry after a crash finishes it. Snapshots and volumes never
 //! share a directory: deleting either never touches the other.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-use serde::{Deserialize, Serialize};
+use std::time::Duration;
 
 use super::fill::seg;
 use super::store::{record_name, Store};
 use super::VOLUMES;
 use crate::domain::error::ControllerError;
 use crate::domain::record::RECORD_SUFFIX;
-use crate::domain::snapshot::{Snapshot, SnapshotId};
+use crate::domain::snapshot::{Snapshot, SnapshotId, SnapshotRecord};
 use crate::domain::volume_id::{LocalId, VolumeId, VolumeIdError, VolumeKey};
 use crate::os::safe_fs::CopyPlan;
 
@@ -29,32 +27,12 @@ pub(super) const SNAPSHOTS: &str = "snapshots";
 pub(super) const SNAPMETA: &str = "snapmeta";
 pub(super) const WORK: &str = "work";
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub(super) struct SnapshotRecord {
-    name: String,
-    /// The source volume's ID, in canonical form.
-    source_volume: String,
-    source_key: VolumeKeyText,
-    pub(super) size_bytes: i64,
-    created_secs: i64,
-    created_nanos: i32,
-    pub(super) ready: bool,
-}
-
-type VolumeKeyText = String;
-
 impl Store {
     pub(super) fn snapshot_of(&self, key: &VolumeKey, r: &SnapshotRecord) -> Snapshot {
-        Snapshot {
-            id: SnapshotId::Local {
-                node: self.node_id.clone(),
-                key: key.clone(),
-            },
-            source_volume: r.source_volume.clone(),
-            size_bytes: r.size_bytes,
-            created: (r.created_secs, r.created_nanos),
-            ready: r.ready,
-        }
+        r.snapshot(SnapshotId::Local {
+            node: self.node_id.clone(),
+            key: key.clone(),
+        })
     }
 
     pub(super) fn read_snapshot(
@@ -74,17 +52,16 @@ impl Store {
         budget: Duration,
     ) -> Result<Snapshot, ControllerError> {
         let source_raw = VolumeId::Local(source.clone()).to_string();
-        let conflict = |r: &SnapshotRecord| ControllerError::NameConflict {
-            name: name.to_string(),
-            difference: format!(
-                "snapshot of {:?}; requested of {source_raw:?}",
-                r.source_volume
-            ),
-        };
         let mut record = match self.read_snapshot(key)? {
-            Some(r) if r.name != name || r.source_volume != source_raw => return Err(conflict(&r)),
-            Some(r) if r.ready => return Ok(self.snapshot_of(key, &r)),
-            Some(r) => r,
+            Some(r) => {
+                if let Some(conflict) = r.conflict(name, &source_raw) {
+                    return Err(conflict);
+                }
+                if r.ready {
+                    return Ok(self.snapshot_of(key, &r));
+                }
+                r
+            }
             None => {
                 let volume = self
                     .read_record(&source.key)?
@@ -92,18 +69,7 @@ impl Store {
                     .ok_or_else(|| ControllerError::NotFound {
                         id: source_raw.clone(),
                     })?;
-                let now = SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .unwrap_or_default();
-                let r = SnapshotRecord {
-                    name: name.to_string(),
-                    source_volume: source_raw.clone(),
-                    source_key: source.key.as_str().to_string(),
-                    size_bytes: volume.size(),
-                    created_secs: i64::try_from(now.as_secs()).unwrap_or(i64::MAX),
-                    created_nanos: i32::try_from(now.subsec_nanos()).unwrap_or(0),
-                    ready: false,
-                };
+                let r = SnapshotRecord::started(name, &source_raw, volume.size());
                 // Synced before any copying: a crash leaves a record that the retry continues.
                 if !self
                     .snap_records()
@@ -219,10 +185,10 @@ impl super::LocalBackend {
     pub async fn create_snapshot(
         &self,
         name: &str,
-        id: &SnapshotId,
+        key: &VolumeKey,
         source: &LocalId,
     ) -> Result<Snapshot, ControllerError> {
-        let (name, key, source) = (name.to_string(), id.key().clone(), source.clone());
+        let (name, key, source) = (name.to_string(), key.clone(), source.clone());
         let budget = self.copy_budget;
         self.run("create snapshot", &name.clone(), move |s| {
             s.create_snapshot(&name, &key, &source, budget)
@@ -234,30 +200,35 @@ impl super::LocalBackend {
     /// node's snapshot is FAILED_PRECONDITION, as another node's volume is.
     pub async fn delete_snapshot(
         &self,
-        id: &SnapshotId,
+        node: &str,
+        key: &VolumeKey,
         raw: &str,
     ) -> Result<bool, ControllerError> {
-        if id.node() != self.store.node_id {
+        if node != self.store.node_id {
             // Only its own node can remove the copy (as for volumes).
             return Err(ControllerError::WrongNode {
                 id: raw.to_string(),
-                node: id.node().to_string(),
+                node: node.to_string(),
             });
         }
-        let (key, owned) = (id.key().clone(), raw.to_string());
+        let (key, owned) = (key.clone(), raw.to_string());
         self.run("delete snapshot", raw, move |s| {
             s.delete_snapshot(&key, &owned)
         })
         .await
     }
 
-    /// The snapshot `id` names, from its record alone; `None` for another node's.
-    pub async fn snapshot(&self, id: &SnapshotId) -> Result<Option<Snapshot>, ControllerError> {
-        if id.node() != self.store.node_id {
+    /// The snapshot `node` and `key` name, from its record alone; `None` for another node's.
+    pub async fn snapshot(
+        &self,
+        node: &str,
+        key: &VolumeKey,
+    ) -> Result<Option<Snapshot>, ControllerError> {
+        if node != self.store.node_id {
             return Ok(None);
         }
-        let key = id.key().clone();
-        self.run("read snapshot record", id.key().as_str(), move |s| {
+        let (key, raw) = (key.clone(), key.as_str().to_string());
+        self.run("read snapshot record", &raw, move |s| {
             Ok(s.read_snapshot(&key)?.map(|r| s.snapshot_of(&key, &r)))
         })
         .await

@@ -118,6 +118,7 @@ impl Place<'_> {
                             archive_of: Some(id.subdir.to_string()),
                             archive_to: None,
                             expanded_bytes: volume.expanded_bytes,
+                            source: None,
                         };
                         match self.records.claim(name, &record, raw).await? {
                             Claim::Fresh => record,

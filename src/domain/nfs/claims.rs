@@ -27,6 +27,7 @@ use sha2::{Digest, Sha256};
 
 use crate::domain::error::ControllerError;
 use crate::domain::record::RecordDir;
+use crate::domain::snapshot::ContentSource;
 use crate::domain::volume_id::OnDelete;
 use crate::os::{FsOp, FsReply, Medium, Os, OsError, RelPath};
 
@@ -54,6 +55,9 @@ pub struct NfsRecord {
     /// The size after the last ControllerExpandVolume (recorded, not enforced on NFS).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expanded_bytes: Option<i64>,
+    /// The snapshot or volume a restore or clone is filled from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<ContentSource>,
 }
 
 /// Who is creating a volume, since when.
@@ -136,12 +140,14 @@ impl NfsRecord {
             &self.subdir,
             self.on_delete,
             self.mount_permissions,
+            &self.source,
         ) == (
             &other.name,
             other.capacity_bytes,
             &other.subdir,
             other.on_delete,
             other.mount_permissions,
+            &other.source,
         )
     }
 
@@ -324,6 +330,7 @@ mod tests {
             archive_of: None,
             archive_to: None,
             expanded_bytes: None,
+            source: None,
         }
     }
 

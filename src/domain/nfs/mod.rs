@@ -17,12 +17,14 @@ mod archive;
 mod claims;
 mod expand;
 mod export;
+mod fill;
 mod scratch;
+mod snapshots;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::access::{merged_mount_flags, unsupported_reason, BackendKind, Capability};
 use super::error::ControllerError;
@@ -30,19 +32,26 @@ use super::guard::{InFlight, InFlightGuard};
 use super::params::{from_map, NfsParams};
 use super::record::{Claim, RecordDir};
 use super::volume::{CreateSpec, Deleted, Volume};
-use super::volume_id::{owner_tag, NfsId, OnDelete, VolumeId};
+use super::volume_id::{owner_tag, NfsExport, NfsId, OnDelete, VolumeId};
 use crate::os::{FsOp, FsReply, Medium, Os, OsError, RelPath};
 use claims::{claimed_by, record_name, NfsRecord, Placement};
 use export::Exports;
 use scratch::ScratchSweeps;
 
 pub use claims::{ClaimPolicy, RECORD_DIR};
+pub use fill::NfsSource;
+
+/// How long one call copies a snapshot or a new volume's content at most: well within the
+/// server time bound that kills the helper doing it (see [`NfsBackend::copy_budget_for`]).
+const COPY_BUDGET: Duration = Duration::from_secs(5);
 
 /// A validated NFS CreateVolume: the volume it names and the directory mode.
 pub struct NfsPlan {
     pub id: NfsId,
     mode: Option<u32>,
     reuse_existing: bool,
+    /// A restore's or clone's source, checked to be an NFS one of this driver.
+    pub source: Option<NfsSource>,
 }
 
 pub struct NfsBackend {
@@ -52,6 +61,7 @@ pub struct NfsBackend {
     /// Directories with a create or delete in flight in this process.
     dirs: InFlight,
     scratch: ScratchSweeps,
+    copy_budget: Duration,
 }
 
 impl NfsBackend {
@@ -62,7 +72,22 @@ impl NfsBackend {
             claims,
             dirs: InFlight::default(),
             scratch: ScratchSweeps::default(),
+            copy_budget: COPY_BUDGET,
         }
+    }
+
+    /// Copy for at most `budget` per call (tests use tiny budgets to cut copies short).
+    pub fn with_copy_budget(self, budget: Duration) -> Self {
+        Self {
+            copy_budget: budget,
+            ..self
+        }
+    }
+
+    /// A copy budget that leaves the helper time to sync and answer within the server time
+    /// bound `remote_timeout`: a third of it, and never more than [`COPY_BUDGET`].
+    pub fn copy_budget_for(remote_timeout: Duration) -> Duration {
+        (remote_timeout / 3).min(COPY_BUDGET)
     }
 
     /// On a clean shutdown: unmount the exports the controller mounted (see
@@ -90,6 +115,16 @@ impl NfsBackend {
             .sweep_if_due(&export, &self.records(&export.path))
             .await;
         Ok(export)
+    }
+
+    /// The export a snapshot ID names, mounted and held.
+    async fn export_of(
+        &self,
+        export: &NfsExport,
+        volume: &str,
+    ) -> Result<export::ExportMount, ControllerError> {
+        self.export(&export.server, &export.share, &export.mount_options, volume)
+            .await
     }
 
     fn records(&self, mount: &Path) -> RecordDir {
@@ -128,13 +163,12 @@ impl NfsBackend {
 
     /// Validate a CreateVolume request and work out the volume it names, touching nothing.
     pub fn plan(&self, spec: &CreateSpec) -> Result<NfsPlan, ControllerError> {
-        if spec.source.is_some() {
-            return Err(ControllerError::Unsupported {
-                what: "CreateVolume from a snapshot or a volume",
-            });
-        }
         let params: NfsParams = from_map(&spec.parameters)?;
         let resolved = params.resolve(&spec.name)?;
+        let source = spec.source.as_ref().map(NfsSource::parse).transpose()?;
+        if source.is_some() && resolved.reuse_existing {
+            return Err(fill::reuse_with_source());
+        }
         if let Some(reason) = spec
             .capabilities
             .iter()
@@ -147,6 +181,7 @@ impl NfsBackend {
         Ok(NfsPlan {
             mode: resolved.mode,
             reuse_existing: resolved.reuse_existing,
+            source,
             id: NfsId {
                 server: resolved.server,
                 share: resolved.share,
@@ -167,7 +202,7 @@ impl NfsBackend {
         plan: NfsPlan,
     ) -> Result<Volume, ControllerError> {
         let started = Instant::now();
-        let (id, mode, reuse) = (plan.id, plan.mode, plan.reuse_existing);
+        let (id, mode, reuse, source) = (plan.id, plan.mode, plan.reuse_existing, plan.source);
         let volume = spec.name.as_str();
         let _dir = self.claim_dir(&id)?;
         // Held until this function returns: no remount under our feet.
@@ -193,11 +228,21 @@ impl NfsBackend {
             archive_of: None,
             archive_to: None,
             expanded_bytes: None,
+            source: source.as_ref().map(NfsSource::content),
         };
         let busy = || ControllerError::RecordChanged {
             subdir: id.subdir.to_string(),
         };
         let existing = records.load::<NfsRecord>(&own, volume).await?;
+        // A source is checked (and its export held) before anything is claimed, unless this
+        // is a retry of a create that is complete: its source may be gone by now.
+        let complete = existing
+            .as_ref()
+            .is_some_and(|e| e.is_volume() && e.name == wanted.name && e.creating.is_none());
+        let from = match (&source, complete) {
+            (Some(s), false) => Some(self.resolve(s, spec.capacity_bytes, volume).await?),
+            _ => None,
+        };
         let mine = match existing {
             // This volume, complete: an idempotent retry.
             Some(e) if e.is_volume() && e.name == wanted.name && e.creating.is_none() => {
@@ -245,12 +290,37 @@ impl NfsBackend {
             made?;
         } else {
             // Check again now that the claim and the directory exist: a racing create of an
-            // enclosing or enclosed volume may have claimed in between.
+            // enclosing or enclosed volume may have claimed in between. A directory being
+            // filled holds what earlier calls of this create copied: other volumes are looked
+            // for by their records, as for reuse.
             let checked = match made {
-                Ok(_) => placement.check(&id.subdir, reuse).await,
+                Ok(_) => placement.check(&id.subdir, reuse || from.is_some()).await,
                 Err(e) => Err(e),
             };
-            if let Err(e) = checked {
+            let filled = match (checked, &from) {
+                (Ok(()), Some(from)) => {
+                    match self.fill(from, &export.path, &id, &own, volume).await {
+                        Ok(true) => Ok(()),
+                        // The claim stays this create's; the provisioner's retry continues.
+                        Ok(false) => {
+                            return Err(ControllerError::Populating {
+                                volume: volume.to_string(),
+                            })
+                        }
+                        Err(e) => match self.undo_fill(&export.path, &id, &own, volume).await {
+                            Ok(()) => Err(e),
+                            Err(undo) => {
+                                // Keep the claim: its directory still holds copied content.
+                                tracing::warn!(volume.name = volume, error = %undo, copy = %e,
+                                    "could not remove the content of a failed restore");
+                                return Err(e);
+                            }
+                        },
+                    }
+                }
+                (checked, _) => checked,
+            };
+            if let Err(e) = filled {
                 // No volume was returned for this claim: give the directory back, if the claim
                 // is still this call's. Should that fail, the claim is abandoned and a later
                 // create takes it over.
@@ -266,7 +336,7 @@ impl NfsBackend {
             id: VolumeId::Nfs(id),
             capacity_bytes: spec.capacity_bytes,
             node: None,
-            source: None,
+            source: source.as_ref().map(NfsSource::content),
         })
     }
 
@@ -329,6 +399,10 @@ impl NfsBackend {
         let Some(record) = found.record else {
             return Ok(Deleted::NothingToDo);
         };
+        if record.source.is_some() {
+            // A restore or clone deleted before its copy completed leaves its work directory.
+            self.remove_work(&export.path, &name, raw).await?;
+        }
         let done = match id.on_delete {
             OnDelete::Retain => Deleted::Retained,
             OnDelete::Delete => {
