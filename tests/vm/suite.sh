@@ -7,10 +7,11 @@ cd "$top"
 cargo build --release --bin pvdir
 # The NFS integration tests are built here; the guest only runs them.
 mkdir -p target/vm
-cargo test --release --test vm_nfs --test vm_nfs_faults --test vm_nfs_crashes --test vm_nfs_chaos --no-run \
+cargo test --release --test vm_nfs --test vm_nfs_faults --test vm_nfs_crashes --test vm_nfs_chaos \
+    --test vm_nfs_snapshot --no-run \
     --message-format=json 2>/dev/null \
     | sed -n 's/.*"executable":"\([^"]*\/vm_nfs[a-z_]*-[^"]*\)".*/\1/p' >target/vm/tests
-[ "$(wc -l <target/vm/tests)" -eq 4 ] || { echo "could not build the vm_nfs tests"; exit 1; }
+[ "$(wc -l <target/vm/tests)" -eq 5 ] || { echo "could not build the vm_nfs tests"; exit 1; }
 # Local volumes' quotas on XFS and ext4 (tests/vm_quota.rs, run by quota-suite.sh).
 cargo test --release --test vm_quota --no-run --message-format=json 2>/dev/null \
     | sed -n 's/.*"executable":"\([^"]*\/vm_quota-[^"]*\)".*/\1/p' >target/vm/quota-test

@@ -35,10 +35,14 @@ if [ "$status" != 0 ]; then
     grep -B2 -A25 '\[FAILED\]' "$work/sanity.out" | head -150
     echo "--- driver log (tail)"; tail -n 30 "$work/driver.log"
 fi
-# What csi-sanity does not check: nothing left mounted, no volume left on the export.
+# What csi-sanity does not check: nothing left mounted, no volume, snapshot or record left on
+# the export.
 left=$(awk -v w="$work/mnt" '$5 ~ "^"w' /proc/self/mountinfo | wc -l)
 [ "$left" = 0 ] || { echo "FAIL: $left mounts left behind"; status=1; }
-vols=$(find /srv/export -mindepth 1 -not -path '/srv/export/.pvdir' | wc -l)
+# pvdir's own directories may stay, holding nothing but the markers of directories it made.
+vols=$(find /srv/export -mindepth 1 -not -path '/srv/export/.pvdir' \
+    -not -path '/srv/export/.pvdir/snapshots' -not -path '/srv/export/.pvdir/snapmeta' \
+    -not -path '/srv/export/.pvdir/work' -not -name .pvdir-owned | wc -l)
 [ "$vols" = 0 ] || { echo "FAIL: volumes left on the export:"; find /srv/export -mindepth 1; status=1; }
 kill -TERM "$driver"; wait "$driver" || { echo "FAIL: driver did not stop cleanly"; status=1; }
 passed=$(sed -nE 's/.* ([0-9]+) Passed.*/\1/p' <<<"$summary")

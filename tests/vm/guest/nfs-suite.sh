@@ -11,6 +11,7 @@ cd "$top"
 # tests/vm_nfs_chaos.rs's long mode, as suite.sh was given it.
 kills=$(cat target/vm/soak-kills 2>/dev/null || true)
 [ -z "$kills" ] || export PVDIR_SOAK_KILLS="$kills"
+[ -s target/vm/tests ] || { echo "no tests listed in target/vm/tests: run tests/vm/suite.sh"; exit 1; }
 while read -r bin; do
     echo "== $(basename "$bin")"
     PVDIR_VM_EXPORT=/srv/export "$bin" --ignored --test-threads=1 --nocapture
