@@ -457,6 +457,18 @@ fn needs(c: &Container) -> Vec<(&'static str, &'static str, &'static [&'static s
             ),
             ("storage.k8s.io", "csinodes", &["get", "list", "watch"][..]),
             ("", "nodes", &["get", "list", "watch"][..]),
+            // A claim restored from a VolumeSnapshot: the provisioner reads the snapshot and
+            // its content to find the handle (both drivers restore).
+            (
+                "snapshot.storage.k8s.io",
+                "volumesnapshots",
+                &["get", "list"][..],
+            ),
+            (
+                "snapshot.storage.k8s.io",
+                "volumesnapshotcontents",
+                &["get", "list"][..],
+            ),
         ]);
         if has_flag(c, "enable-capacity") {
             out.extend([
