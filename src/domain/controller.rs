@@ -57,14 +57,7 @@ impl Controller {
     /// `None` for an ID this driver never made; an error for one that claims to be ours but is
     /// malformed (for example one whose path would leave the share).
     fn parse_ours(raw: &str) -> Result<Option<VolumeId>, ControllerError> {
-        match VolumeId::parse(raw) {
-            Ok(id) => Ok(Some(id)),
-            Err(VolumeIdError::Foreign) => Ok(None),
-            Err(source) => Err(ControllerError::MalformedId {
-                id: raw.to_string(),
-                source,
-            }),
-        }
+        ours(raw, VolumeId::parse)
     }
 
     /// Validation comes first and touches nothing; the guard is then keyed by the volume ID the
@@ -254,21 +247,9 @@ impl Controller {
         }
     }
 
-    /// `None` for an ID this driver never made, as for volumes.
-    fn parse_snapshot(raw: &str) -> Result<Option<SnapshotId>, ControllerError> {
-        match SnapshotId::parse(raw) {
-            Ok(id) => Ok(Some(id)),
-            Err(VolumeIdError::Foreign) => Ok(None),
-            Err(source) => Err(ControllerError::MalformedId {
-                id: raw.to_string(),
-                source,
-            }),
-        }
-    }
-
     /// Deleting a snapshot that does not exist succeeds, as for volumes.
     pub async fn delete_snapshot(&self, raw: &str) -> Result<(), ControllerError> {
-        let Some(id) = Self::parse_snapshot(raw)? else {
+        let Some(id) = ours(raw, SnapshotId::parse)? else {
             return Ok(());
         };
         let _guard = self.claim(&id.to_string())?;
@@ -362,5 +343,21 @@ impl Controller {
         };
         let id = SnapshotId::parse(raw).map_err(|_| not_found())?;
         self.snapshot(&id, raw).await?.ok_or_else(not_found)
+    }
+}
+
+/// `None` for an ID (of a volume or a snapshot) this driver never made; an error for one that
+/// claims to be ours but is malformed.
+fn ours<T>(
+    raw: &str,
+    parse: impl FnOnce(&str) -> Result<T, VolumeIdError>,
+) -> Result<Option<T>, ControllerError> {
+    match parse(raw) {
+        Ok(id) => Ok(Some(id)),
+        Err(VolumeIdError::Foreign) => Ok(None),
+        Err(source) => Err(ControllerError::MalformedId {
+            id: raw.to_string(),
+            source,
+        }),
     }
 }

@@ -14,7 +14,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use super::error::ControllerError;
-use super::volume_id::{bad, decode, encode, NfsExport, VolumeIdError, VolumeKey};
+use super::volume_id::{bad, decode, encode, NfsExport, VolumeId, VolumeIdError, VolumeKey};
 
 const PREFIX: &str = "v1#snap";
 
@@ -80,6 +80,33 @@ impl fmt::Display for SnapshotId {
             }
         }
     }
+}
+
+/// What a CreateSnapshot names: its source volume, parsed (an ID pvdir never made is
+/// NOT_FOUND, a malformed one INVALID_ARGUMENT), and the snapshot's key, made from its name.
+/// Each backend then takes only its own kind of volume.
+pub fn snapshot_parts(
+    name: &str,
+    source_volume: &str,
+) -> Result<(VolumeId, VolumeKey), ControllerError> {
+    let source = match VolumeId::parse(source_volume) {
+        Ok(id) => id,
+        Err(VolumeIdError::Foreign) => {
+            return Err(ControllerError::NotFound {
+                id: source_volume.to_string(),
+            })
+        }
+        Err(source) => {
+            return Err(ControllerError::MalformedId {
+                id: source_volume.to_string(),
+                source,
+            })
+        }
+    };
+    let key = VolumeKey::from_name(name).ok_or_else(|| ControllerError::UnusableName {
+        name: name.to_string(),
+    })?;
+    Ok((source, key))
 }
 
 /// A snapshot's record, kept beside its copy by either backend. Written (and synced) before

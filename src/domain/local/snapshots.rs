@@ -19,8 +19,8 @@ use super::store::{record_name, Store};
 use super::VOLUMES;
 use crate::domain::error::ControllerError;
 use crate::domain::record::RECORD_SUFFIX;
-use crate::domain::snapshot::{Snapshot, SnapshotId, SnapshotRecord};
-use crate::domain::volume_id::{LocalId, VolumeId, VolumeIdError, VolumeKey};
+use crate::domain::snapshot::{snapshot_parts, Snapshot, SnapshotId, SnapshotRecord};
+use crate::domain::volume_id::{LocalId, VolumeId, VolumeKey};
 use crate::os::safe_fs::CopyPlan;
 
 pub(super) const SNAPSHOTS: &str = "snapshots";
@@ -159,22 +159,14 @@ impl super::LocalBackend {
         name: &str,
         source_volume: &str,
     ) -> Result<(SnapshotId, LocalId), ControllerError> {
-        let not_found = || ControllerError::NotFound {
-            id: source_volume.to_string(),
-        };
-        let source = match VolumeId::parse(source_volume) {
-            Ok(VolumeId::Local(id)) if id.node == self.store.node_id => id,
-            Ok(_) | Err(VolumeIdError::Foreign) => return Err(not_found()),
-            Err(source) => {
-                return Err(ControllerError::MalformedId {
+        let (source, key) = match snapshot_parts(name, source_volume)? {
+            (VolumeId::Local(id), key) if id.node == self.store.node_id => (id, key),
+            _ => {
+                return Err(ControllerError::NotFound {
                     id: source_volume.to_string(),
-                    source,
                 })
             }
         };
-        let key = VolumeKey::from_name(name).ok_or_else(|| ControllerError::UnusableName {
-            name: name.to_string(),
-        })?;
         let id = SnapshotId::Local {
             node: self.store.node_id.clone(),
             key,

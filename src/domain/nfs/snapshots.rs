@@ -17,8 +17,8 @@ use super::claims::RECORD_DIR;
 use super::NfsBackend;
 use crate::domain::error::ControllerError;
 use crate::domain::record::RecordDir;
-use crate::domain::snapshot::{Snapshot, SnapshotId, SnapshotRecord};
-use crate::domain::volume_id::{NfsExport, NfsId, VolumeId, VolumeIdError, VolumeKey};
+use crate::domain::snapshot::{snapshot_parts, Snapshot, SnapshotId, SnapshotRecord};
+use crate::domain::volume_id::{NfsExport, NfsId, VolumeId, VolumeKey};
 use crate::os::safe_fs::CopyPlan;
 use crate::os::{FsOp, Medium, RelPath};
 
@@ -49,23 +49,14 @@ impl NfsBackend {
         name: &str,
         source_volume: &str,
     ) -> Result<(SnapshotId, NfsId), ControllerError> {
-        let source = match VolumeId::parse(source_volume) {
-            Ok(VolumeId::Nfs(id)) => id,
-            Ok(_) | Err(VolumeIdError::Foreign) => {
+        let (source, key) = match snapshot_parts(name, source_volume)? {
+            (VolumeId::Nfs(id), key) => (id, key),
+            _ => {
                 return Err(ControllerError::NotFound {
                     id: source_volume.to_string(),
                 })
             }
-            Err(source) => {
-                return Err(ControllerError::MalformedId {
-                    id: source_volume.to_string(),
-                    source,
-                })
-            }
         };
-        let key = VolumeKey::from_name(name).ok_or_else(|| ControllerError::UnusableName {
-            name: name.to_string(),
-        })?;
         let id = SnapshotId::Nfs {
             export: source.export(),
             key,
