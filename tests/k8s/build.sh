@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Builds the Kubernetes binaries and csi-provisioner that the cluster tier runs, from the Go
-# module proxy (the only place this machine can fetch them from), into a cache outside the
+# Builds the Kubernetes binaries, csi-provisioner, csi-snapshotter and the snapshot-controller
+# that the cluster tier runs, from the Go module proxy (the only place this machine can fetch them from), into a cache outside the
 # clone so that later runs reuse them.
 #
 # `go install k8s.io/kubernetes/cmd/...` is refused because k8s.io/kubernetes replaces its
@@ -12,12 +12,19 @@ set -euo pipefail
 
 K8S_VERSION=${K8S_VERSION:-v1.34.4}
 PROVISIONER_VERSION=${PROVISIONER_VERSION:-v5.3.0}
+# The tag deploy/ names for csi-snapshotter; the snapshot-controller is built from the same
+# release, and the VolumeSnapshot CRDs come from the client module it requires.
+SNAPSHOTTER_VERSION=${SNAPSHOTTER_VERSION:-v8.2.1}
 CACHE=${PVDIR_K8S_CACHE:-/var/cache/pvdir-k8s}
-BIN="$CACHE/bin-$K8S_VERSION-provisioner-$PROVISIONER_VERSION"
+BIN="$CACHE/bin-$K8S_VERSION-provisioner-$PROVISIONER_VERSION-snapshotter-$SNAPSHOTTER_VERSION"
 K8S_CMDS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl)
+SNAPSHOT_CMDS=(csi-snapshotter snapshot-controller)
 
 have_all() {
-    for b in "${K8S_CMDS[@]}" csi-provisioner; do [ -x "$BIN/$b" ] || return 1; done
+    for b in "${K8S_CMDS[@]}" csi-provisioner "${SNAPSHOT_CMDS[@]}"; do
+        [ -x "$BIN/$b" ] || return 1
+    done
+    [ -s "$BIN/snapshot-crds.yaml" ] && [ -s "$BIN/snapshot-controller.yaml" ]
 }
 if have_all; then
     echo "reusing $BIN" >&2
@@ -81,6 +88,9 @@ work=$(mktemp -d /tmp/pvdir-k8s-build.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 
 start=$(date +%s)
+have() { for b in "$@"; do [ -x "$BIN/$b" ] || return 1; done; }
+
+if ! have "${K8S_CMDS[@]}"; then
 echo "== building Kubernetes $K8S_VERSION (staging $staging_minor)" >&2
 k8s_pkgs=()
 for c in "${K8S_CMDS[@]}"; do k8s_pkgs+=("k8s.io/kubernetes/cmd/$c"); done
@@ -89,13 +99,46 @@ scratch_module "$work/k8s" k8s.io/kubernetes "$K8S_VERSION" \
 (cd "$work/k8s" && go build -trimpath -tags providerless \
     -ldflags "-s -w -X k8s.io/component-base/version.gitVersion=$K8S_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=${K8S_VERSION#v1.}" \
     -o "$BIN/" "${k8s_pkgs[@]}")
+fi
 
+if ! have csi-provisioner; then
 echo "== building csi-provisioner $PROVISIONER_VERSION" >&2
 prov=github.com/kubernetes-csi/external-provisioner/v5
 scratch_module "$work/prov" "$prov" "$PROVISIONER_VERSION" \
     "$(upstream_replaces "$prov" "$PROVISIONER_VERSION" "")" "$prov/cmd/csi-provisioner"
 (cd "$work/prov" && go build -trimpath -ldflags "-s -w -X main.version=$PROVISIONER_VERSION" \
     -o "$BIN/" "$prov/cmd/csi-provisioner")
+fi
+
+if ! have "${SNAPSHOT_CMDS[@]}" || [ ! -s "$BIN/snapshot-controller.yaml" ]; then
+echo "== building csi-snapshotter and snapshot-controller $SNAPSHOTTER_VERSION" >&2
+snap=github.com/kubernetes-csi/external-snapshotter/v8
+client=github.com/kubernetes-csi/external-snapshotter/client/v8
+snap_mod=$(go mod download -json "$snap@$SNAPSHOTTER_VERSION" | sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",\{0,1\}$/\1/p')
+# The release builds its ./client directory as the client module; its go.mod names the
+# published version of that module, which holds the same code (and the CRDs).
+client_version=$(awk -v m="$client" '$1 == m && $2 ~ /^v/ { print $2; exit }' "$snap_mod")
+[ -n "$client_version" ] || { echo "no $client version in $snap_mod" >&2; exit 1; }
+scratch_module "$work/snap" "$snap" "$SNAPSHOTTER_VERSION" \
+    "$(upstream_replaces "$snap" "$SNAPSHOTTER_VERSION" "$client_version")" \
+    "$snap/cmd/csi-snapshotter" "$snap/cmd/snapshot-controller"
+(cd "$work/snap" && go build -trimpath -ldflags "-s -w -X main.version=$SNAPSHOTTER_VERSION" \
+    -o "$BIN/" "$snap/cmd/csi-snapshotter" "$snap/cmd/snapshot-controller")
+client_dir=$(go mod download -json "$client@$client_version" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",\{0,1\}$/\1/p')
+# The VolumeSnapshot kinds only: pvdir advertises no group snapshots (README, Capabilities).
+for kind in volumesnapshotclasses volumesnapshotcontents volumesnapshots; do
+    echo "---"
+    cat "$client_dir/config/crd/snapshot.storage.k8s.io_$kind.yaml"
+done >"$BIN/snapshot-crds.yaml"
+snap_dir=$(go mod download -json "$snap@$SNAPSHOTTER_VERSION" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",\{0,1\}$/\1/p')
+# The release's own manifests for the snapshot-controller (its RBAC and Deployment), naming
+# the image built here: v8.2.1's Deployment still names v8.2.0.
+for f in rbac-snapshot-controller.yaml setup-snapshot-controller.yaml; do
+    echo "---"
+    sed "s|\(image: registry.k8s.io/sig-storage/snapshot-controller\):v[0-9.]*|\1:$SNAPSHOTTER_VERSION|" \
+        "$snap_dir/deploy/kubernetes/snapshot-controller/$f"
+done >"$BIN/snapshot-controller.yaml"
+fi
 
 have_all
 echo "== built in $(($(date +%s) - start)) s" >&2

@@ -2,7 +2,7 @@
 # Builds the images the cluster tier runs, without a container engine or a registry (CI has
 # neither): OCI archives for `ctr -n k8s.io images import`.
 #
-#   tests/k8s/image.sh OUTDIR PVDIR_BINARY CSI_PROVISIONER_BINARY
+#   tests/k8s/image.sh OUTDIR PVDIR_BINARY SIDECAR_BIN_DIR
 #   tests/k8s/image.sh --plan        # what it would build from the Dockerfile, as key=value
 #
 # OUTDIR/pvdir.tar is the Dockerfile's runtime stage, rebuilt from the same Debian packages
@@ -12,9 +12,10 @@
 # quietly test a different image than the one users run. tests/image.rs checks the plan
 # against the Dockerfile and the manifests. PVDIR_DOCKERFILE points it at another Dockerfile.
 #
-# OUTDIR/csi-provisioner.tar is the upstream image's equivalent: the static binary alone
-# (upstream uses distroless/static, which adds only CA certificates and tzdata the sidecar
-# does not read in-cluster).
+# OUTDIR/csi-provisioner.tar, csi-snapshotter.tar and snapshot-controller.tar are the upstream
+# images' equivalents, built from SIDECAR_BIN_DIR (tests/k8s/build.sh's output): the static
+# binary alone (upstream uses distroless/static, which adds only CA certificates and tzdata the
+# sidecars do not read in-cluster).
 #
 # The rootfs (mmdebstrap's part, the slow one) is cached by release and packages under
 # PVDIR_K8S_CACHE (/var/cache/pvdir-k8s), so warm runs only pack layers.
@@ -25,6 +26,8 @@ DOCKERFILE=${PVDIR_DOCKERFILE:-$ROOT/Dockerfile}
 CACHE=${PVDIR_K8S_CACHE:-/var/cache/pvdir-k8s}
 # build.sh builds this version; the manifests must name the same tag for kubelet to find it.
 PROVISIONER_IMAGE=${PROVISIONER_IMAGE:-registry.k8s.io/sig-storage/csi-provisioner:v5.3.0}
+SNAPSHOTTER_IMAGE=${SNAPSHOTTER_IMAGE:-registry.k8s.io/sig-storage/csi-snapshotter:v8.2.1}
+SNAPSHOT_CONTROLLER_IMAGE=${SNAPSHOT_CONTROLLER_IMAGE:-registry.k8s.io/sig-storage/snapshot-controller:v8.2.1}
 # The config the debian:*-slim base image carries and every image FROM it inherits: the
 # driver finds mount.nfs through PATH.
 BASE_ENV=PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
@@ -354,21 +357,23 @@ build_pvdir() {
     archive "$layout" "$tag" "$name" "$out"
 }
 
-build_provisioner() {
-    local out=$1 bin=$2 name=$3 tag=${3##*:}
+# build_static OUT BINARY IMAGE: an image of BINARY alone, run as /<its name>.
+build_static() {
+    local out=$1 bin=$2 name=$3 tag=${3##*:} cmd
+    cmd=$(basename "$bin")
     # FROM scratch runs only a static binary; the check is cheap, the failure otherwise would
     # be a pod in CrashLoopBackOff with "no such file or directory".
     [ "$(head -c4 "$bin" | od -An -c | tr -d ' ')" = '177ELF' ] || die "$bin is not an ELF binary"
     if ldd "$bin" >/dev/null 2>&1; then
         die "$bin is dynamically linked; a FROM scratch image has no libc (build with CGO_ENABLED=0)"
     fi
-    local layout="$WORK/provisioner"
+    local layout="$WORK/$cmd"
     umoci init --layout "$layout"
     umoci new --image "$layout:$tag"
-    file_layer "$bin" /csi-provisioner "$WORK/provisioner-layer.tar"
+    file_layer "$bin" "/$cmd" "$WORK/$cmd-layer.tar"
     umoci raw add-layer --image "$layout:$tag" \
-        --history.created_by "COPY csi-provisioner /csi-provisioner" "$WORK/provisioner-layer.tar"
-    umoci config --image "$layout:$tag" --config.entrypoint /csi-provisioner
+        --history.created_by "COPY $cmd /$cmd" "$WORK/$cmd-layer.tar"
+    umoci config --image "$layout:$tag" --config.entrypoint "/$cmd"
     archive "$layout" "$tag" "$name" "$out"
 }
 
@@ -380,11 +385,14 @@ if [ "${1:-}" = --plan ]; then
     exit 0
 fi
 
-[ $# = 3 ] || die "usage: $0 OUTDIR PVDIR_BINARY CSI_PROVISIONER_BINARY | --plan"
+[ $# = 3 ] || die "usage: $0 OUTDIR PVDIR_BINARY SIDECAR_BIN_DIR | --plan"
 OUTDIR=$1
 PVDIR_BIN=$2
-PROVISIONER_BIN=$3
-for f in "$PVDIR_BIN" "$PROVISIONER_BIN"; do [ -x "$f" ] || die "$f is not an executable file"; done
+SIDECARS=("$3/csi-provisioner $PROVISIONER_IMAGE" "$3/csi-snapshotter $SNAPSHOTTER_IMAGE"
+    "$3/snapshot-controller $SNAPSHOT_CONTROLLER_IMAGE")
+for f in "$PVDIR_BIN" "$3/csi-provisioner" "$3/csi-snapshotter" "$3/snapshot-controller"; do
+    [ -x "$f" ] || die "$f is not an executable file"
+done
 [ "$(id -u)" = 0 ] || die "needs root (mmdebstrap's root mode; chroot for the image checks)"
 for t in mmdebstrap mmtarfilter umoci; do command -v "$t" >/dev/null || die "$t is not installed"; done
 
@@ -397,8 +405,13 @@ trap 'rm -rf "$WORK"' EXIT
 pvdir_name=$(pvdir_image)
 # umoci and mmdebstrap report on stdout; the names and sizes below are this script's output.
 build_pvdir "$OUTDIR/pvdir.tar" "$PVDIR_BIN" "$pvdir_name" >&2
-build_provisioner "$OUTDIR/csi-provisioner.tar" "$PROVISIONER_BIN" "$PROVISIONER_IMAGE" >&2
-for entry in "$pvdir_name pvdir.tar" "$PROVISIONER_IMAGE csi-provisioner.tar"; do
+entries=("$pvdir_name pvdir.tar")
+for sidecar in "${SIDECARS[@]}"; do
+    read -r bin name <<<"$sidecar"
+    build_static "$OUTDIR/$(basename "$bin").tar" "$bin" "$name" >&2
+    entries+=("$name $(basename "$bin").tar")
+done
+for entry in "${entries[@]}"; do
     read -r name file <<<"$entry"
     printf '%-55s %4s MiB  %s\n' "$name" "$(($(stat -c %s "$OUTDIR/$file") / 1048576))" "$OUTDIR/$file"
 done

@@ -28,7 +28,7 @@ PVDIR=$ROOT/target/release/pvdir
 
 phase "images"
 mkdir -p "$STATE/images"
-"$HERE/image.sh" "$STATE/images" "$PVDIR" "$BIN/csi-provisioner"
+"$HERE/image.sh" "$STATE/images" "$PVDIR" "$BIN"
 
 finish() {
     local rc=$?
@@ -55,7 +55,7 @@ mkdir -p "$LOG_DIR"
 
 # shellcheck source=scenarios/lib.sh
 . "$HERE/scenarios/lib.sh"
-for scenario in install statefulset rwop node-restart reclaim; do
+for scenario in install statefulset rwop node-restart reclaim snapshots; do
     phase "scenario: $scenario"
     # shellcheck source=/dev/null
     . "$HERE/scenarios/$scenario.sh"

@@ -1,8 +1,39 @@
 # The install, as README gives it: `kubectl apply -k deploy/`, then both drivers up,
 # registered with kubelet by pvdir itself, and the node's capacity published. Through
-# tests/k8s/offline, which leaves out only the csi-resizer sidecars: their image can be
-# neither pulled nor built offline (see its kustomization.yaml).
+# tests/k8s/offline, which leaves out the csi-resizer sidecars (their image can be neither
+# pulled nor built offline) and the NFS controller's csi-snapshotter (see its
+# kustomization.yaml).
 # shellcheck shell=bash
+
+step "install: the VolumeSnapshot CRDs and the snapshot-controller (a cluster add-on, README)"
+# Built from external-snapshotter's release by build.sh: its CRDs and its own manifests, with
+# distributed snapshotting on as README says (local snapshots are taken on their node, and the
+# controller must read nodes for it), one replica, and pinned to node-1 (node-2 joins later and does not carry its image).
+k apply -f "$PVDIR_K8S_BIN/snapshot-crds.yaml"
+k wait --for condition=established --timeout=60s \
+    crd/volumesnapshotclasses.snapshot.storage.k8s.io \
+    crd/volumesnapshotcontents.snapshot.storage.k8s.io crd/volumesnapshots.snapshot.storage.k8s.io
+k create --dry-run=client -o json -f "$PVDIR_K8S_BIN/snapshot-controller.yaml" | python3 -c '
+import json, sys
+# kubectl prints one JSON document per object.
+text, items, dec, at = sys.stdin.read(), [], json.JSONDecoder(), 0
+while text[at:].strip():
+    at += len(text[at:]) - len(text[at:].lstrip())
+    doc, at = dec.raw_decode(text, at)
+    items.extend(doc["items"] if doc.get("kind") == "List" else [doc])
+for o in items:
+    if o["kind"] == "Deployment" and o["metadata"]["name"] == "snapshot-controller":
+        o["spec"]["replicas"] = 1
+        spec = o["spec"]["template"]["spec"]
+        spec["nodeSelector"] = {"kubernetes.io/hostname": "node-1"}
+        c = spec["containers"][0]
+        c["args"].append("--enable-distributed-snapshotting")
+        c["imagePullPolicy"] = "IfNotPresent"
+    # The rule the release's RBAC file leaves commented out, for distributed snapshotting.
+    if o["kind"] == "ClusterRole" and o["metadata"]["name"] == "snapshot-controller-runner":
+        o["rules"].append({"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"]})
+print(json.dumps({"apiVersion": "v1", "kind": "List", "items": items}))' | k apply -f -
+k -n kube-system rollout status deployment/snapshot-controller --timeout=120s
 
 step "install: kubectl apply -k deploy/ (less the resizer sidecars)"
 "$CLUSTER" require-images "$ROOT/tests/k8s/offline"
@@ -20,7 +51,8 @@ k -n pvdir rollout status statefulset/pvdir-controller --timeout=120s
 k -n pvdir get pods -o wide
 node_pod_containers=$(jsonpath pod "$(k -n pvdir get pod -l app.kubernetes.io/component=node -o name | head -n1 | cut -d/ -f2)" '{.spec.containers[*].name}' pvdir)
 echo "node pod containers: $node_pod_containers"
-check "the node pod is pvdir and csi-provisioner only" [ "$node_pod_containers" = "pvdir csi-provisioner" ]
+check "the node pod is pvdir, csi-provisioner and csi-snapshotter" \
+    [ "$node_pod_containers" = "pvdir csi-provisioner csi-snapshotter" ]
 
 step "install: kubelet lists both drivers, registered by pvdir itself"
 wait_until 60 "CSINode node-1 lists local.pvdir.io and nfs.pvdir.io" both_registered node-1
