@@ -29,7 +29,7 @@ for o in items:
         c = spec["containers"][0]
         c["args"].append("--enable-distributed-snapshotting")
         c["imagePullPolicy"] = "IfNotPresent"
-    # The rule the release's RBAC file leaves commented out, for distributed snapshotting.
+    # The rule the RBAC file of the release leaves commented out, for distributed snapshotting.
     if o["kind"] == "ClusterRole" and o["metadata"]["name"] == "snapshot-controller-runner":
         o["rules"].append({"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"]})
 print(json.dumps({"apiVersion": "v1", "kind": "List", "items": items}))' | k apply -f -
