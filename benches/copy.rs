@@ -13,6 +13,12 @@
 //! disk; `PVDIR_BENCH_LABEL` names it in the output. `PVDIR_BENCH_FILES` (default 10,000) and
 //! `PVDIR_BENCH_BYTES` (default 1 GiB) shape the tree. `PVDIR_BENCH_BINARY` runs another
 //! pvdir binary than the one just built.
+//!
+//! With `PVDIR_BENCH_NFS_EXPORT` (the server's path of the export 127.0.0.1:/, as in the VM's
+//! `tests/vm/guest/copy-bench.sh`) it measures the NFS backend instead: pvdir's copies run as
+//! NFS 4.2 COPY on the server, and the tar runs on the controller's mount of the export, as
+//! csi-driver-nfs does. The tree is written on the server's filesystem directly, and the
+//! bytes gained are that filesystem's.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -24,7 +30,7 @@ use pvdir::csi::proto as csi;
 #[allow(dead_code)]
 mod common;
 
-use common::{connect, env_or, pvdir_binary, start_pvdir};
+use common::{connect, env_or, pvdir_binary, start_pvdir, start_pvdir_nfs};
 
 fn used(path: &Path) -> u64 {
     nix::unistd::sync();
@@ -32,20 +38,38 @@ fn used(path: &Path) -> u64 {
     (s.blocks() - s.blocks_free()) * s.fragment_size()
 }
 
+/// A CreateVolume of `name`: local without a quota, or on NFS in the directory `name`.
 fn request(
     name: &str,
+    nfs: bool,
     source: Option<csi::volume_content_source::Type>,
 ) -> csi::CreateVolumeRequest {
-    use csi::volume_capability::{access_mode::Mode, AccessMode, AccessType};
+    use csi::volume_capability::{access_mode::Mode, AccessMode, AccessType, MountVolume};
+    let (parameters, mount_flags) = if nfs {
+        (
+            [("server", "127.0.0.1"), ("share", "/"), ("subDir", name)]
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .into(),
+            vec!["vers=4.2".to_string(), "hard".to_string()],
+        )
+    } else {
+        (
+            [("quota".to_string(), "off".to_string())].into(),
+            Vec::new(),
+        )
+    };
     csi::CreateVolumeRequest {
         name: name.into(),
         volume_capabilities: vec![csi::VolumeCapability {
             access_mode: Some(AccessMode {
                 mode: Mode::SingleNodeWriter as i32,
             }),
-            access_type: Some(AccessType::Mount(Default::default())),
+            access_type: Some(AccessType::Mount(MountVolume {
+                mount_flags,
+                ..Default::default()
+            })),
         }],
-        parameters: [("quota".to_string(), "off".to_string())].into(),
+        parameters,
         volume_content_source: source.map(|t| csi::VolumeContentSource { r#type: Some(t) }),
         ..Default::default()
     }
@@ -88,15 +112,34 @@ async fn main() {
     let label = std::env::var("PVDIR_BENCH_LABEL").unwrap_or_else(|_| base.display().to_string());
     let files: usize = env_or("PVDIR_BENCH_FILES", 10_000);
     let bytes: u64 = env_or("PVDIR_BENCH_BYTES", 1 << 30);
-    let dir = tempfile::tempdir_in(&base).expect("bench directory");
-    let driver = start_pvdir("pvdir", &pvdir_binary(), dir.path(), "controller");
+    let export = std::env::var("PVDIR_BENCH_NFS_EXPORT")
+        .ok()
+        .map(PathBuf::from);
+    let nfs = export.is_some();
+    // Where the bytes land: the local root's filesystem, or the NFS server's.
+    let base = export.clone().unwrap_or(base);
+    let dir = tempfile::tempdir_in(std::env::temp_dir()).expect("bench directory");
+    // The local driver's root lies on the filesystem measured; removed with `local`.
+    let local = tempfile::tempdir_in(&base).expect("bench directory");
+    let driver = if nfs {
+        start_pvdir_nfs("pvdir", &pvdir_binary(), dir.path())
+    } else {
+        start_pvdir("pvdir", &pvdir_binary(), local.path(), "controller")
+    };
     driver.ready().await;
     let mut c = connect(&driver.socket).await;
-    let root = dir.path().join("pvdir/pvdir-root");
-    c.create_volume(request("pvc-src", None))
+    let src = c
+        .create_volume(request("pvc-src", nfs, None))
         .await
-        .expect("create");
-    let vol = root.join("volumes/pvc-src");
+        .expect("create")
+        .into_inner()
+        .volume
+        .expect("a volume")
+        .volume_id;
+    let vol = match &export {
+        Some(export) => export.join("pvc-src"),
+        None => local_root(&driver).join("volumes/pvc-src"),
+    };
     make_tree(&vol, files, bytes);
     let mut rows = Vec::new();
 
@@ -104,7 +147,7 @@ async fn main() {
     let started = Instant::now();
     let snap_req = csi::CreateSnapshotRequest {
         name: "snap".into(),
-        source_volume_id: "v1#local#bench#pvc-src".into(),
+        source_volume_id: src.clone(),
         ..Default::default()
     };
     let mut calls = 0;
@@ -130,17 +173,17 @@ async fn main() {
             snapshot_id: snap.snapshot_id.clone(),
         });
     let mut calls = 0;
-    loop {
+    let restored = loop {
         calls += 1;
         match c
-            .create_volume(request("pvc-restored", Some(from.clone())))
+            .create_volume(request("pvc-restored", nfs, Some(from.clone())))
             .await
         {
-            Ok(_) => break,
+            Ok(v) => break v.into_inner().volume.expect("a volume").volume_id,
             Err(s) if s.code() == tonic::Code::Aborted => {}
             Err(s) => panic!("restore: {s:?}"),
         }
-    }
+    };
     rows.push(Row {
         what: "pvdir restore",
         secs: started.elapsed().as_secs_f64(),
@@ -148,8 +191,14 @@ async fn main() {
         gained: used(&base).saturating_sub(before),
     });
 
-    // csi-driver-nfs's way: a gzipped tar of the directory, unpacked into a new one.
-    let archive = dir.path().join("snap.tar.gz");
+    // csi-driver-nfs's way: a gzipped tar of the directory, unpacked into a new one, on the
+    // filesystem measured (through the controller's mount of the export, on NFS).
+    let work = match &export {
+        Some(_) => staging_mount(dir.path()),
+        None => local_root(&driver),
+    };
+    let vol = if nfs { work.join("pvc-src") } else { vol };
+    let archive = work.join("snap.tar.gz");
     let before = used(&base);
     let started = Instant::now();
     run(Command::new("tar")
@@ -164,7 +213,7 @@ async fn main() {
         calls: 1,
         gained: used(&base).saturating_sub(before),
     });
-    let out = dir.path().join("untarred");
+    let out = work.join("untarred");
     std::fs::create_dir(&out).expect("mkdir");
     let before = used(&base);
     let started = Instant::now();
@@ -195,6 +244,42 @@ async fn main() {
             r.gained as f64 / (1 << 20) as f64
         );
     }
+    for leftover in [&archive, &out] {
+        let _ = std::fs::remove_file(leftover);
+        let _ = std::fs::remove_dir_all(leftover);
+    }
+    // Through the driver, which removes what it made (on NFS, the export outlives this run).
+    c.delete_snapshot(csi::DeleteSnapshotRequest {
+        snapshot_id: snap.snapshot_id.clone(),
+        ..Default::default()
+    })
+    .await
+    .expect("delete snapshot");
+    for id in [src, restored] {
+        c.delete_volume(csi::DeleteVolumeRequest {
+            volume_id: id,
+            ..Default::default()
+        })
+        .await
+        .expect("delete volume");
+    }
     drop(driver);
+    drop(local);
     tokio::time::sleep(Duration::from_millis(100)).await;
+}
+
+/// The local root of the local driver `driver` (its directory holds the socket).
+fn local_root(driver: &common::Driver) -> PathBuf {
+    driver.socket.with_file_name("pvdir-root")
+}
+
+/// The NFS driver's only staging mount (its mount of the export).
+fn staging_mount(dir: &Path) -> PathBuf {
+    let staging = dir.join("pvdir/staging");
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(&staging)
+        .expect("staging directory")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    assert_eq!(entries.len(), 1, "one export mount: {entries:?}");
+    entries.remove(0)
 }

@@ -58,25 +58,46 @@ pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
         .unwrap_or(default)
 }
 
+/// `pvdir serve` of the NFS backend in `dir/<name>`, controller and node, with its staging
+/// mounts in `dir/<name>/staging`.
+pub fn start_pvdir_nfs(name: &'static str, binary: &Path, dir: &Path) -> Driver {
+    spawn_pvdir(name, binary, dir, "all", |cmd, dir, socket| {
+        cmd.arg("--nfs-endpoint")
+            .arg(format!("unix://{}", socket.display()))
+            .arg("--nfs-staging-dir")
+            .arg(dir.join("staging"));
+    })
+}
+
 /// `pvdir serve` of the local backend in `dir/<name>`, serving the CSI services `mode` names.
 pub fn start_pvdir(name: &'static str, binary: &Path, dir: &Path, mode: &str) -> Driver {
+    spawn_pvdir(name, binary, dir, mode, |cmd, dir, socket| {
+        cmd.arg("--local-endpoint")
+            .arg(format!("unix://{}", socket.display()))
+            .arg("--local-root")
+            .arg(dir.join("pvdir-root"));
+    })
+}
+
+/// `pvdir serve` in `dir/<name>` on the socket `pvdir.sock` there, with the backend's
+/// arguments added by `backend`.
+fn spawn_pvdir(
+    name: &'static str,
+    binary: &Path,
+    dir: &Path,
+    mode: &str,
+    backend: impl FnOnce(&mut Command, &Path, &Path),
+) -> Driver {
     let dir = dir.join(name);
     std::fs::create_dir_all(&dir).expect("driver directory");
     let socket = dir.join("pvdir.sock");
-    let child = Command::new(binary)
-        .arg("serve")
-        .arg("--mode")
-        .arg(mode)
-        .arg("--local-endpoint")
-        .arg(format!("unix://{}", socket.display()))
-        .arg("--local-root")
-        .arg(dir.join("pvdir-root"))
+    let mut cmd = Command::new(binary);
+    cmd.args(["serve", "--mode", mode]);
+    backend(&mut cmd, &dir, &socket);
+    let child = cmd
         .arg("--mount-staging-dir")
         .arg(dir.join("pvdir-mounts"))
-        .arg("--node-id")
-        .arg("bench")
-        .arg("--log")
-        .arg("warn")
+        .args(["--node-id", "bench", "--log", "warn"])
         .stdout(Stdio::null())
         .spawn()
         .expect("start pvdir serve");
