@@ -30,6 +30,8 @@ use pvdir::csi::proto::controller_client::ControllerClient;
 use pvdir::ctl::load::usage::Sample;
 use tonic::transport::Channel;
 
+// Each bench uses part of the shared helpers.
+#[allow(dead_code)]
 mod common;
 
 use common::{connect, env_or, hostpath_binary, start_hostpath, start_pvdir, Driver};
