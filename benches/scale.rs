@@ -69,10 +69,7 @@ async fn services(root: &Path) -> Services {
     let kind = backend.kind();
     let in_flight = InFlight::default();
     Services {
-        controller: ControllerService::new(
-            Controller::new(backend.clone(), in_flight.clone()),
-            kind,
-        ),
+        controller: ControllerService::new(Controller::new(backend.clone(), in_flight.clone())),
         node: NodeService::new(Node::new(backend, os, in_flight), "bench".into(), kind),
     }
 }

@@ -180,6 +180,13 @@ pub struct ServeArgs {
     #[arg(long, env = "PVDIR_NFS_REGISTRATION_PATH")]
     pub nfs_registration_path: Option<PathBuf>,
 
+    /// An export the NFS controller serves, named as its StorageClass names it:
+    /// `server=<host>;share=<path>[;mountOptions=<option>,<option>]` (once per export).
+    /// ListVolumes and ListSnapshots cover the volumes and snapshots on these; without any,
+    /// the NFS backend does not advertise them.
+    #[arg(long = "nfs-export", value_parser = parse_nfs_export)]
+    pub nfs_exports: Vec<crate::domain::volume_id::NfsExport>,
+
     /// Bound, in seconds, on every operation that can block on an NFS server.
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600), env = "PVDIR_NFS_TIMEOUT")]
     pub nfs_timeout_secs: u64,
@@ -201,6 +208,10 @@ fn parse_overcommit(s: &str) -> Result<f64, String> {
         Ok(r) if r.is_finite() && r >= 1.0 => Ok(r),
         _ => Err(format!("{s:?} is not a ratio of at least 1.0")),
     }
+}
+
+fn parse_nfs_export(s: &str) -> Result<crate::domain::volume_id::NfsExport, String> {
+    crate::domain::params::parse_export_flag(s).map_err(|e| e.to_string())
 }
 
 impl ServeArgs {

@@ -68,6 +68,8 @@ pub enum ServerError {
     Registrar(#[from] RegistrarError),
     #[error("replaying the local journal: {0}")]
     Journal(crate::domain::error::ControllerError),
+    #[error("--nfs-export names {server}:{share} twice; give each export once, with the options of its volumes' StorageClass")]
+    DuplicateExport { server: String, share: String },
 }
 
 impl std::fmt::Display for Endpoint {
@@ -186,6 +188,19 @@ pub async fn assemble(
         )));
     }
     let (local_mode, nfs_mode) = args.modes();
+    // Records from before ListVolumes on NFS take their mount options from the flag: one
+    // export given twice would list each of those volumes twice, under two IDs.
+    for (i, e) in args.nfs_exports.iter().enumerate() {
+        if args.nfs_exports[..i]
+            .iter()
+            .any(|o| (&o.server, &o.share) == (&e.server, &e.share))
+        {
+            return Err(ServerError::DuplicateExport {
+                server: e.server.clone(),
+                share: e.share.clone(),
+            });
+        }
+    }
     let mut plugins = Vec::new();
     let mut add = |endpoint: &str,
                    name: &str,
@@ -217,10 +232,7 @@ pub async fn assemble(
             endpoint,
             identity: IdentityService::new(name.to_string(), mode.controller(), health.clone()),
             controller: mode.controller().then(|| {
-                ControllerService::new(
-                    Controller::new(Arc::clone(&backend), in_flight.clone()),
-                    kind,
-                )
+                ControllerService::new(Controller::new(Arc::clone(&backend), in_flight.clone()))
             }),
             node: mode.node().then(|| {
                 NodeService::new(
@@ -278,7 +290,8 @@ pub async fn assemble(
                     Arc::clone(&os),
                     ClaimPolicy::new(ClaimPolicy::expiry_for(args.nfs_timeout())),
                 )
-                .with_copy_budget(NfsBackend::copy_budget_for(args.nfs_timeout())),
+                .with_copy_budget(NfsBackend::copy_budget_for(args.nfs_timeout()))
+                .with_listed_exports(args.nfs_exports.clone()),
             ),
             args.nfs_registration_path.as_deref(),
         )?;

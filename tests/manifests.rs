@@ -716,6 +716,51 @@ fn storage_classes_use_the_served_drivers_and_local_waits_for_the_pod() {
     );
 }
 
+/// The exports the NFS controllers of `objects` list (their `--nfs-export`s).
+fn listed_exports(objects: &[Object]) -> Vec<pvdir::domain::volume_id::NfsExport> {
+    pod_specs(objects)
+        .into_iter()
+        .map(|(_, spec)| serve_args(pvdir_container(spec)))
+        .filter(|args| args.nfs_endpoint.is_some() && args.modes().1.controller())
+        .flat_map(|args| args.nfs_exports)
+        .collect()
+}
+
+/// ListVolumes and ListSnapshots cover an export only when the controller names it, with the
+/// options its class mounts it with (volume IDs carry them): every NFS class's export must be
+/// among the controller's `--nfs-export`s.
+fn check_nfs_classes_listed(objects: &[Object]) {
+    let listed = listed_exports(objects);
+    let mut classes = 0;
+    for o in objects {
+        let Typed::StorageClass(sc) = &o.typed else {
+            continue;
+        };
+        if sc.provisioner != "nfs.pvdir.io" {
+            continue;
+        }
+        classes += 1;
+        let params = sc.parameters.clone().unwrap_or_default();
+        let options = sc.mount_options.clone().unwrap_or_default().join(",");
+        let wanted = pvdir::domain::params::parse_export_flag(&format!(
+            "server={};share={};mountOptions={options}",
+            params["server"], params["share"]
+        ))
+        .unwrap_or_else(|e| panic!("{}: {e}", o.name));
+        assert!(
+            listed.contains(&wanted),
+            "{}: {wanted:?} is not among the controller's --nfs-export {listed:?}",
+            o.name
+        );
+    }
+    assert!(classes > 0, "no NFS StorageClass checked");
+}
+
+#[test]
+fn the_nfs_controller_lists_the_exports_of_its_classes() {
+    check_nfs_classes_listed(&plain());
+}
+
 fn helm_or_skip() -> Option<PathBuf> {
     if std::env::var_os("PVDIR_SKIP_HELM").is_some_and(|v| v == "1") {
         eprintln!("skipped: PVDIR_SKIP_HELM=1");
@@ -842,8 +887,25 @@ fn the_chart_with_every_option_on_is_still_consistent() {
             "controller.resizer.enabled=true",
             "controller.snapshotter.enabled=true",
             "standardSidecars=true",
+            "controller.nfsExports[0]=server=10.0.0.9;share=/other/",
+            "controller.resizer.volumeAttributesClasses=true",
         ],
     );
+    // ControllerModifyVolume reaches the NFS driver only through a resizer with the gate on.
+    let gates: Vec<Option<String>> = pod_specs(&objects)
+        .iter()
+        .flat_map(|(_, s)| s.containers.iter())
+        .filter(|c| c.image.as_deref().is_some_and(|i| i.contains("/csi-resizer:")))
+        .filter(|c| flag(c, "csi-address").as_deref() == Some("/csi/csi.sock"))
+        .map(|c| flag(c, "feature-gates"))
+        .collect();
+    assert_eq!(
+        gates,
+        [Some("VolumeAttributesClass=true".to_string())],
+        "the NFS controller's resizer applies VolumeAttributesClasses"
+    );
+    let other = pvdir::domain::params::parse_export_flag("server=10.0.0.9;share=/other").unwrap();
+    assert!(listed_exports(&objects).contains(&other));
     let images: Vec<String> = pod_specs(&objects)
         .iter()
         .flat_map(|(_, s)| s.containers.iter().filter_map(|c| c.image.clone()))
@@ -856,6 +918,7 @@ fn the_chart_with_every_option_on_is_still_consistent() {
     }
     check_workloads(&objects);
     check_rbac(&objects);
+    check_nfs_classes_listed(&objects);
 }
 
 /// The provisioner learns the topology key from the driver (NodeGetInfo), so no manifest needs

@@ -7,24 +7,22 @@ use tonic::{Request, Response, Status};
 
 use super::proto as csi;
 use super::request::{
-    CapacitySpec, DeleteSpec, ExpandSpec, ListSnapshotsSpec, ListSpec, SnapshotIdSpec, ValidateSpec,
+    CapacitySpec, DeleteSpec, ExpandSpec, ListSnapshotsSpec, ListSpec, ModifySpec, SnapshotIdSpec,
+    ValidateSpec,
 };
 use super::{detached, fail};
-use crate::domain::access::BackendKind;
 use crate::domain::controller::Controller;
 use crate::domain::snapshot::{ContentSource, Snapshot, SnapshotSpec};
 use crate::domain::volume::{CreateSpec, Volume, TOPOLOGY_KEY};
 
 pub struct ControllerService {
     inner: Arc<Controller>,
-    kind: BackendKind,
 }
 
 impl ControllerService {
-    pub fn new(inner: Controller, kind: BackendKind) -> Self {
+    pub fn new(inner: Controller) -> Self {
         Self {
             inner: Arc::new(inner),
-            kind,
         }
     }
 }
@@ -217,6 +215,25 @@ impl csi::controller_server::Controller for ControllerService {
         }))
     }
 
+    async fn controller_modify_volume(
+        &self,
+        request: Request<csi::ControllerModifyVolumeRequest>,
+    ) -> Result<Response<csi::ControllerModifyVolumeResponse>, Status> {
+        let req = request.into_inner();
+        let (rpc, id) = ("ControllerModifyVolume", req.volume_id.clone());
+        let spec = ModifySpec::try_from(req).map_err(|e| fail(rpc, &id, None, e))?;
+        let inner = Arc::clone(&self.inner);
+        detached(async move {
+            inner
+                .modify(&spec.volume_id, &spec.mutable_parameters)
+                .await
+        })
+        .await?
+        .map_err(|e| fail(rpc, &id, None, e))?;
+        tracing::info!(volume.id = id, "volume modified");
+        Ok(Response::new(csi::ControllerModifyVolumeResponse {}))
+    }
+
     async fn controller_get_capabilities(
         &self,
         _: Request<csi::ControllerGetCapabilitiesRequest>,
@@ -237,8 +254,12 @@ impl csi::controller_server::Controller for ControllerService {
             .map(rpc_capability),
         );
         // NFS volumes and snapshots are spread over every export named by any StorageClass;
-        // the controller cannot enumerate them, so it does not claim to.
-        if self.kind == BackendKind::Local {
+        // the controller enumerates them only when told which exports those are.
+        // Only NFS volumes have mutable parameters (see `params::LocalMutableParams`).
+        if self.inner.modifies() {
+            capabilities.push(rpc_capability(Type::ModifyVolume));
+        }
+        if self.inner.lists() {
             capabilities.extend([Type::ListVolumes, Type::ListSnapshots].map(rpc_capability));
         }
         Ok(Response::new(csi::ControllerGetCapabilitiesResponse {

@@ -8,6 +8,7 @@ use super::access::{unsupported_reason, Capability};
 use super::backend::Backend;
 use super::error::ControllerError;
 use super::guard::{InFlight, InFlightGuard};
+use super::params::{from_map, parse_mode, NfsMutableParams};
 use super::snapshot::{Snapshot, SnapshotFilter, SnapshotId, SnapshotPage, SnapshotSpec};
 use super::volume::{CreateSpec, Deleted, Expanded, Volume, TOPOLOGY_KEY};
 use super::volume_id::{VolumeId, VolumeIdError};
@@ -138,6 +139,33 @@ impl Controller {
         }
     }
 
+    /// ControllerModifyVolume, on NFS only (see `LocalMutableParams`). The parameters are
+    /// checked before anything is looked at, so an unknown key is INVALID_ARGUMENT whatever
+    /// the volume.
+    pub async fn modify(
+        &self,
+        raw: &str,
+        mutable: &HashMap<String, String>,
+    ) -> Result<(), ControllerError> {
+        let Backend::Nfs(b) = &*self.backend else {
+            return Err(ControllerError::Unsupported {
+                what: "ControllerModifyVolume on the local backend",
+            });
+        };
+        let params: NfsMutableParams = from_map(mutable)?;
+        let mode = parse_mode(params.mount_permissions.as_deref())?;
+        match Self::parse_ours(raw)? {
+            Some(VolumeId::Nfs(id)) => {
+                let _guard = self.claim(&VolumeId::Nfs(id.clone()).to_string())?;
+                b.modify(&id, raw, mode).await
+            }
+            Some(VolumeId::Local(_)) => Err(ControllerError::WrongBackend { backend: "local" }),
+            None => Err(ControllerError::NotFound {
+                id: raw.to_string(),
+            }),
+        }
+    }
+
     async fn exists(&self, raw: &str) -> Result<bool, ControllerError> {
         let Some(id) = Self::parse_ours(raw)? else {
             return Ok(false);
@@ -165,14 +193,30 @@ impl Controller {
             .find_map(|c| unsupported_reason(self.backend.kind(), c)))
     }
 
+    /// Whether ControllerModifyVolume is served: on NFS (see `LocalMutableParams`).
+    pub fn modifies(&self) -> bool {
+        matches!(&*self.backend, Backend::Nfs(_))
+    }
+
+    /// Whether ListVolumes and ListSnapshots answer for every volume and snapshot: always on
+    /// the local backend, on NFS only when the exports are named.
+    pub fn lists(&self) -> bool {
+        match &*self.backend {
+            Backend::Local(_) => true,
+            Backend::Nfs(b) => b.lists(),
+        }
+    }
+
     /// Pages are offsets into the sorted listing; the token is the decimal offset.
     pub async fn list(&self, token: &str, max_entries: usize) -> Result<Page, ControllerError> {
         let all = match &*self.backend {
             Backend::Local(b) => b.list().await?,
-            // NFS volumes are spread over every export of every StorageClass: not listable.
+            Backend::Nfs(b) if b.lists() => b.list().await?,
+            // NFS volumes are spread over every export of every StorageClass: listable only
+            // when the exports are named.
             Backend::Nfs(_) => {
                 return Err(ControllerError::Unsupported {
-                    what: "ListVolumes",
+                    what: "ListVolumes without --nfs-export",
                 })
             }
         };
@@ -285,8 +329,8 @@ impl Controller {
 
     /// Pages are keyed by the last snapshot ID returned, in ID order: a snapshot made or
     /// deleted between two pages never shifts another one out of the listing or into it twice.
-    /// The NFS backend lists only by snapshot ID: its snapshots lie on every export of every
-    /// class, which it has no list of.
+    /// Without `--nfs-export` the NFS backend lists only by snapshot ID: its snapshots lie on
+    /// every export of every class, which it then has no list of.
     pub async fn list_snapshots(
         &self,
         filter: &SnapshotFilter,
@@ -305,9 +349,10 @@ impl Controller {
                 Err(_) => Vec::new(),
             },
             (None, Backend::Local(b)) => b.list_snapshots().await?,
+            (None, Backend::Nfs(b)) if b.lists() => b.list_snapshots().await?,
             (None, Backend::Nfs(_)) => {
                 return Err(ControllerError::Unsupported {
-                    what: "ListSnapshots without a snapshot ID",
+                    what: "ListSnapshots without a snapshot ID or --nfs-export",
                 })
             }
         };

@@ -7,7 +7,8 @@ use std::collections::HashMap;
 use serde::Deserialize;
 
 use super::volume_id::{
-    validate_server, validate_share, validate_volume_subdir, OnDelete, VolumeKey,
+    validate_mount_option, validate_server, validate_share, validate_volume_subdir, NfsExport,
+    OnDelete, VolumeKey,
 };
 use crate::os::relpath::RelPath;
 
@@ -26,6 +27,23 @@ pub struct SnapshotParams {
     #[serde(rename = "csi.storage.k8s.io/volumesnapshotcontent/name", default)]
     _content: Option<String>,
 }
+
+/// The mutable parameters of an NFS volume (a VolumeAttributesClass's `parameters`), given at
+/// CreateVolume and changed by ControllerModifyVolume. At create they override the class's
+/// parameter of the same name.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NfsMutableParams {
+    #[serde(rename = "mountPermissions", default)]
+    pub mount_permissions: Option<String>,
+}
+
+/// The local backend has no mutable parameters: its controllers run on every node, and the
+/// resizer that calls ControllerModifyVolume reaches only the one holding its lease, which
+/// cannot change another node's volume. Any key given is refused, naming it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalMutableParams {}
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -145,10 +163,7 @@ pub struct ResolvedNfs {
 impl NfsParams {
     /// The validated export path (`server` is validated too).
     pub fn export(&self) -> Result<String, ParamsError> {
-        validate_server(&self.server).map_err(|e| value("server", e.to_string()))?;
-        let share = normalise_share(&self.share);
-        validate_share(&share).map_err(|e| value("share", e.to_string()))?;
-        Ok(share)
+        checked_share(&self.server, &self.share)
     }
 
     /// Validate the share and expand `subDir` for the volume `name` (the PV name).
@@ -217,6 +232,58 @@ impl NfsContext {
 }
 
 /// `share` with a trailing slash dropped (`/export/` and `/export` are the same export).
+/// The share in the form IDs hold, once `server` and it are checked.
+fn checked_share(server: &str, share: &str) -> Result<String, ParamsError> {
+    validate_server(server).map_err(|e| value("server", e.to_string()))?;
+    let share = normalise_share(share);
+    validate_share(&share).map_err(|e| value("share", e.to_string()))?;
+    Ok(share)
+}
+
+/// One `--nfs-export`: an export the NFS controller serves, whose volumes and snapshots
+/// ListVolumes and ListSnapshots cover. Named with a StorageClass's own keys and values,
+/// `server=<host>;share=<path>[;mountOptions=<option>,<option>…]`, where the options are the
+/// class's `mountOptions` (volume IDs carry them).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExportParams {
+    server: String,
+    share: String,
+    #[serde(rename = "mountOptions", default)]
+    mount_options: Option<String>,
+}
+
+pub fn parse_export_flag(text: &str) -> Result<NfsExport, ParamsError> {
+    let mut map = HashMap::new();
+    for part in text.split(';').filter(|p| !p.trim().is_empty()) {
+        let (key, val) = part
+            .split_once('=')
+            .ok_or_else(|| ParamsError::Shape(format!("{part:?} is not key=value")))?;
+        if map
+            .insert(key.trim().to_string(), val.trim().to_string())
+            .is_some()
+        {
+            return Err(ParamsError::Shape(format!("{:?} given twice", key.trim())));
+        }
+    }
+    let params: ExportParams = from_map(&map)?;
+    let share = checked_share(&params.server, &params.share)?;
+    let mut mount_options: Vec<String> = Vec::new();
+    let given = params.mount_options.unwrap_or_default();
+    for option in given.split(',').map(str::trim).filter(|o| !o.is_empty()) {
+        validate_mount_option(option).map_err(|e| value("mountOptions", e.to_string()))?;
+        // As a create merges a class's options: in order, each once.
+        if !mount_options.iter().any(|o| o == option) {
+            mount_options.push(option.to_string());
+        }
+    }
+    Ok(NfsExport {
+        server: params.server,
+        share,
+        mount_options,
+    })
+}
+
 fn normalise_share(share: &str) -> String {
     let trimmed = share.trim_end_matches('/');
     if trimmed.is_empty() && share.starts_with('/') {
@@ -381,5 +448,36 @@ mod tests {
         );
         m.insert("server".into(), "x".into());
         assert!(from_map::<LocalParams>(&m).is_err());
+    }
+
+    #[test]
+    fn export_flag_names_an_export_as_a_class_does() {
+        let e =
+            parse_export_flag("server=10.0.0.1; share=/export/;mountOptions=nfsvers=4.2,hard,hard")
+                .unwrap();
+        assert_eq!(
+            (e.server.as_str(), e.share.as_str()),
+            ("10.0.0.1", "/export")
+        );
+        assert_eq!(e.mount_options, ["nfsvers=4.2", "hard"]);
+        let bare = parse_export_flag("server=nfs.example;share=/").unwrap();
+        assert!(bare.mount_options.is_empty());
+    }
+
+    #[test]
+    fn export_flag_refuses_what_a_class_could_not_name() {
+        for bad in [
+            "",
+            "server=10.0.0.1",
+            "share=/export",
+            "server=10.0.0.1;share=export",
+            "server=256.1.1.1;share=/export",
+            "server=10.0.0.1;share=/export;subDir=x",
+            "server=10.0.0.1;share=/export;share=/other",
+            "server=10.0.0.1;share=/export;mountOptions=a b",
+            "server=10.0.0.1;share=/export;noequals",
+        ] {
+            assert!(parse_export_flag(bad).is_err(), "{bad:?} was accepted");
+        }
     }
 }

@@ -52,6 +52,8 @@ pub struct CreateSpec {
     pub capacity_bytes: i64,
     pub capabilities: Vec<Capability>,
     pub parameters: HashMap<String, String>,
+    /// A VolumeAttributesClass's parameters, which ControllerModifyVolume may change later.
+    pub mutable_parameters: HashMap<String, String>,
     /// Topology segments the volume must be reachable from (any one of them).
     pub requisite: Vec<HashMap<String, String>>,
     /// The snapshot or volume whose content the new volume starts with.

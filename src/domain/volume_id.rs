@@ -199,7 +199,7 @@ pub fn validate_share(share: &str) -> Result<(), VolumeIdError> {
         .map_err(|e| bad("share", format!("{share:?}: {e}")))
 }
 
-fn validate_mount_option(option: &str) -> Result<(), VolumeIdError> {
+pub fn validate_mount_option(option: &str) -> Result<(), VolumeIdError> {
     check_mount_option(option).map_err(|e| bad("mountOptions", e.to_string()))
 }
 

@@ -14,7 +14,7 @@ use pvdir::csi::proto::node_server::Node as _;
 use pvdir::domain::backend::Backend;
 use pvdir::domain::controller::Controller;
 use pvdir::domain::guard::InFlight;
-use pvdir::domain::local::{LocalBackend, QuotaSetup};
+use pvdir::domain::local::{LocalBackend, QuotaSetup, COPY_BUDGET};
 use pvdir::domain::nfs::{ClaimPolicy, NfsBackend};
 use pvdir::domain::node::Node;
 use pvdir::os::fake::FakeOs;
@@ -106,7 +106,7 @@ impl Rig {
 
     /// An NFS rig whose claims of other processes expire after `expiry`.
     pub fn nfs_with_claim_expiry(expiry: Duration) -> Self {
-        Self::nfs_with(expiry, pvdir::domain::local::COPY_BUDGET)
+        Self::nfs_with(expiry, COPY_BUDGET)
     }
 
     /// An NFS rig whose snapshots and restores copy for at most `budget` per call.
@@ -114,13 +114,31 @@ impl Rig {
         Self::nfs_with(Duration::from_secs(600), budget)
     }
 
+    /// An NFS rig whose controller lists the volumes and snapshots of these `--nfs-export`s.
+    pub fn nfs_listing(exports: &[&str]) -> Self {
+        let listed = exports
+            .iter()
+            .map(|e| pvdir::domain::params::parse_export_flag(e).unwrap())
+            .collect();
+        Self::nfs_with_listed(Duration::from_secs(600), COPY_BUDGET, listed)
+    }
+
     fn nfs_with(expiry: Duration, copy_budget: Duration) -> Self {
+        Self::nfs_with_listed(expiry, copy_budget, Vec::new())
+    }
+
+    fn nfs_with_listed(
+        expiry: Duration,
+        copy_budget: Duration,
+        listed: Vec<pvdir::domain::volume_id::NfsExport>,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let fake = FakeOs::new();
         let staging = dir.path().canonicalize().unwrap().join("staging");
         std::fs::create_dir_all(&staging).unwrap();
         let backend = NfsBackend::new(staging, Arc::new(fake.clone()), ClaimPolicy::new(expiry))
-            .with_copy_budget(copy_budget);
+            .with_copy_budget(copy_budget)
+            .with_listed_exports(listed);
         let quotas = FakeQuotas::with_support(Support::None);
         Self::wire(fake, quotas, dir, Backend::Nfs(backend), &["hard"])
     }
@@ -138,10 +156,10 @@ impl Rig {
         let in_flight = InFlight::default();
         Self {
             flags,
-            controller: ControllerService::new(
-                Controller::new(Arc::clone(&backend), in_flight.clone()),
-                kind,
-            ),
+            controller: ControllerService::new(Controller::new(
+                Arc::clone(&backend),
+                in_flight.clone(),
+            )),
             node: Arc::new(NodeService::new(
                 Node::new(backend, os, in_flight),
                 "n1".into(),

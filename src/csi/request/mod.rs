@@ -6,6 +6,7 @@ mod snapshot;
 
 pub use snapshot::{ListSnapshotsSpec, SnapshotIdSpec};
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 
 use super::proto as csi;
@@ -134,8 +135,27 @@ impl TryFrom<csi::CreateVolumeRequest> for CreateSpec {
             name: req.name,
             capabilities,
             parameters: req.parameters,
+            mutable_parameters: req.mutable_parameters,
             requisite,
             source,
+        })
+    }
+}
+
+/// ControllerModifyVolume: the ID and the parameters to change (checked by the backend,
+/// which knows which it has).
+pub struct ModifySpec {
+    pub volume_id: String,
+    pub mutable_parameters: HashMap<String, String>,
+}
+
+impl TryFrom<csi::ControllerModifyVolumeRequest> for ModifySpec {
+    type Error = Invalid;
+    fn try_from(req: csi::ControllerModifyVolumeRequest) -> Result<Self, Invalid> {
+        required(&req.volume_id, "volume_id")?;
+        Ok(Self {
+            volume_id: req.volume_id,
+            mutable_parameters: req.mutable_parameters,
         })
     }
 }

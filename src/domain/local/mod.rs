@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 
 use super::access::{unsupported_reason, BackendKind};
 use super::error::ControllerError;
-use super::params::{from_map, parse_mode, LocalParams, QuotaPolicy};
+use super::params::{from_map, parse_mode, LocalMutableParams, LocalParams, QuotaPolicy};
 use super::volume::{CreateSpec, Deleted, Expanded, Volume, TOPOLOGY_KEY};
 use super::volume_id::{LocalId, VolumeKey};
 use crate::os::quota::{ProjectId, Quotas};
@@ -210,6 +210,7 @@ impl LocalBackend {
     pub fn plan(&self, spec: &CreateSpec) -> Result<LocalPlan, ControllerError> {
         let params: LocalParams = from_map(&spec.parameters)?;
         let mode = parse_mode(params.mount_permissions.as_deref())?;
+        from_map::<LocalMutableParams>(&spec.mutable_parameters)?;
         if let Some(reason) = spec
             .capabilities
             .iter()

@@ -119,6 +119,8 @@ impl Place<'_> {
                             archive_to: None,
                             expanded_bytes: volume.expanded_bytes,
                             source: None,
+                            mount_options: volume.mount_options.clone(),
+                            modified_permissions: None,
                         };
                         match self.records.claim(name, &record, raw).await? {
                             Claim::Fresh => record,

@@ -58,6 +58,15 @@ pub struct NfsRecord {
     /// The snapshot or volume a restore or clone is filled from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<ContentSource>,
+    /// The mount options of the volume's ID, so that ListVolumes rebuilds the very ID even
+    /// when two classes mount one export with different options. Absent on records from
+    /// before ListVolumes on NFS: those are listed with the options of `--nfs-export`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mount_options: Option<Vec<String>>,
+    /// The directory's mode after the last ControllerModifyVolume (`mount_permissions` stays
+    /// what CreateVolume asked, which a retried create must match).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub modified_permissions: Option<u32>,
 }
 
 /// Who is creating a volume, since when.
@@ -154,6 +163,11 @@ impl NfsRecord {
     /// The volume's size now.
     pub fn size(&self) -> i64 {
         self.expanded_bytes.unwrap_or(self.capacity_bytes)
+    }
+
+    /// The directory's mode now, where one was asked for.
+    pub fn mode(&self) -> Option<u32> {
+        self.modified_permissions.or(self.mount_permissions)
     }
 
     pub fn ready(mut self) -> NfsRecord {
@@ -331,6 +345,8 @@ mod tests {
             archive_to: None,
             expanded_bytes: None,
             source: None,
+            mount_options: None,
+            modified_permissions: None,
         }
     }
 

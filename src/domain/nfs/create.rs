@@ -9,7 +9,7 @@ use super::fill;
 use super::{NfsBackend, NfsPlan, NfsSource};
 use crate::domain::access::{merged_mount_flags, unsupported_reason, BackendKind};
 use crate::domain::error::ControllerError;
-use crate::domain::params::{from_map, NfsParams};
+use crate::domain::params::{from_map, parse_mode, NfsMutableParams, NfsParams};
 use crate::domain::record::{Claim, RecordDir};
 use crate::domain::volume::{CreateSpec, Volume};
 use crate::domain::volume_id::{owner_tag, NfsId, VolumeId};
@@ -20,6 +20,12 @@ impl NfsBackend {
     pub fn plan(&self, spec: &CreateSpec) -> Result<NfsPlan, ControllerError> {
         let params: NfsParams = from_map(&spec.parameters)?;
         let resolved = params.resolve(&spec.name)?;
+        let mutable: NfsMutableParams = from_map(&spec.mutable_parameters)?;
+        // A VolumeAttributesClass's mode is chosen per claim: it wins over the class's.
+        let mode = match mutable.mount_permissions.as_deref() {
+            Some(given) => parse_mode(Some(given))?,
+            None => resolved.mode,
+        };
         let source = spec.source.as_ref().map(NfsSource::parse).transpose()?;
         if source.is_some() && resolved.reuse_existing {
             return Err(fill::reuse_with_source());
@@ -34,7 +40,7 @@ impl NfsBackend {
         // Each option was checked when the request was parsed (csi::request::capability).
         let mount_options = merged_mount_flags(&spec.capabilities);
         Ok(NfsPlan {
-            mode: resolved.mode,
+            mode,
             reuse_existing: resolved.reuse_existing,
             source,
             id: NfsId {
@@ -84,6 +90,8 @@ impl NfsBackend {
             archive_to: None,
             expanded_bytes: None,
             source: source.as_ref().map(NfsSource::content),
+            mount_options: Some(id.mount_options.clone()),
+            modified_permissions: None,
         };
         let busy = || ControllerError::RecordChanged {
             subdir: id.subdir.to_string(),
@@ -138,7 +146,8 @@ impl NfsBackend {
         let op = FsOp::EnsureDir {
             base: export.path.clone(),
             rel: id.subdir.clone(),
-            mode,
+            // A retry after a ControllerModifyVolume keeps the modified mode.
+            mode: mine.mode(),
         };
         let made = self.remote(op, "create volume directory", volume).await;
         if mine.creating.is_none() {

@@ -8,7 +8,8 @@
 //! directory aside under a claimed name (`archive.rs`). Snapshots are copies in the export's
 //! own `.pvdir` (`snapshots.rs`), and restores and clones fill a new volume from one or from
 //! another volume (`fill.rs`). What killed writers leave among the records is swept
-//! (`scratch.rs`).
+//! (`scratch.rs`). ListVolumes and ListSnapshots read the exports `--nfs-export` names
+//! (`list.rs`); ControllerModifyVolume changes a directory's mode (`modify.rs`).
 //!
 //! DeleteVolume acts only while the record still names the ID's owner: a late retry for a
 //! volume whose directory has since been taken by a new volume touches nothing. Calls for one
@@ -22,6 +23,8 @@ mod create;
 mod expand;
 mod export;
 mod fill;
+mod list;
+mod modify;
 mod scratch;
 mod snapshots;
 
@@ -66,6 +69,8 @@ pub struct NfsBackend {
     dirs: InFlight,
     scratch: ScratchSweeps,
     copy_budget: Duration,
+    /// The exports ListVolumes and ListSnapshots cover (see `list.rs`).
+    listed: Vec<NfsExport>,
 }
 
 impl NfsBackend {
@@ -77,6 +82,7 @@ impl NfsBackend {
             dirs: InFlight::default(),
             scratch: ScratchSweeps::default(),
             copy_budget: COPY_BUDGET,
+            listed: Vec::new(),
         }
     }
 

@@ -14,9 +14,14 @@ server: 127.0.0.1
 share: /
 mountPermissions: "0777"
 PARAMS
+# A VolumeAttributesClass's parameters: CreateVolume applies them, ControllerModifyVolume
+# changes them (csi-sanity's ModifyVolume specs run only with some).
+cat >"$work/mutable.yaml" <<PARAMS
+mountPermissions: "0775"
+PARAMS
 
 "$bin" serve --mode all --nfs-endpoint "unix://$work/csi.sock" --nfs-staging-dir "$work/staging" \
-    --mount-staging-dir "$work/mounts" \
+    --mount-staging-dir "$work/mounts" --nfs-export "server=127.0.0.1;share=/" \
     --node-id vm-node --nfs-timeout-secs 30 --log-format json 2>"$work/driver.log" &
 driver=$!
 for _ in $(seq 100); do [ -S "$work/csi.sock" ] && break; sleep 0.1; done
@@ -26,6 +31,7 @@ status=0
     --csi.endpoint "$work/csi.sock" \
     --csi.mountdir "$work/mnt" --csi.stagingdir "$work/stage" \
     --csi.testvolumeparameters "$work/params.yaml" \
+    --csi.testvolumemutableparameters "$work/mutable.yaml" \
     --csi.testvolumesize 1073741824 --csi.testvolumeexpandsize 2147483648 >"$work/sanity.out" 2>&1 || status=$?
 grep -E '^\s*\[FAIL\]' "$work/sanity.out" || true
 summary=$(grep -E '^(SUCCESS|FAIL)!' "$work/sanity.out" | tail -1)
