@@ -14,7 +14,8 @@ use crate::csi::controller::ControllerService;
 use crate::csi::identity::IdentityService;
 use crate::csi::node::NodeService;
 use crate::csi::proto::{
-    controller_server::ControllerServer, identity_server::IdentityServer, node_server::NodeServer,
+    controller_server::ControllerServer, group_controller_server::GroupControllerServer,
+    identity_server::IdentityServer, node_server::NodeServer,
 };
 use crate::domain::backend::Backend;
 use crate::domain::controller::Controller;
@@ -413,6 +414,9 @@ pub async fn serve(
             .layer(layer)
             .add_service(IdentityServer::new(plugin.identity));
         if let Some(c) = plugin.controller {
+            if let Some(g) = c.groups() {
+                router = router.add_service(GroupControllerServer::new(g));
+            }
             router = router.add_service(ControllerServer::new(c));
         }
         if let Some(n) = plugin.node {

@@ -59,7 +59,7 @@ fi
 # What csi-sanity does not check.
 left=$(awk -v w="$work" '$5 ~ "^"w' /proc/self/mountinfo | wc -l)
 [ "$left" = 0 ] || { echo "FAIL: $left mounts left behind under $work"; exit 1; }
-vols=$(find "$work/root/volumes" "$work/root/meta" "$work/root/snapshots" "$work/root/snapmeta" "$work/root/work" -mindepth 1 | wc -l)
+vols=$(find "$work/root/volumes" "$work/root/meta" "$work/root/snapshots" "$work/root/snapmeta" "$work/root/groups" "$work/root/work" -mindepth 1 | wc -l)
 [ "$vols" = 0 ] || { echo "FAIL: $vols volume files left behind"; find "$work/root"; exit 1; }
 
 kill -TERM "$driver_pid"

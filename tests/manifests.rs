@@ -895,7 +895,11 @@ fn the_chart_with_every_option_on_is_still_consistent() {
     let gates: Vec<Option<String>> = pod_specs(&objects)
         .iter()
         .flat_map(|(_, s)| s.containers.iter())
-        .filter(|c| c.image.as_deref().is_some_and(|i| i.contains("/csi-resizer:")))
+        .filter(|c| {
+            c.image
+                .as_deref()
+                .is_some_and(|i| i.contains("/csi-resizer:"))
+        })
         .filter(|c| flag(c, "csi-address").as_deref() == Some("/csi/csi.sock"))
         .map(|c| flag(c, "feature-gates"))
         .collect();

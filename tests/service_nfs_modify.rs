@@ -39,9 +39,8 @@ async fn modify(rig: &Rig, id: &str, pairs: &[(&str, &str)]) -> Result<(), tonic
 
 fn has_modify(caps: &[csi::ControllerServiceCapability]) -> bool {
     use csi::controller_service_capability::{rpc::Type, Type as Kind};
-    caps.iter().any(|c| {
-        matches!(&c.r#type, Some(Kind::Rpc(r)) if r.r#type == Type::ModifyVolume as i32)
-    })
+    caps.iter()
+        .any(|c| matches!(&c.r#type, Some(Kind::Rpc(r)) if r.r#type == Type::ModifyVolume as i32))
 }
 
 async fn capabilities(rig: &Rig) -> Vec<csi::ControllerServiceCapability> {
@@ -140,10 +139,7 @@ async fn nfs_modify_on_a_dead_server_is_unavailable_and_the_retry_finishes() {
     modify(&rig, &id, &[("mountPermissions", "0755")])
         .await
         .unwrap();
-    assert_eq!(
-        mode_of(&rig.export_dir().join("default/www-web-0")),
-        0o755
-    );
+    assert_eq!(mode_of(&rig.export_dir().join("default/www-web-0")), 0o755);
 }
 
 #[tokio::test]

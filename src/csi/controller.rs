@@ -25,6 +25,14 @@ impl ControllerService {
             inner: Arc::new(inner),
         }
     }
+
+    /// The GroupController service on the same controller, where the backend has group
+    /// snapshots.
+    pub fn groups(&self) -> Option<super::group::GroupControllerService> {
+        self.inner
+            .groups()
+            .then(|| super::group::GroupControllerService::new(Arc::clone(&self.inner)))
+    }
 }
 
 fn to_csi(v: Volume) -> csi::Volume {
@@ -54,7 +62,7 @@ fn content_source(source: ContentSource) -> csi::VolumeContentSource {
     }
 }
 
-fn snapshot_to_csi(s: Snapshot) -> csi::Snapshot {
+pub(super) fn snapshot_to_csi(s: Snapshot) -> csi::Snapshot {
     csi::Snapshot {
         size_bytes: s.size_bytes,
         snapshot_id: s.id.to_string(),
@@ -64,7 +72,7 @@ fn snapshot_to_csi(s: Snapshot) -> csi::Snapshot {
             nanos: s.created.1,
         }),
         ready_to_use: s.ready,
-        group_snapshot_id: String::new(),
+        group_snapshot_id: s.group.unwrap_or_default(),
     }
 }
 

@@ -70,6 +70,10 @@ impl csi::identity_server::Identity for IdentityService {
         }
         if self.kind == BackendKind::Local {
             capabilities.push(plugin_capability(Type::VolumeAccessibilityConstraints));
+            // Group snapshots of a node's volumes (see `domain::group`).
+            if self.controller {
+                capabilities.push(plugin_capability(Type::GroupControllerService));
+            }
         }
         Ok(Response::new(csi::GetPluginCapabilitiesResponse {
             capabilities,

@@ -4,6 +4,7 @@
 //! status codes in status.rs and logged once, here, with structured fields.
 
 pub mod controller;
+pub mod group;
 pub mod identity;
 pub mod node;
 pub mod proto;

@@ -93,6 +93,8 @@ pub fn controller_code(e: &ControllerError) -> Code {
         ControllerError::NameConflict { .. } | ControllerError::DirectoryClaimed { .. } => {
             Code::AlreadyExists
         }
+        // The spec: the SP SHOULD report member IDs that do not match the group it knows.
+        ControllerError::GroupMembersMismatch { .. } => Code::InvalidArgument,
         // The spec's answer when no requisite topology can be satisfied.
         ControllerError::TopologyUnsatisfiable { .. } => Code::ResourceExhausted,
         ControllerError::NotFound { .. } => Code::NotFound,

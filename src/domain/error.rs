@@ -20,6 +20,8 @@ pub enum ControllerError {
     UnusableName { name: String },
     #[error("volume {name:?} already exists with different properties: {difference}")]
     NameConflict { name: String, difference: String },
+    #[error("group snapshot {id:?} has other members than the {given:?} given")]
+    GroupMembersMismatch { id: String, given: Vec<String> },
     #[error("directory {subdir:?} on the share already belongs to volume {owner:?}")]
     DirectoryClaimed { subdir: String, owner: String },
     #[error("no requisite topology is served by node {node:?}")]

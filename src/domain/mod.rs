@@ -6,6 +6,7 @@ pub mod access;
 pub mod backend;
 pub mod controller;
 pub mod error;
+pub mod group;
 pub mod guard;
 pub mod health;
 pub mod host;

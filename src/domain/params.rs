@@ -28,6 +28,19 @@ pub struct SnapshotParams {
     _content: Option<String>,
 }
 
+/// A VolumeGroupSnapshotClass's parameters: none of pvdir's own, only what the snapshotter
+/// adds with `--extra-create-metadata`; anything else is refused.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupSnapshotParams {
+    #[serde(rename = "csi.storage.k8s.io/volumegroupsnapshot/name", default)]
+    _name: Option<String>,
+    #[serde(rename = "csi.storage.k8s.io/volumegroupsnapshot/namespace", default)]
+    _namespace: Option<String>,
+    #[serde(rename = "csi.storage.k8s.io/volumegroupsnapshotcontent/name", default)]
+    _content: Option<String>,
+}
+
 /// The mutable parameters of an NFS volume (a VolumeAttributesClass's `parameters`), given at
 /// CreateVolume and changed by ControllerModifyVolume. At create they override the class's
 /// parameter of the same name.

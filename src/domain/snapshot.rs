@@ -120,6 +120,9 @@ pub struct SnapshotRecord {
     created_secs: i64,
     created_nanos: i32,
     pub ready: bool,
+    /// The group snapshot this one was taken for, by its ID (see `domain::group`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
 }
 
 impl SnapshotRecord {
@@ -135,20 +138,27 @@ impl SnapshotRecord {
             created_secs: i64::try_from(now.as_secs()).unwrap_or(i64::MAX),
             created_nanos: i32::try_from(now.subsec_nanos()).unwrap_or(0),
             ready: false,
+            group: None,
         }
     }
 
-    /// The error for a CreateSnapshot of `name` from `source_volume` that this record, of
-    /// the same key, does not match; `None` when it does.
-    pub fn conflict(&self, name: &str, source_volume: &str) -> Option<ControllerError> {
-        (self.name != name || self.source_volume != source_volume).then(|| {
-            ControllerError::NameConflict {
-                name: name.to_string(),
-                difference: format!(
-                    "snapshot {:?} of {:?}; requested of {source_volume:?}",
-                    self.name, self.source_volume
-                ),
-            }
+    /// The error for a CreateSnapshot of `name` from `source_volume` (as a member of `group`,
+    /// if one) that this record, of the same key, does not match; `None` when it does.
+    pub fn conflict(
+        &self,
+        name: &str,
+        source_volume: &str,
+        group: Option<&str>,
+    ) -> Option<ControllerError> {
+        let same = self.name == name
+            && self.source_volume == source_volume
+            && self.group.as_deref() == group;
+        (!same).then(|| ControllerError::NameConflict {
+            name: name.to_string(),
+            difference: format!(
+                "snapshot {:?} of {:?}; requested of {source_volume:?}",
+                self.name, self.source_volume
+            ),
         })
     }
 
@@ -159,6 +169,7 @@ impl SnapshotRecord {
             size_bytes: self.size_bytes,
             created: (self.created_secs, self.created_nanos),
             ready: self.ready,
+            group: self.group.clone(),
         }
     }
 }
@@ -175,6 +186,8 @@ pub struct Snapshot {
     pub created: (i64, i32),
     /// Whether the copy is complete and on disk; until then the snapshot cannot be restored.
     pub ready: bool,
+    /// The ID of the group snapshot it is a member of.
+    pub group: Option<String>,
 }
 
 /// A validated CreateSnapshot request.

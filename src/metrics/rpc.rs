@@ -38,6 +38,7 @@ const METHODS: &[&str] = &[
     "CreateSnapshot",
     "DeleteSnapshot",
     "ListSnapshots",
+    "GetSnapshot",
     "ControllerExpandVolume",
     "ControllerGetVolume",
     "ControllerModifyVolume",
@@ -49,6 +50,10 @@ const METHODS: &[&str] = &[
     "NodeExpandVolume",
     "NodeGetCapabilities",
     "NodeGetInfo",
+    "GroupControllerGetCapabilities",
+    "CreateVolumeGroupSnapshot",
+    "DeleteVolumeGroupSnapshot",
+    "GetVolumeGroupSnapshot",
 ];
 
 /// The gRPC status codes by number, as the gRPC documentation spells them.

@@ -2,8 +2,10 @@
 //! into typed domain values here, so missing or malformed fields give INVALID_ARGUMENT before any
 //! lookup or side effect (the order the CSI spec and csi-sanity expect).
 
+mod group;
 mod snapshot;
 
+pub use group::GroupIdSpec;
 pub use snapshot::{ListSnapshotsSpec, SnapshotIdSpec};
 
 use std::collections::HashMap;

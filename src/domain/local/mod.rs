@@ -12,6 +12,7 @@
 //! the node's own disk, and a hand-off per step used to cost more than the steps themselves.
 
 mod fill;
+mod groups;
 mod journal;
 mod projects;
 mod sizes;

@@ -50,11 +50,12 @@ impl Store {
         key: &VolumeKey,
         source: &LocalId,
         budget: Duration,
+        group: Option<&str>,
     ) -> Result<Snapshot, ControllerError> {
         let source_raw = VolumeId::Local(source.clone()).to_string();
         let mut record = match self.read_snapshot(key)? {
             Some(r) => {
-                if let Some(conflict) = r.conflict(name, &source_raw) {
+                if let Some(conflict) = r.conflict(name, &source_raw, group) {
                     return Err(conflict);
                 }
                 if r.ready {
@@ -69,7 +70,8 @@ impl Store {
                     .ok_or_else(|| ControllerError::NotFound {
                         id: source_raw.clone(),
                     })?;
-                let r = SnapshotRecord::started(name, &source_raw, volume.size());
+                let mut r = SnapshotRecord::started(name, &source_raw, volume.size());
+                r.group = group.map(str::to_string);
                 // Synced before any copying: a crash leaves a record that the retry continues.
                 if !self
                     .snap_records()
@@ -183,7 +185,7 @@ impl super::LocalBackend {
         let (name, key, source) = (name.to_string(), key.clone(), source.clone());
         let budget = self.copy_budget;
         self.run("create snapshot", &name.clone(), move |s| {
-            s.create_snapshot(&name, &key, &source, budget)
+            s.create_snapshot(&name, &key, &source, budget, None)
         })
         .await
     }

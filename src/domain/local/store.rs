@@ -9,6 +9,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use super::groups::GROUPS;
 use super::journal::{Entry, LocalJournal};
 use super::projects::Projects;
 use super::snapshots::{SNAPMETA, SNAPSHOTS, WORK};
@@ -33,6 +34,8 @@ pub(super) struct Store {
     records: RecordSpec,
     /// Snapshot records are synced one by one (see `snapshots`).
     snap_records: RecordSpec,
+    /// Group snapshot records, synced one by one too (see `groups`).
+    group_records: RecordSpec,
     /// Present where this process creates and deletes volumes (see [`Store::open`]).
     pub(super) journal: Option<LocalJournal>,
     pub(super) quota: QuotaSetup,
@@ -55,12 +58,14 @@ impl Store {
         // META is a constant single segment; the records are reached without following links.
         let records = RecordSpec::new(root.clone(), state_dir(META)).journaled();
         let snap_records = RecordSpec::new(root.clone(), state_dir(SNAPMETA));
+        let group_records = RecordSpec::new(root.clone(), state_dir(GROUPS));
         Self {
             root,
             node_id,
             disk,
             records,
             snap_records,
+            group_records,
             journal: None,
             quota,
             support: Support::None,
@@ -71,7 +76,7 @@ impl Store {
 
     /// The journal covers the first two (see [`Store::open`]).
     pub(super) fn layout_dirs(&self) -> Vec<PathBuf> {
-        [VOLUMES, META, JOURNAL, SNAPSHOTS, SNAPMETA, WORK]
+        [VOLUMES, META, JOURNAL, SNAPSHOTS, SNAPMETA, GROUPS, WORK]
             .iter()
             .map(|d| self.root.join(d))
             .collect()
@@ -122,6 +127,13 @@ impl Store {
         DiskRecords {
             disk: &*self.disk,
             spec: &self.snap_records,
+        }
+    }
+
+    pub(super) fn group_records(&self) -> DiskRecords<'_> {
+        DiskRecords {
+            disk: &*self.disk,
+            spec: &self.group_records,
         }
     }
 

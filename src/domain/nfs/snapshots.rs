@@ -85,7 +85,7 @@ impl NfsBackend {
         let record_name = format!("{}.json", key.as_str());
         let mut record = match snaps.load::<SnapshotRecord>(&record_name, name).await? {
             Some(r) => {
-                if let Some(conflict) = r.conflict(name, &source_raw) {
+                if let Some(conflict) = r.conflict(name, &source_raw, None) {
                     return Err(conflict);
                 }
                 if r.ready {

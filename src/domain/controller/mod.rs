@@ -1,6 +1,8 @@
 //! Controller-side operations: create, delete, validate, list and capacity, dispatched to the
 //! backend under per-volume in-flight guards.
 
+mod groups;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 
