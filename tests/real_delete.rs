@@ -269,6 +269,7 @@ async fn delete_refuses_escaping_ids() {
     assert_eq!(
         names_in(&d.root()),
         [
+            "groups",
             "journal",
             "meta",
             "sentinel",

@@ -129,6 +129,7 @@ async fn any_name_up_to_128_characters_gets_its_own_directory() {
     assert_eq!(
         layout,
         [
+            "groups",
             "journal",
             "meta",
             "snapmeta",

@@ -118,8 +118,9 @@ async fn each_backend_has_its_own_name_capabilities_and_topology() {
     let (name, plugin_caps, lists, node) = info(local).await;
     assert_eq!(name, "local.pvdir.io");
     assert_eq!(
-        plugin_caps, 3,
-        "CONTROLLER_SERVICE, online VOLUME_EXPANSION and VOLUME_ACCESSIBILITY_CONSTRAINTS"
+        plugin_caps, 4,
+        "CONTROLLER_SERVICE, online VOLUME_EXPANSION, VOLUME_ACCESSIBILITY_CONSTRAINTS and \
+         GROUP_CONTROLLER_SERVICE"
     );
     assert!(lists);
     assert_eq!(node.node_id, "node-a");

@@ -10,7 +10,7 @@ use super::request::{NodeExpandSpec, VolumeAtPath};
 use super::{detached, fail};
 use crate::domain::access::BackendKind;
 use crate::domain::node::Node;
-use crate::domain::volume::{PublishSpec, TOPOLOGY_KEY};
+use crate::domain::volume::{PublishSpec, StageSpec, TOPOLOGY_KEY};
 
 pub struct NodeService {
     inner: Arc<Node>,
@@ -54,6 +54,38 @@ impl csi::node_server::Node for NodeService {
             .map_err(|e| fail("NodePublishVolume", &id, Some(&target), e))?;
         tracing::info!(volume.id = id, target.path = %target.display(), "volume published");
         Ok(Response::new(csi::NodePublishVolumeResponse {}))
+    }
+
+    async fn node_stage_volume(
+        &self,
+        request: Request<csi::NodeStageVolumeRequest>,
+    ) -> Result<Response<csi::NodeStageVolumeResponse>, Status> {
+        let req = request.into_inner();
+        let (rpc, id) = ("NodeStageVolume", req.volume_id.clone());
+        let spec = StageSpec::try_from(req).map_err(|e| fail(rpc, &id, None, e))?;
+        let staging = spec.staging.clone();
+        let inner = Arc::clone(&self.inner);
+        detached(async move { inner.stage(spec).await })
+            .await?
+            .map_err(|e| fail(rpc, &id, Some(&staging), e))?;
+        tracing::info!(volume.id = id, target.path = %staging.display(), "volume staged");
+        Ok(Response::new(csi::NodeStageVolumeResponse {}))
+    }
+
+    async fn node_unstage_volume(
+        &self,
+        request: Request<csi::NodeUnstageVolumeRequest>,
+    ) -> Result<Response<csi::NodeUnstageVolumeResponse>, Status> {
+        let req = request.into_inner();
+        let (rpc, id) = ("NodeUnstageVolume", req.volume_id.clone());
+        let spec = VolumeAtPath::try_from(req).map_err(|e| fail(rpc, &id, None, e))?;
+        let inner = Arc::clone(&self.inner);
+        let (volume_id, path) = (spec.volume_id, spec.path.clone());
+        detached(async move { inner.unstage(&volume_id, &path).await })
+            .await?
+            .map_err(|e| fail(rpc, &id, Some(&spec.path), e))?;
+        tracing::info!(volume.id = id, target.path = %spec.path.display(), "volume unstaged");
+        Ok(Response::new(csi::NodeUnstageVolumeResponse {}))
     }
 
     async fn node_unpublish_volume(
@@ -155,6 +187,11 @@ impl csi::node_server::Node for NodeService {
         // was asked (see domain::node::expand). NFS volumes are grown centrally.
         if self.kind == BackendKind::Local {
             capabilities.push(rpc_capability(Type::ExpandVolume));
+        }
+        // The node's one bind of a local volume, which its publishes bind from (see
+        // domain::node::stage).
+        if self.inner.stages() {
+            capabilities.push(rpc_capability(Type::StageUnstageVolume));
         }
         Ok(Response::new(csi::NodeGetCapabilitiesResponse {
             capabilities,

@@ -143,6 +143,8 @@ pub fn node_code(e: &NodeError) -> Code {
         NodeError::SingleWriterInUse { .. } | NodeError::TargetNotEmpty { .. } => {
             Code::FailedPrecondition
         }
+        // The spec's answer for a publish whose volume the CO has not staged there.
+        NodeError::NotStaged { .. } => Code::FailedPrecondition,
         NodeError::InFlight { .. } => Code::Aborted,
         NodeError::Os { source, .. } => os_code(source),
     }

@@ -113,6 +113,8 @@ pub enum NodeError {
     SingleWriterInUse { id: String, other: PathBuf },
     #[error("volume {id:?} is not published at {path}")]
     NotPublishedAt { id: String, path: PathBuf },
+    #[error("volume {id:?} is not staged at {staging}")]
+    NotStaged { id: String, staging: PathBuf },
     #[error("target {target} still holds files after unmounting; refusing to delete them")]
     TargetNotEmpty { target: PathBuf },
     #[error("an operation on {key:?} is already in progress")]

@@ -65,6 +65,9 @@ pub struct CreateSpec {
 pub struct PublishSpec {
     pub volume_id: String,
     pub target: PathBuf,
+    /// Where NodeStageVolume mounted the volume, for a backend that stages (the publish binds
+    /// from there); `None` from a client that publishes directly.
+    pub staging: Option<PathBuf>,
     pub capability: Capability,
     /// The CO's `readonly` flag; a reader-only access mode also makes the mount read-only.
     pub readonly: bool,
@@ -75,13 +78,33 @@ impl PublishSpec {
     /// The per-mount flags this publish asks for: those named among the mount options, and
     /// `ro` when the CO says so or the access mode only reads.
     pub fn mount_flags(&self) -> MountFlags {
-        let named =
-            MountFlags::from_names(self.capability.mount_flags().iter().map(String::as_str));
-        if self.readonly || self.capability.mode.is_read_only() {
-            named | MountFlags::READ_ONLY
-        } else {
-            named
-        }
+        capability_flags(&self.capability, self.readonly)
+    }
+}
+
+/// A validated NodeStageVolumeRequest: the local backend's one mount of a volume on a node
+/// (a bind of its directory), which every publish on the node then binds from.
+#[derive(Debug, Clone)]
+pub struct StageSpec {
+    pub volume_id: String,
+    pub staging: PathBuf,
+    pub capability: Capability,
+}
+
+impl StageSpec {
+    /// The flags named among the mount options, and `ro` when the access mode only reads;
+    /// a pod's own `readonly` is its publish's business.
+    pub fn mount_flags(&self) -> MountFlags {
+        capability_flags(&self.capability, false)
+    }
+}
+
+fn capability_flags(capability: &Capability, readonly: bool) -> MountFlags {
+    let named = MountFlags::from_names(capability.mount_flags().iter().map(String::as_str));
+    if readonly || capability.mode.is_read_only() {
+        named | MountFlags::READ_ONLY
+    } else {
+        named
     }
 }
 

@@ -239,17 +239,23 @@ impl Os for FakeOs {
         let mut paused = self.paused.subscribe();
         let _ = paused.wait_for(|p| !*p).await;
         self.with(|s| {
-            // As the kernel does: a bind keeps the flags of the mount its source is on and
-            // gains the asked ones; a new NFS mount starts from relatime.
+            // As the kernel does: a bind shows the filesystem and path its source is on (so
+            // a bind of a bind shows the original directory) and keeps the flags of the
+            // mount its source is on, gaining the asked ones; a new NFS mount starts from
+            // relatime.
             let (fs_type, source, root, device, holder) = match &spec.source {
-                MountSource::Bind(p) => (
-                    "ext4".to_string(),
-                    "/dev/fake".to_string(),
-                    p.clone(),
-                    FAKE_ROOT_DEVICE.to_string(),
-                    super::mountinfo::containing(&s.table, p)
-                        .map_or(MountFlags::RELATIME, |m| m.flags),
-                ),
+                MountSource::Bind(p) => {
+                    let (device, root) = super::mountinfo::bind_identity(&s.table, p)
+                        .unwrap_or_else(|| (FAKE_ROOT_DEVICE.to_string(), p.clone()));
+                    (
+                        "ext4".to_string(),
+                        "/dev/fake".to_string(),
+                        root,
+                        device,
+                        super::mountinfo::containing(&s.table, p)
+                            .map_or(MountFlags::RELATIME, |m| m.flags),
+                    )
+                }
                 MountSource::Nfs { server, path } => (
                     "nfs4".to_string(),
                     MountSource::nfs_device(server, path),

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use super::proto as csi;
 use crate::domain::access::{check_mount_option, AccessMode, AccessType, Capability};
 use crate::domain::snapshot::ContentSource;
-use crate::domain::volume::{CreateSpec, PublishSpec};
+use crate::domain::volume::{CreateSpec, PublishSpec, StageSpec};
 
 /// A request that is malformed; always INVALID_ARGUMENT.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -305,17 +305,52 @@ impl TryFrom<csi::NodePublishVolumeRequest> for PublishSpec {
             .volume_capability
             .as_ref()
             .ok_or_else(|| Invalid("volume_capability is required".into()))?;
+        // Optional here: given by kubelet for a backend that stages, absent from direct
+        // clients (pvdir's own CLI) that publish without staging first.
+        let staging = match req.staging_target_path.as_str() {
+            "" => None,
+            path => Some(required_path(path, "staging_target_path")?),
+        };
         Ok(Self {
             capability: capability(cap)?,
             volume_id: req.volume_id,
             target,
+            staging,
             readonly: req.readonly,
             context: req.volume_context,
         })
     }
 }
 
-/// NodeUnpublishVolume and NodeGetVolumeStats both name a volume and a path.
+impl TryFrom<csi::NodeStageVolumeRequest> for StageSpec {
+    type Error = Invalid;
+    fn try_from(req: csi::NodeStageVolumeRequest) -> Result<Self, Invalid> {
+        required(&req.volume_id, "volume_id")?;
+        let staging = required_path(&req.staging_target_path, "staging_target_path")?;
+        let cap = req
+            .volume_capability
+            .as_ref()
+            .ok_or_else(|| Invalid("volume_capability is required".into()))?;
+        Ok(Self {
+            capability: capability(cap)?,
+            volume_id: req.volume_id,
+            staging,
+        })
+    }
+}
+
+impl TryFrom<csi::NodeUnstageVolumeRequest> for VolumeAtPath {
+    type Error = Invalid;
+    fn try_from(req: csi::NodeUnstageVolumeRequest) -> Result<Self, Invalid> {
+        required(&req.volume_id, "volume_id")?;
+        Ok(Self {
+            path: required_path(&req.staging_target_path, "staging_target_path")?,
+            volume_id: req.volume_id,
+        })
+    }
+}
+
+/// NodeUnpublishVolume, NodeUnstageVolume and NodeGetVolumeStats name a volume and a path.
 pub struct VolumeAtPath {
     pub volume_id: String,
     pub path: PathBuf,

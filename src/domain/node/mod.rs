@@ -1,4 +1,5 @@
-//! Node-side operations: publish, unpublish and stats; expansion is in [`expand`].
+//! Node-side operations: publish, unpublish and stats; expansion is in [`expand`], staging
+//! (local volumes) in [`stage`].
 //!
 //! Every decision is made by observing the mount table, never by remembering: a publish that
 //! finds its target already mounted with the same source and flags is done; an unpublish
@@ -7,6 +8,7 @@
 //! compared in canonical form, because that is how the kernel writes them into mountinfo.
 
 mod expand;
+mod stage;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -232,6 +234,27 @@ impl Node {
         let target = Self::canonical(&spec.target).await;
         let mounts = self.mounts(&target).await?;
         let identity = Identity::of(&source, &mounts);
+        // A staged local volume is bound from its staging mount (see `stage.rs`), which must
+        // be this volume's.
+        let staged = match (&spec.staging, &source) {
+            (Some(staging), MountSource::Bind(_)) => {
+                let staging = Self::canonical(staging).await;
+                match mountinfo::top_at(&mounts, &staging) {
+                    Some(top) if identity.matches(top) => Some(staging),
+                    _ => {
+                        return Err(NodeError::NotStaged {
+                            id: spec.volume_id.clone(),
+                            staging,
+                        })
+                    }
+                }
+            }
+            _ => None,
+        };
+        let source = match &staged {
+            Some(staging) => MountSource::Bind(staging.clone()),
+            None => source,
+        };
         // What a finished publish shows: a bind keeps every flag of the mount its source is
         // on (the OS layer only ever adds), an NFS mount has just the asked ones.
         let wanted = match &source {
@@ -276,10 +299,12 @@ impl Node {
             }
         }
         if spec.capability.mode == AccessMode::SingleNodeSingleWriter {
-            if let Some(other) = mounts
-                .iter()
-                .find(|m| m.mount_point != target && identity.matches(m))
-            {
+            // The staging mount is the node's own, not another publish.
+            if let Some(other) = mounts.iter().find(|m| {
+                m.mount_point != target
+                    && Some(&m.mount_point) != staged.as_ref()
+                    && identity.matches(m)
+            }) {
                 return Err(NodeError::SingleWriterInUse {
                     id: spec.volume_id.clone(),
                     other: other.mount_point.clone(),

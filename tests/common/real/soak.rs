@@ -51,6 +51,11 @@ pub fn target_of(d: &Driver, v: &Volume) -> PathBuf {
     target_dir(d).join(&v.name).join("mount")
 }
 
+/// Where the load stages a volume, beside its target (see `ctl::load::session`).
+pub fn stage_of(d: &Driver, v: &Volume) -> PathBuf {
+    target_dir(d).join(&v.name).join("stage")
+}
+
 /// The load the soak runs: every operation, data written and read back, retried as the
 /// sidecars do for up to a minute, left in place at the end for the checks.
 pub fn settings(d: &Driver, seed: u64, parameters: &[(&str, &str)]) -> Settings {
@@ -186,6 +191,12 @@ pub fn assert_mounts_owned(d: &Driver, left: &[Volume], own: &[PathBuf]) {
         .filter(|v| v.published)
         .map(|v| target_of(d, v))
         .collect();
+    // A driver that stages (the local backend) holds one more mount per staged volume.
+    let staged: BTreeSet<PathBuf> = left
+        .iter()
+        .filter(|v| v.staged)
+        .map(|v| stage_of(d, v))
+        .collect();
     let mut seen: BTreeMap<PathBuf, usize> = BTreeMap::new();
     for m in mounts_below(&d.path("")) {
         *seen.entry(m.mount_point).or_default() += 1;
@@ -196,16 +207,16 @@ pub fn assert_mounts_owned(d: &Driver, left: &[Volume], own: &[PathBuf]) {
             .iter()
             .any(|dir| point == dir || point.parent() == Some(dir.as_path()));
         assert!(
-            drivers_own || published.contains(point),
-            "a mount no published volume owns: {}",
+            drivers_own || published.contains(point) || staged.contains(point),
+            "a mount no published or staged volume owns: {}",
             point.display()
         );
     }
-    for target in &published {
+    for target in published.iter().chain(&staged) {
         assert_eq!(
             mounts_at(target).len(),
             1,
-            "published target {} is not mounted",
+            "published target or stage {} is not mounted",
             target.display()
         );
     }
