@@ -11,7 +11,6 @@ use std::path::Path;
 
 use common::service::*;
 use pvdir::csi::proto as csi;
-use pvdir::csi::proto::controller_server::Controller as _;
 use pvdir::csi::proto::node_server::Node as _;
 use tonic::{Code, Request};
 
