@@ -15,20 +15,27 @@ use pvdir::csi::proto as csi;
 use pvdir::csi::proto::volume_capability::access_mode::Mode;
 use tonic::Code;
 
-fn stage_request(id: &str, staging: &Path, mode: Mode) -> csi::NodeStageVolumeRequest {
-    csi::NodeStageVolumeRequest {
+async fn stage(d: &Driver, id: &str, staging: &Path, mode: Mode) {
+    let req = csi::NodeStageVolumeRequest {
         volume_id: id.into(),
         staging_target_path: staging.to_str().expect("UTF-8 path").into(),
         volume_capability: Some(capability(mode)),
         ..Default::default()
-    }
+    };
+    expect_ok(d.node().node_stage_volume(req).await, "stage");
 }
 
-fn unstage_request(id: &str, staging: &Path) -> csi::NodeUnstageVolumeRequest {
-    csi::NodeUnstageVolumeRequest {
+async fn unstage(d: &Driver, id: &str, staging: &Path) {
+    let req = csi::NodeUnstageVolumeRequest {
         volume_id: id.into(),
         staging_target_path: staging.to_str().expect("UTF-8 path").into(),
-    }
+    };
+    expect_ok(d.node().node_unstage_volume(req).await, "unstage");
+}
+
+async fn unpublish(d: &Driver, id: &str, target: &Path) {
+    let req = unpublish_request(id, target);
+    expect_ok(d.node().node_unpublish_volume(req).await, "unpublish");
 }
 
 async fn publish_staged(d: &Driver, id: &str, staging: &Path, target: &Path) {
@@ -47,13 +54,9 @@ async fn a_staged_volume_is_one_bind_and_each_pod_binds_from_it() {
     let id = create_volume(&d, "pvc-staged", Mode::SingleNodeMultiWriter).await;
     let staging = d.path("plugins/kubernetes.io/csi/local.pvdir.io/h/globalmount");
     std::fs::create_dir_all(staging.parent().unwrap()).expect("kubelet's staging parent");
+    // Twice: the second finds it done.
     for _ in 0..2 {
-        expect_ok(
-            d.node()
-                .node_stage_volume(stage_request(&id, &staging, Mode::SingleNodeMultiWriter))
-                .await,
-            "stage (and again)",
-        );
+        stage(&d, &id, &staging, Mode::SingleNodeMultiWriter).await;
     }
     let at = mounts_at(&staging);
     assert_eq!(at.len(), 1, "one stage mount: {at:?}");
@@ -89,12 +92,7 @@ async fn a_staged_volume_is_one_bind_and_each_pod_binds_from_it() {
     );
 
     // Unstaged out of order: the pods' mounts are binds of their own and keep working.
-    expect_ok(
-        d.node()
-            .node_unstage_volume(unstage_request(&id, &staging))
-            .await,
-        "unstage",
-    );
+    unstage(&d, &id, &staging).await;
     assert!(mounts_at(&staging).is_empty() && !staging.exists());
     std::fs::write(b.join("g"), b"from b").expect("pod b still writes");
     assert_eq!(
@@ -102,19 +100,9 @@ async fn a_staged_volume_is_one_bind_and_each_pod_binds_from_it() {
         b"from b"
     );
     for t in [&a, &b] {
-        expect_ok(
-            d.node()
-                .node_unpublish_volume(unpublish_request(&id, t))
-                .await,
-            "unpublish",
-        );
+        unpublish(&d, &id, t).await;
     }
-    expect_ok(
-        d.node()
-            .node_unstage_volume(unstage_request(&id, &staging))
-            .await,
-        "unstage again",
-    );
+    unstage(&d, &id, &staging).await;
     expect_ok(
         d.controller().delete_volume(delete_request(&id)).await,
         "delete",
@@ -128,28 +116,13 @@ async fn a_reader_only_stage_is_read_only_for_every_pod() {
     let id = create_volume(&d, "pvc-ro-stage", Mode::SingleNodeReaderOnly).await;
     std::fs::write(d.volume_dir(&id).join("f"), b"x").expect("seed");
     let staging = d.path("stage-ro");
-    expect_ok(
-        d.node()
-            .node_stage_volume(stage_request(&id, &staging, Mode::SingleNodeReaderOnly))
-            .await,
-        "stage",
-    );
+    stage(&d, &id, &staging, Mode::SingleNodeReaderOnly).await;
     assert!(mounts_at(&staging)[0].readonly);
     let target = target_in_pod(&d, "r");
     let mut req = publish_request(&id, &target, Mode::SingleNodeReaderOnly, false);
     req.staging_target_path = staging.to_str().unwrap().into();
     expect_ok(d.node().node_publish_volume(req).await, "publish");
     assert_read_only(&target);
-    expect_ok(
-        d.node()
-            .node_unpublish_volume(unpublish_request(&id, &target))
-            .await,
-        "unpublish",
-    );
-    expect_ok(
-        d.node()
-            .node_unstage_volume(unstage_request(&id, &staging))
-            .await,
-        "unstage",
-    );
+    unpublish(&d, &id, &target).await;
+    unstage(&d, &id, &staging).await;
 }

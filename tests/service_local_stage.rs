@@ -54,15 +54,8 @@ async fn publish_staged(
 }
 
 async fn stages(rig: &Rig) -> bool {
-    use csi::node_service_capability::{rpc::Type, Type as Kind};
-    rig.node
-        .node_get_capabilities(Request::new(Default::default()))
-        .await
-        .unwrap()
-        .into_inner()
-        .capabilities
-        .iter()
-        .any(|c| matches!(&c.r#type, Some(Kind::Rpc(r)) if r.r#type == Type::StageUnstageVolume as i32))
+    use csi::node_service_capability::rpc::Type;
+    rig.node_rpcs().await.contains(&Type::StageUnstageVolume)
 }
 
 async fn volume(rig: &Rig, name: &str) -> String {

@@ -15,19 +15,6 @@ use tonic::{Code, Request};
 
 const SEED_EXPORT: &str = "server=10.0.0.1;share=/export/;mountOptions=hard,nfsvers=4.2";
 
-async fn capabilities(rig: &Rig) -> BTreeSet<i32> {
-    use csi::controller_service_capability::Type;
-    rig.controller
-        .controller_get_capabilities(Request::new(Default::default()))
-        .await
-        .unwrap()
-        .into_inner()
-        .capabilities
-        .into_iter()
-        .filter_map(|c| c.r#type.map(|Type::Rpc(r)| r.r#type))
-        .collect()
-}
-
 /// Every volume ID, page by page of `max` entries.
 async fn list_all(rig: &Rig, max: i32) -> Vec<String> {
     let (mut ids, mut token) = (Vec::new(), String::new());
@@ -58,9 +45,9 @@ async fn list_all(rig: &Rig, max: i32) -> Vec<String> {
 async fn nfs_lists_exactly_the_volumes_it_answered_with() {
     use csi::controller_service_capability::rpc::Type;
     let rig = Rig::nfs_listing(&[SEED_EXPORT]);
-    let caps = capabilities(&rig).await;
-    assert!(caps.contains(&(Type::ListVolumes as i32)));
-    assert!(caps.contains(&(Type::ListSnapshots as i32)));
+    let caps = rig.controller_rpcs().await;
+    assert!(caps.contains(&Type::ListVolumes));
+    assert!(caps.contains(&Type::ListSnapshots));
 
     let mut made = BTreeSet::new();
     for (ordinal, on_delete) in [(0, "delete"), (1, "retain"), (2, "archive")] {
@@ -177,9 +164,9 @@ async fn nfs_listing_fails_whole_on_a_dead_server_and_is_off_without_exports() {
     assert_eq!(list_all(&rig, 0).await.len(), 1);
 
     let plain = Rig::nfs();
-    let caps = capabilities(&plain).await;
-    assert!(!caps.contains(&(Type::ListVolumes as i32)));
-    assert!(!caps.contains(&(Type::ListSnapshots as i32)));
+    let caps = plain.controller_rpcs().await;
+    assert!(!caps.contains(&Type::ListVolumes));
+    assert!(!caps.contains(&Type::ListSnapshots));
     assert_eq!(
         plain
             .controller

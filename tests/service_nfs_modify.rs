@@ -37,25 +37,15 @@ async fn modify(rig: &Rig, id: &str, pairs: &[(&str, &str)]) -> Result<(), tonic
         .map(drop)
 }
 
-fn has_modify(caps: &[csi::ControllerServiceCapability]) -> bool {
-    use csi::controller_service_capability::{rpc::Type, Type as Kind};
-    caps.iter()
-        .any(|c| matches!(&c.r#type, Some(Kind::Rpc(r)) if r.r#type == Type::ModifyVolume as i32))
-}
-
-async fn capabilities(rig: &Rig) -> Vec<csi::ControllerServiceCapability> {
-    rig.controller
-        .controller_get_capabilities(Request::new(Default::default()))
-        .await
-        .unwrap()
-        .into_inner()
-        .capabilities
+async fn has_modify(rig: &Rig) -> bool {
+    use csi::controller_service_capability::rpc::Type;
+    rig.controller_rpcs().await.contains(&Type::ModifyVolume)
 }
 
 #[tokio::test]
 async fn nfs_mode_follows_the_attributes_class_and_survives_a_retried_create() {
     let rig = Rig::nfs();
-    assert!(has_modify(&capabilities(&rig).await));
+    assert!(has_modify(&rig).await);
     // The class says 0770; the claim's VolumeAttributesClass says 0750 and wins.
     let mut req = seed_claim(0, "delete");
     req.mutable_parameters = params(&[("mountPermissions", "0750")]);
@@ -145,7 +135,7 @@ async fn nfs_modify_on_a_dead_server_is_unavailable_and_the_retry_finishes() {
 #[tokio::test]
 async fn local_volumes_have_no_mutable_parameters() {
     let rig = Rig::local().await;
-    assert!(!has_modify(&capabilities(&rig).await));
+    assert!(!has_modify(&rig).await);
     let mut req = create_req("pvc-1", 1 << 20, csi_mode(), &[]);
     req.mutable_parameters = params(&[("mountPermissions", "0750")]);
     assert_eq!(

@@ -283,6 +283,34 @@ impl Rig {
             .map(|_| ())
     }
 
+    /// The RPC capabilities ControllerGetCapabilities advertises.
+    pub async fn controller_rpcs(&self) -> Vec<csi::controller_service_capability::rpc::Type> {
+        use csi::controller_service_capability::Type;
+        self.controller
+            .controller_get_capabilities(Request::new(Default::default()))
+            .await
+            .unwrap()
+            .into_inner()
+            .capabilities
+            .into_iter()
+            .filter_map(|c| c.r#type.map(|Type::Rpc(r)| r.r#type()))
+            .collect()
+    }
+
+    /// The RPC capabilities NodeGetCapabilities advertises.
+    pub async fn node_rpcs(&self) -> Vec<csi::node_service_capability::rpc::Type> {
+        use csi::node_service_capability::Type;
+        self.node
+            .node_get_capabilities(Request::new(Default::default()))
+            .await
+            .unwrap()
+            .into_inner()
+            .capabilities
+            .into_iter()
+            .filter_map(|c| c.r#type.map(|Type::Rpc(r)| r.r#type()))
+            .collect()
+    }
+
     pub async fn unpublish(&self, id: &str, target: &Path) -> Result<(), tonic::Status> {
         self.node
             .node_unpublish_volume(Request::new(csi::NodeUnpublishVolumeRequest {

@@ -56,6 +56,20 @@ fn report_unwritten_data(volume_id: &str, target: &Path) {
     );
 }
 
+/// The spec's ALREADY_EXISTS for a target (or staging path) that holds another mount than
+/// the one asked for: `top`, where a mount with `wanted` flags was asked.
+fn busy(target: PathBuf, top: &MountEntry, wanted: MountFlags) -> NodeError {
+    NodeError::TargetBusy {
+        target,
+        existing: format!(
+            "{} {} ({}; wanted {wanted})",
+            top.fs_type,
+            top.source.to_string_lossy(),
+            top.flags
+        ),
+    }
+}
+
 /// Bound on stacked mounts removed by one unpublish (a loop guard, not a real-world limit).
 const MAX_STACKED_MOUNTS: usize = 16;
 
@@ -267,15 +281,7 @@ impl Node {
             // mode or flags. pvdir never leaves a half-made mount at a target (see
             // os::mount), so a mismatch is never its own unfinished publish.
             if !(identity.matches(top) && top.flags.matches(wanted)) {
-                return Err(NodeError::TargetBusy {
-                    target,
-                    existing: format!(
-                        "{} {} ({}; wanted {wanted})",
-                        top.fs_type,
-                        top.source.to_string_lossy(),
-                        top.flags
-                    ),
-                });
+                return Err(busy(target, top, wanted));
             }
             if !top.is_remote() {
                 return Ok(()); // already published exactly like this
@@ -311,6 +317,23 @@ impl Node {
                 });
             }
         }
+        let options = match &source {
+            MountSource::Nfs { .. } => spec.capability.mount_flags().to_vec(),
+            // A bind takes per-mount flags only, and `asked` holds them all.
+            MountSource::Bind(_) => Vec::new(),
+        };
+        self.attach(MountSpec {
+            source,
+            target,
+            flags: asked,
+            options,
+        })
+        .await
+    }
+
+    /// Make the mount's target directory if it is missing, then mount.
+    async fn attach(&self, mount: MountSpec) -> Result<(), NodeError> {
+        let target = &mount.target;
         self.os
             .fs(
                 FsOp::MakeTarget {
@@ -319,22 +342,11 @@ impl Node {
                 Medium::Local,
             )
             .await
-            .map_err(Self::os_err("create target directory", &target))?;
-        let options = match &source {
-            MountSource::Nfs { .. } => spec.capability.mount_flags().to_vec(),
-            // A bind takes per-mount flags only, and `asked` holds them all.
-            MountSource::Bind(_) => Vec::new(),
-        };
-        let mount = MountSpec {
-            source,
-            target: target.clone(),
-            flags: asked,
-            options,
-        };
+            .map_err(Self::os_err("create target directory", target))?;
         self.os
             .mount(&mount)
             .await
-            .map_err(Self::os_err("mount volume", &target))
+            .map_err(Self::os_err("mount volume", target))
     }
 
     /// Unmount everything at `target` and remove the directory. Succeeds when nothing is there,

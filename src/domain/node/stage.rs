@@ -13,13 +13,13 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use super::{Identity, Node};
+use super::{busy, Identity, Node};
 use crate::domain::access::unsupported_reason;
 use crate::domain::backend::Backend;
 use crate::domain::error::NodeError;
 use crate::domain::volume::StageSpec;
 use crate::domain::volume_id::guard_key;
-use crate::os::{mountinfo, FsOp, Medium, MountFlags, MountSource, MountSpec};
+use crate::os::{mountinfo, MountFlags, MountSource, MountSpec};
 
 impl Node {
     /// Whether this backend stages its volumes (NodeGetCapabilities says so to kubelet).
@@ -61,35 +61,15 @@ impl Node {
             if identity.matches(top) && top.flags.matches(wanted) {
                 return Ok(());
             }
-            return Err(NodeError::TargetBusy {
-                target: staging,
-                existing: format!(
-                    "{} {} ({}; wanted {wanted})",
-                    top.fs_type,
-                    top.source.to_string_lossy(),
-                    top.flags
-                ),
-            });
+            return Err(busy(staging, top, wanted));
         }
-        self.os
-            .fs(
-                FsOp::MakeTarget {
-                    path: staging.clone(),
-                },
-                Medium::Local,
-            )
-            .await
-            .map_err(Self::os_err("create staging directory", &staging))?;
-        let mount = MountSpec {
+        self.attach(MountSpec {
             source,
-            target: staging.clone(),
+            target: staging,
             flags,
             options: Vec::new(),
-        };
-        self.os
-            .mount(&mount)
-            .await
-            .map_err(Self::os_err("mount volume at staging path", &staging))
+        })
+        .await
     }
 
     /// Unmount whatever is at the staging path and remove the directory, as unpublish does
