@@ -35,6 +35,11 @@ impl<T: PartialEq> Claim<T> {
 /// interrupted write) are not records.
 pub const RECORD_SUFFIX: &str = ".json";
 
+/// The file name of the record of `key` (a volume's on a node, a snapshot's anywhere).
+pub fn key_record_name(key: &crate::domain::volume_id::VolumeKey) -> String {
+    format!("{}{RECORD_SUFFIX}", key.as_str())
+}
+
 /// One state directory, `base/dir`, reached without following symlinks: the operations on
 /// it and what their replies mean, whoever runs them ([`RecordDir`] through [`Os`],
 /// [`DiskRecords`] on a blocking thread).

@@ -375,7 +375,7 @@ impl Store {
 }
 
 pub(super) fn record_name(key: &VolumeKey) -> String {
-    format!("{}{RECORD_SUFFIX}", key.as_str())
+    crate::domain::record::key_record_name(key)
 }
 
 /// Deleting the source of a live bind mount would delete a running pod's data. That includes

@@ -17,6 +17,7 @@ use super::snapshots::{rel, snapshot_dir};
 use super::NfsBackend;
 use crate::domain::error::ControllerError;
 use crate::domain::params::ParamsError;
+use crate::domain::record::key_record_name;
 use crate::domain::snapshot::{ContentSource, SnapshotId, SnapshotRecord};
 use crate::domain::volume_id::{NfsExport, NfsId, VolumeId, VolumeKey};
 use crate::os::safe_fs::{CopyPlan, CopyProgress};
@@ -113,7 +114,7 @@ impl NfsBackend {
                 let mount = self.export_of(export, volume).await?;
                 let record: SnapshotRecord = self
                     .snap_records(&mount.path)
-                    .load(&format!("{}.json", key.as_str()), volume)
+                    .load(&key_record_name(key), volume)
                     .await?
                     .ok_or_else(|| ControllerError::NotFound { id: raw.clone() })?;
                 if !record.ready {

@@ -16,7 +16,7 @@
 use super::claims::RECORD_DIR;
 use super::NfsBackend;
 use crate::domain::error::ControllerError;
-use crate::domain::record::RecordDir;
+use crate::domain::record::{key_record_name, RecordDir};
 use crate::domain::snapshot::{snapshot_parts, Snapshot, SnapshotId, SnapshotRecord};
 use crate::domain::volume_id::{NfsExport, NfsId, VolumeId, VolumeKey};
 use crate::os::safe_fs::CopyPlan;
@@ -82,7 +82,7 @@ impl NfsBackend {
         let found = self.owned(source, &source_raw).await?;
         let export = found.export;
         let snaps = self.snap_records(&export.path);
-        let record_name = format!("{}.json", key.as_str());
+        let record_name = key_record_name(key);
         let mut record = match snaps.load::<SnapshotRecord>(&record_name, name).await? {
             Some(r) => {
                 if let Some(conflict) = r.conflict(name, &source_raw, None) {
@@ -177,7 +177,7 @@ impl NfsBackend {
             prune_parents: false,
         };
         self.remote(op, "remove snapshot", raw).await?;
-        snaps.remove(&format!("{}.json", key.as_str()), raw).await
+        snaps.remove(&key_record_name(key), raw).await
     }
 
     /// `false` when there was no such snapshot. The copy goes first, the record last, so a
@@ -191,7 +191,7 @@ impl NfsBackend {
         let mount = self.export_of(export, raw).await?;
         let snaps = self.snap_records(&mount.path);
         if snaps
-            .load::<SnapshotRecord>(&format!("{}.json", key.as_str()), raw)
+            .load::<SnapshotRecord>(&key_record_name(key), raw)
             .await?
             .is_none()
         {
@@ -211,7 +211,7 @@ impl NfsBackend {
         let mount = self.export_of(export, raw).await?;
         let found: Option<SnapshotRecord> = self
             .snap_records(&mount.path)
-            .load(&format!("{}.json", key.as_str()), raw)
+            .load(&key_record_name(key), raw)
             .await?;
         Ok(found.map(|r| {
             r.snapshot(SnapshotId::Nfs {
