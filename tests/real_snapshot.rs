@@ -179,9 +179,11 @@ fn walkdir(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     out
 }
 
-/// Killed in the middle of a snapshot's copy (at its 12th `copy_file_range`, with a dozen
-/// files copied and more to go), the driver leaves a snapshot that is not ready; after a
-/// restart the snapshotter's retry continues and the finished copy equals the source.
+/// Killed in the middle of a snapshot's copy (when one of its copying threads starts its
+/// second file: strace counts each thread's calls apart, and ten files of a directory go to
+/// eight threads), the driver leaves a snapshot that is not ready, with some entries in
+/// place; after a restart the snapshotter's retry continues and the finished copy equals the
+/// source.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_driver_killed_mid_copy_finishes_the_snapshot_after_a_restart() {
     require_root!();
@@ -194,14 +196,14 @@ async fn a_driver_killed_mid_copy_finishes_the_snapshot_after_a_restart() {
         let body: Vec<u8> = (0..64 * 1024).map(|b| (b as u32 ^ i) as u8).collect();
         fs::write(sub.join(format!("f{i}")), body).unwrap();
     }
-    let strace = kill_at_syscall(&d, "copy_file_range", 12);
+    let strace = kill_at_syscall(&d, "copy_file_range", 2);
     assert!(snapshot(&d, "snap", &src).await.is_err(), "killed mid-copy");
     let record = d.root().join("snapmeta/snap.json");
     let text = fs::read_to_string(&record).unwrap();
     assert!(text.contains("\"ready\":false"), "{text}");
     let copy = d.root().join("snapshots/snap/data");
     let part = walkdir(&copy).len();
-    assert!(part > 4 && part < 44, "{part} entries in place when killed");
+    assert!(part >= 1 && part < 44, "{part} entries in place when killed");
     restart_after_kill(&mut d, strace).await;
     let snap = snapshot(&d, "snap", &src).await.unwrap();
     assert!(snap.ready_to_use);

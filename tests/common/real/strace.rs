@@ -7,8 +7,9 @@ use std::process::{Child, Command, Stdio};
 use super::driver::Driver;
 
 /// Attach strace to the running driver, armed to SIGKILL it at the `when`th `syscall` of any
-/// one thread. Counting starts at the attach, and each call's steps run on one thread of the
-/// blocking pool, so the count is that call's.
+/// one thread (strace counts each tracee apart). Counting starts at the attach, and each
+/// call's steps run on one thread of the blocking pool, so the count is that call's; a
+/// helper's worker threads count apart from each other.
 pub fn kill_at_syscall(d: &Driver, syscall: &str, when: u32) -> Child {
     let inject = format!("inject={syscall}:signal=KILL:when={when}");
     let trace = format!("trace={syscall}");
@@ -21,6 +22,9 @@ pub fn kill_at_syscall(d: &Driver, syscall: &str, when: u32) -> Child {
     let mut lines = std::io::BufReader::new(strace.stderr.take().unwrap()).lines();
     let attached = lines.any(|l| l.is_ok_and(|l| l.contains("attached")));
     assert!(attached, "strace did not attach");
+    // strace reports later tracees (a helper's threads) on stderr too: a closed pipe would
+    // kill it with SIGPIPE at the first, and the driver would run on untraced.
+    std::thread::spawn(move || lines.for_each(drop));
     strace
 }
 

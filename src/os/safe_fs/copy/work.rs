@@ -1,5 +1,6 @@
 //! The copy's work directory: where entries are built before they are renamed into place,
-//! and the marker that tells a resumed copy whether the machine restarted since.
+//! the marker that tells a resumed copy whether the machine restarted since, and the log of
+//! directories earlier calls finished.
 //!
 //! Invariants:
 //! - Entries renamed into the destination were not synced one by one (a sync per file would
@@ -12,23 +13,36 @@
 //!   source's inode, size and mtime are unchanged, and replaced (never kept beside) when they
 //!   changed, so a busy file cannot fill the disk with stale partial copies. Other entries
 //!   (`n-…`: links and nodes being made) are never continued and are cleared at each start.
+//! - The log `dirs` holds one line per directory finished (everything below it in place, its
+//!   attributes set), keyed by its path and its inode as readdir reports it: a resumed call
+//!   skips those rather than walking them again, which on NFS costs round trips per entry. It
+//!   is trusted under the same boot ID as the rest and cleared with it. A line cut short (a
+//!   helper killed while appending) matches no directory, which is then only walked again.
+//! - Work files and names are handed out to the copy's worker threads at once (`&self`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::{CStr, CString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
 
 use nix::dir::Dir;
 use nix::errno::Errno;
 use nix::fcntl::{openat, OFlag};
-use nix::sys::stat::{FileStat, Mode};
+use nix::sys::stat::{fstat, FileStat, Mode};
 use nix::unistd::{unlinkat, UnlinkatFlags};
 use sha2::{Digest, Sha256};
 
 use super::super::{io, SafeFsError};
 
 const MARKER: &CStr = c"boot";
+/// The log of finished directories.
+const DIRS: &CStr = c"dirs";
+/// The log is read whole at each start; a longer one (a tree of millions of directories) is
+/// left unread, and its directories walked again.
+const DIRS_MAX: usize = 64 << 20;
 /// Bytes of SHA-256 in each half of a work file's name (see [`hash`]).
 const HASH_BYTES: usize = 12;
 /// `f-<path hash>`: what names the partial copies of one path.
@@ -38,9 +52,19 @@ pub(super) struct Work {
     pub(super) fd: OwnedFd,
     pub(super) path: PathBuf,
     /// Partial copies found, by path hash.
-    partial: HashMap<String, CString>,
+    partial: Mutex<HashMap<String, CString>>,
     /// Names handed out by [`Work::fresh_name`] in this call.
-    next: u64,
+    next: AtomicU64,
+    /// Directories finished by earlier calls of this boot, by [`dir_key`].
+    finished: HashSet<String>,
+    /// The log, once this call appends to it.
+    log: Option<OwnedFd>,
+}
+
+/// A finished directory's line in the log: its path below the copy's root and the inode
+/// readdir gave for it (a directory replaced since by another of the same name is walked).
+fn dir_key(rel: &Path, ino: u64) -> String {
+    hash(&[rel.as_os_str().as_bytes(), b"\0", &ino.to_le_bytes()])
 }
 
 /// The kernel's boot ID; empty where it cannot be read (then every start is a fresh one).
@@ -63,24 +87,33 @@ impl Work {
         let mut work = Self {
             fd,
             path,
-            partial: HashMap::new(),
-            next: 0,
+            partial: Mutex::new(HashMap::new()),
+            next: AtomicU64::new(0),
+            finished: HashSet::new(),
+            log: None,
         };
         let boot = boot_id();
-        let marked = work.read_marker()?;
+        let marked = work.read(MARKER, 64)?;
         let fresh = boot.is_empty() || marked.as_deref() != Some(&boot[..]);
+        let mut partial = HashMap::new();
         for name in work.names()? {
             let bytes = name.to_bytes();
-            let keep = !fresh && bytes.starts_with(b"f-");
-            if keep {
+            if !fresh && bytes.starts_with(b"f-") {
                 let key = String::from_utf8_lossy(&bytes[..bytes.len().min(KEY_LEN)]).into_owned();
-                work.partial.insert(key, name);
-            } else if name.as_c_str() != MARKER {
+                partial.insert(key, name);
+            } else if name.as_c_str() != MARKER && (fresh || name.as_c_str() != DIRS) {
                 work.unlink(&name)?;
             }
         }
+        work.partial = Mutex::new(partial);
         if fresh {
             work.write_marker(&boot)?;
+        } else if let Some(log) = work.read(DIRS, DIRS_MAX)? {
+            work.finished = log
+                .split(|b| *b == b'\n')
+                .filter(|line| line.len() == 2 * HASH_BYTES)
+                .map(|line| String::from_utf8_lossy(line).into_owned())
+                .collect();
         }
         Ok((work, fresh))
     }
@@ -109,18 +142,61 @@ impl Work {
         }
     }
 
-    fn read_marker(&self) -> Result<Option<Vec<u8>>, SafeFsError> {
+    /// Up to `max` bytes of the work file `name`; `None` if there is none. What cannot be
+    /// read (not a file of ours) reads as empty: no trust either.
+    fn read(&self, name: &CStr, max: usize) -> Result<Option<Vec<u8>>, SafeFsError> {
         let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
-        match openat(self.fd.as_fd(), MARKER, flags, Mode::empty()) {
-            Ok(fd) => {
-                let mut buf = [0u8; 64];
-                let n = nix::unistd::read(&fd, &mut buf).unwrap_or(0);
-                Ok(Some(buf[..n].to_vec()))
+        let fd = match openat(self.fd.as_fd(), name, flags, Mode::empty()) {
+            Ok(fd) => fd,
+            Err(Errno::ENOENT) => return Ok(None),
+            Err(_) => return Ok(Some(Vec::new())),
+        };
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            match nix::unistd::read(&fd, &mut buf) {
+                Ok(0) => return Ok(Some(out)),
+                Ok(n) if out.len() + n <= max => out.extend_from_slice(&buf[..n]),
+                Ok(_) | Err(_) => return Ok(Some(Vec::new())),
             }
-            Err(Errno::ENOENT) => Ok(None),
-            // Something that is not our marker: no trust either.
-            Err(_) => Ok(Some(Vec::new())),
         }
+    }
+
+    /// Whether an earlier call of this boot finished directory `rel` (readdir's inode `ino`).
+    pub(super) fn finished(&self, rel: &Path, ino: u64) -> bool {
+        self.finished.contains(&dir_key(rel, ino))
+    }
+
+    /// Log directory `rel` as finished. Not synced: the log is trusted within one boot only.
+    pub(super) fn finish(&mut self, rel: &Path, ino: u64) -> Result<(), SafeFsError> {
+        let log = match &self.log {
+            Some(log) => log,
+            None => {
+                let flags = OFlag::O_WRONLY
+                    | OFlag::O_APPEND
+                    | OFlag::O_CREAT
+                    | OFlag::O_NOFOLLOW
+                    | OFlag::O_NONBLOCK
+                    | OFlag::O_CLOEXEC;
+                let fd = openat(
+                    self.fd.as_fd(),
+                    DIRS,
+                    flags,
+                    Mode::from_bits_truncate(0o600),
+                )
+                .map_err(|e| io("open directory log", &self.path, e))?;
+                self.log.insert(fd)
+            }
+        };
+        // One write per line: a helper killed meanwhile leaves a whole line or a short one,
+        // which the reader drops.
+        let line = format!("{}\n", dir_key(rel, ino));
+        let n = nix::unistd::write(log, line.as_bytes())
+            .map_err(|e| io("write directory log", &self.path, e))?;
+        if n != line.len() {
+            return Err(io("write directory log", &self.path, Errno::EIO));
+        }
+        Ok(())
     }
 
     fn write_marker(&self, boot: &[u8]) -> Result<(), SafeFsError> {
@@ -137,13 +213,14 @@ impl Work {
         Ok(())
     }
 
-    /// The work file of the copy of `rel` (source stat `st`), created or continued; a partial
-    /// copy of an earlier state of the same path is removed first.
+    /// The work file of the copy of `rel` (source stat `st`), created or continued, and the
+    /// length already copied into it; a partial copy of an earlier state of the same path is
+    /// removed first.
     pub(super) fn file(
-        &mut self,
+        &self,
         rel: &Path,
         st: &FileStat,
-    ) -> Result<(CString, OwnedFd), SafeFsError> {
+    ) -> Result<(CString, OwnedFd, i64), SafeFsError> {
         let key = format!("f-{}", hash(&[rel.as_os_str().as_bytes()]));
         let state = hash(&[
             &st.st_ino.to_le_bytes(),
@@ -153,28 +230,45 @@ impl Work {
         ]);
         let name = CString::new(format!("{key}-{state}"))
             .map_err(|_| io("name a work file", &self.path, Errno::EINVAL))?;
-        if let Some(old) = self.partial.remove(&key) {
-            if old != name {
-                self.unlink(&old)?;
-            }
+        let found = (self.partial.lock())
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&key);
+        let continued = found.as_ref() == Some(&name);
+        if let Some(old) = found.filter(|old| *old != name) {
+            self.unlink(&old)?;
         }
         let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-        let fd = openat(
-            self.fd.as_fd(),
-            name.as_c_str(),
-            flags,
-            Mode::from_bits_truncate(0o600),
-        )
-        .map_err(|e| io("create work file", &self.path, e))?;
-        Ok((name, fd))
+        let open = |extra: OFlag| {
+            let mode = Mode::from_bits_truncate(0o600);
+            openat(self.fd.as_fd(), name.as_c_str(), flags | extra, mode)
+        };
+        // A new work file is known to be empty without asking (on NFS a stat is a round trip);
+        // only one found at the start, or one this call made already (readdir may repeat a
+        // name of a directory that changes), has a length to learn.
+        let new = if continued {
+            Err(Errno::EEXIST)
+        } else {
+            open(OFlag::O_EXCL)
+        };
+        match new {
+            Ok(fd) => Ok((name, fd, 0)),
+            Err(Errno::EEXIST) => {
+                let fd = open(OFlag::empty()).map_err(|e| io("open work file", &self.path, e))?;
+                let len = fstat(fd.as_fd())
+                    .map_err(|e| io("stat work file", &self.path, e))?
+                    .st_size;
+                Ok((name, fd, len))
+            }
+            Err(e) => Err(io("create work file", &self.path, e)),
+        }
     }
 
     /// A name no earlier call left behind, for a link or node being made.
-    pub(super) fn fresh_name(&mut self) -> CString {
+    pub(super) fn fresh_name(&self) -> CString {
         // `n-` names are cleared at each start and one copy runs in a work directory at a
         // time, so a counter of this call's cannot collide.
-        self.next += 1;
-        CString::new(format!("n-{}", self.next)).unwrap_or_default()
+        let n = self.next.fetch_add(1, Ordering::Relaxed) + 1;
+        CString::new(format!("n-{n}")).unwrap_or_default()
     }
 
     pub(super) fn dir(&self) -> BorrowedFd<'_> {
