@@ -4,8 +4,9 @@
 #
 #   tests/vm/run.sh GUEST_SCRIPT [TIMEOUT_SECONDS]
 #
-# PVDIR_VM_DISK names a raw image to attach as the guest's /dev/vda. A guest script may end
-# the boot itself with a hard reset after printing its PVDIR-VM-EXIT status.
+# PVDIR_VM_DISK names a raw image to attach as the guest's /dev/vda; PVDIR_VM_MEMORY_MIB the
+# guest's memory (default 2048). A guest script may end the boot itself with a hard reset
+# after printing its PVDIR-VM-EXIT status.
 #
 # The guest sees the very binaries just built (target/release/pvdir, csi-sanity, nfs-utils),
 # because it runs on the host's own root. It has the kernel NFS client and server, which the
@@ -57,7 +58,7 @@ echo "vm: booting $kver for $(basename "$script") (bound ${limit}s, console in $
 started=$(date +%s)
 boot() {
     # KVM exists on these machines but guests hang under it: software emulation only.
-    timeout --kill-after=10 "$limit" qemu-system-x86_64 -accel tcg -m 2048 -smp 2 \
+    timeout --kill-after=10 "$limit" qemu-system-x86_64 -accel tcg -m "${PVDIR_VM_MEMORY_MIB:-2048}" -smp 2 \
         -nographic -no-reboot -nic none ${disk[@]+"${disk[@]}"} \
         -kernel "$kernel" -initrd "$initrd" \
         -append "console=ttyS0 quiet panic=-1 pvdir.script=$script" \

@@ -40,15 +40,20 @@ fn same_boot(d: &Dirs) {
     fs::write(d.base.join("work/boot"), boot).unwrap();
 }
 
-/// A partial copy of `rel`'s source, as a call cut short after `data` left it.
-fn partial(d: &Dirs, rel: &str, data: &[u8]) -> PathBuf {
+/// The work directory, opened as a call opens it.
+fn open_work(d: &Dirs) -> Work {
     let fd = nix::fcntl::open(
         &d.base.join("work"),
         super::super::super::walk::dir_flags(),
         Mode::empty(),
     )
     .unwrap();
-    let (work, _) = Work::open(fd, d.base.join("work")).unwrap();
+    Work::open(fd, d.base.join("work")).unwrap().0
+}
+
+/// A partial copy of `rel`'s source, as a call cut short after `data` left it.
+fn partial(d: &Dirs, rel: &str, data: &[u8]) -> PathBuf {
+    let work = open_work(d);
     let st = nix::sys::stat::stat(&d.base.join("vol").join(rel)).unwrap();
     let (name, file, _) = work.file(Path::new(rel), &st).unwrap();
     nix::unistd::write(&file, data).unwrap();
@@ -169,13 +174,7 @@ fn resumed_calls_skip_directories_finished_before_and_copy_the_same_tree() {
 
 /// The work directory, with directory `rel` of the source logged as finished.
 fn log_finished(d: &Dirs, rel: &str) {
-    let fd = nix::fcntl::open(
-        &d.base.join("work"),
-        super::super::super::walk::dir_flags(),
-        Mode::empty(),
-    )
-    .unwrap();
-    let (mut work, _) = Work::open(fd, d.base.join("work")).unwrap();
+    let mut work = open_work(d);
     let ino = fs::metadata(d.base.join("vol").join(rel)).unwrap().ino();
     work.finish(Path::new(rel), ino).unwrap();
 }
