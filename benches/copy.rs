@@ -249,23 +249,57 @@ async fn main() {
         let _ = std::fs::remove_dir_all(leftover);
     }
     // Through the driver, which removes what it made (on NFS, the export outlives this run).
-    c.delete_snapshot(csi::DeleteSnapshotRequest {
-        snapshot_id: snap.snapshot_id.clone(),
-        ..Default::default()
+    // A removal longer than the helper's bound (10,000 files over emulated NFS) is killed and
+    // answered UNAVAILABLE with what it removed gone; the sidecars retry, and so does this.
+    let snapshot_id = snap.snapshot_id.clone();
+    retried("delete snapshot", || {
+        let mut c = c.clone();
+        let snapshot_id = snapshot_id.clone();
+        async move {
+            let req = csi::DeleteSnapshotRequest {
+                snapshot_id,
+                ..Default::default()
+            };
+            c.delete_snapshot(req).await.map(drop)
+        }
     })
-    .await
-    .expect("delete snapshot");
+    .await;
     for id in [src, restored] {
-        c.delete_volume(csi::DeleteVolumeRequest {
-            volume_id: id,
-            ..Default::default()
+        retried("delete volume", || {
+            let mut c = c.clone();
+            let volume_id = id.clone();
+            async move {
+                let req = csi::DeleteVolumeRequest {
+                    volume_id,
+                    ..Default::default()
+                };
+                c.delete_volume(req).await.map(drop)
+            }
         })
-        .await
-        .expect("delete volume");
+        .await;
     }
     drop(driver);
     drop(local);
     tokio::time::sleep(Duration::from_millis(100)).await;
+}
+
+/// `call` until it succeeds, retrying the codes a sidecar retries, a few dozen times at most.
+async fn retried<F, Fut>(what: &str, mut call: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), tonic::Status>>,
+{
+    for _ in 0..40 {
+        match call().await {
+            Ok(()) => return,
+            Err(s) if matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Aborted) => {
+                eprintln!("{what}: {:?}, retrying", s.code());
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(s) => panic!("{what}: {s:?}"),
+        }
+    }
+    panic!("{what}: still unfinished after 40 tries");
 }
 
 /// The local root of the local driver `driver` (its directory holds the socket).
