@@ -328,6 +328,40 @@ async fn delete_refuses_a_volume_still_mounted() {
     assert!(!d.record(&id).exists());
 }
 
+/// The driver keeps the mount table it last read until the kernel reports a change. Attack
+/// that: a delete fills the cache, a bind of another volume appears afterwards (made by another
+/// process, as kubelet's are), and the next delete must still see it; once it is gone, must see
+/// that too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_sees_mounts_made_after_an_earlier_delete() {
+    require_root!();
+    let d = Driver::start().await;
+    let first = create_volume(&d, "pvc-first", Mode::SingleNodeWriter).await;
+    let busy = create_volume(&d, "pvc-bound-later", Mode::SingleNodeWriter).await;
+    expect_ok(
+        d.controller().delete_volume(delete_request(&first)).await,
+        "a delete that reads the mount table",
+    );
+    std::fs::write(d.volume_dir(&busy).join("data"), b"live").unwrap();
+    let elsewhere = d.path("pods/later/volumes/busy");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    bind_mount(&d.volume_dir(&busy), &elsewhere);
+
+    expect_code(
+        d.controller().delete_volume(delete_request(&busy)).await,
+        Code::FailedPrecondition,
+        "delete of a volume bound after the table was first read",
+    );
+    assert_eq!(std::fs::read(elsewhere.join("data")).unwrap(), b"live");
+
+    unmount(&elsewhere);
+    expect_ok(
+        d.controller().delete_volume(delete_request(&busy)).await,
+        "delete once the bind is gone",
+    );
+    assert!(!d.volume_dir(&busy).exists());
+}
+
 // Regression test for a DRIVER BUG found while writing this tier: `LocalBackend::delete` used to
 // refuse only when some mount's (device, root) EQUALED the volume directory's, so a bind of a
 // SUBDIRECTORY of the volume (root `<volume dir>/sub`) went unnoticed and `remove_tree` emptied

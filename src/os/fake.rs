@@ -346,7 +346,7 @@ impl LocalDisk for FakeOs {
         fsop::execute(&op).map_err(OsError::Fs)
     }
 
-    fn mount_table(&self) -> Result<Vec<MountEntry>, OsError> {
-        Ok(self.table())
+    fn mount_table(&self) -> Result<std::sync::Arc<Vec<MountEntry>>, OsError> {
+        Ok(std::sync::Arc::new(self.table()))
     }
 }

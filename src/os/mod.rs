@@ -12,6 +12,7 @@ pub mod fsop;
 pub mod journal;
 pub mod mount;
 pub mod mount_flags;
+pub mod mount_watch;
 pub mod mountinfo;
 pub mod quota;
 pub mod real;
@@ -189,8 +190,9 @@ pub trait Os: Send + Sync + 'static {
 pub trait LocalDisk: Send + Sync + 'static {
     /// Run one directory operation to its end.
     fn run(&self, op: FsOp) -> Result<FsReply, OsError>;
-    /// The current mount table of this process's mount namespace.
-    fn mount_table(&self) -> Result<Vec<MountEntry>, OsError>;
+    /// The current mount table of this process's mount namespace (shared: the real one is
+    /// read again only when the kernel reports a change, see [`mount_watch`]).
+    fn mount_table(&self) -> Result<std::sync::Arc<Vec<MountEntry>>, OsError>;
 }
 
 /// Read `/proc/self/mountinfo`; it blocks (briefly) on the kernel.

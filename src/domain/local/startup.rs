@@ -36,7 +36,7 @@ impl Store {
             .any(|(_, e)| matches!(e, Entry::Delete { .. }))
         {
             true => self.mount_table("*")?,
-            false => Vec::new(),
+            false => Default::default(),
         };
         for (key, entry) in &pending.last {
             self.redo(key, entry, &mounts)?;

@@ -303,7 +303,7 @@ impl Store {
         journal.deleted(key, volume)
     }
 
-    pub(super) fn mount_table(&self, raw: &str) -> Result<Vec<MountEntry>, ControllerError> {
+    pub(super) fn mount_table(&self, raw: &str) -> Result<Arc<Vec<MountEntry>>, ControllerError> {
         self.disk
             .mount_table()
             .map_err(ControllerError::os("read mount table", raw))

@@ -18,6 +18,7 @@ use super::fsop::{self, FsOp, FsReply};
 use super::mount::op::{MountOp, Unmount};
 use super::mount::staging::Staging;
 use super::mount::{self, ApiChoice, MountApi, MountError};
+use super::mount_watch::MountWatch;
 use super::safe_fs::SafeFsError;
 use super::{
     child, mountinfo, LocalDisk, Medium, MountEntry, MountSource, MountSpec, Os, OsError, Unmounted,
@@ -42,6 +43,8 @@ pub struct RealOs {
     staging: Arc<Staging>,
     api: Arc<ApiChoice>,
     metrics: Arc<Metrics>,
+    /// The table local deletes check, read again only after a change.
+    mount_watch: MountWatch,
 }
 
 impl RealOs {
@@ -76,6 +79,7 @@ impl RealOs {
             staging: Arc::new(Staging::new(staging_dir)),
             api: Arc::new(ApiChoice::new(api)),
             metrics,
+            mount_watch: MountWatch::new(),
         }
     }
 
@@ -266,8 +270,8 @@ impl LocalDisk for RealOs {
         run_local(&op, &self.metrics)
     }
 
-    fn mount_table(&self) -> Result<Vec<MountEntry>, OsError> {
-        super::read_mount_table()
+    fn mount_table(&self) -> Result<Arc<Vec<MountEntry>>, OsError> {
+        self.mount_watch.table()
     }
 }
 
