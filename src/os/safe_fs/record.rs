@@ -68,7 +68,8 @@ pub(super) fn read_one(
     let reopen = format!("/proc/self/fd/{}", probe.as_raw_fd());
     let fd = nix::fcntl::open(reopen.as_str(), flags, Mode::empty())
         .map_err(|e| io("open record", &record, e))?;
-    let mut buf = Vec::new();
+    // Sized from the stat, so a record is one read plus the one that finds its end.
+    let mut buf = Vec::with_capacity(usize::try_from(st.st_size).unwrap_or(0).saturating_add(1));
     std::fs::File::from(fd)
         .take(MAX_RECORD_BYTES + 1)
         .read_to_end(&mut buf)
@@ -155,8 +156,15 @@ pub fn write_record_with(
     durable: bool,
 ) -> Result<bool, SafeFsError> {
     check_name(name)?;
-    ensure_dir(base, dir, None)?;
-    let (fd, path) = open_dir(base, dir)?.ok_or_else(|| {
+    // The directory almost always exists: make it only when it is not there.
+    let opened = match open_dir(base, dir)? {
+        Some(found) => Some(found),
+        None => {
+            ensure_dir(base, dir, None)?;
+            open_dir(base, dir)?
+        }
+    };
+    let (fd, path) = opened.ok_or_else(|| {
         io(
             "open record directory",
             &base.join(dir.as_str()),
