@@ -362,6 +362,40 @@ async fn delete_sees_mounts_made_after_an_earlier_delete() {
     assert!(!d.volume_dir(&busy).exists());
 }
 
+/// A rename changes a bind's root in the mount table without telling anyone. What a pod can
+/// rename stays inside its volume: a subPath source renamed after the driver last read the
+/// table must still keep its volume from being deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_sees_a_mounted_subdirectory_renamed_after_the_table_was_read() {
+    require_root!();
+    let d = Driver::start().await;
+    let busy = create_volume(&d, "pvc-renamed-sub", Mode::SingleNodeWriter).await;
+    let other = create_volume(&d, "pvc-other", Mode::SingleNodeWriter).await;
+    let sub = d.volume_dir(&busy).join("sub");
+    std::fs::create_dir(&sub).unwrap();
+    std::fs::write(sub.join("data"), b"live").unwrap();
+    let elsewhere = d.path("pods/renamed/volume-subpaths/0");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    bind_mount(&sub, &elsewhere);
+    // The driver reads the table (with the bind at `sub`), then the pod renames it, twice
+    // deeper, through its own view of the volume.
+    expect_ok(
+        d.controller().delete_volume(delete_request(&other)).await,
+        "a delete that reads the mount table",
+    );
+    let deeper = d.volume_dir(&busy).join("a/b");
+    std::fs::create_dir_all(&deeper).unwrap();
+    std::fs::rename(&sub, deeper.join("moved")).unwrap();
+
+    expect_code(
+        d.controller().delete_volume(delete_request(&busy)).await,
+        Code::FailedPrecondition,
+        "delete of a volume whose mounted subdirectory was renamed",
+    );
+    assert_eq!(std::fs::read(elsewhere.join("data")).unwrap(), b"live");
+    unmount(&elsewhere);
+}
+
 // Regression test for a DRIVER BUG found while writing this tier: `LocalBackend::delete` used to
 // refuse only when some mount's (device, root) EQUALED the volume directory's, so a bind of a
 // SUBDIRECTORY of the volume (root `<volume dir>/sub`) went unnoticed and `remove_tree` emptied

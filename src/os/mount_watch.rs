@@ -12,6 +12,15 @@
 //! poll, and never lost; at worst the table is read once more than needed. A poll that fails
 //! counts as a change. The table answers "what is mounted now" exactly as a fresh read would,
 //! with the same race either way (a mount made after the answer), which callers already bear.
+//!
+//! One thing changes the table's text without an event: a bind's root is the path of its
+//! source directory as of the read, so renaming that directory changes it. What a delete asks
+//! ("is anything mounted from this volume's tree?") survives that. Only a process that sees the
+//! source and the destination through one mount can rename (across mounts, rename fails with
+//! EXDEV), and a pod sees a volume only through a bind of that volume's own directory, which it
+//! cannot rename (a mount's root is busy). So a pod's renames stay inside one volume, and a
+//! cached root inside a volume's tree stays inside it. pvdir's own renames (a copy putting
+//! entries in place) are into volumes not yet handed out, which nothing mounts.
 
 use std::fs::File;
 use std::io::Read;
