@@ -99,13 +99,11 @@ mod tests {
         let watch = MountWatch::new();
         let first = watch.table().expect("mount table");
         let second = watch.table().expect("mount table");
-        // The same allocation: no read happened. (No test here mounts, and other tests of
-        // this crate run in other processes' namespaces only when they mount; a change in
-        // between would make this flaky, so it is retried once.)
+        // The same allocation: no read happened. A mount by anything else on the machine in
+        // between would make a second read right, so one retry is allowed.
         if !Arc::ptr_eq(&first, &second) {
             let third = watch.table().expect("mount table");
             assert!(Arc::ptr_eq(&second, &third), "the table was read again");
         }
-        assert_eq!(*first, *super::super::read_mount_table().expect("read"));
     }
 }
