@@ -197,8 +197,5 @@ pub trait LocalDisk: Send + Sync + 'static {
 
 /// Read `/proc/self/mountinfo`; it blocks (briefly) on the kernel.
 pub fn read_mount_table() -> Result<Vec<MountEntry>, OsError> {
-    // Bytes, not text: mount paths are whatever bytes someone gave a directory name.
-    let text = std::fs::read("/proc/self/mountinfo")
-        .map_err(|source| OsError::ReadMountTable { source })?;
-    Ok(mountinfo::parse(&text))
+    mount_watch::read_once()
 }

@@ -79,15 +79,25 @@ fn changed(file: &File) -> bool {
 
 /// Open the table and read it: the open comes first, so the file reports what changes after.
 fn read() -> Result<Seen, OsError> {
+    let (file, table) = open_and_parse()?;
+    Ok(Seen {
+        file,
+        table: Arc::new(table),
+    })
+}
+
+/// Read the table once, for a caller that keeps no cache.
+pub fn read_once() -> Result<Vec<MountEntry>, OsError> {
+    open_and_parse().map(|(_, table)| table)
+}
+
+fn open_and_parse() -> Result<(File, Vec<MountEntry>), OsError> {
     let mut file = File::open(MOUNTINFO).map_err(|source| OsError::ReadMountTable { source })?;
     // Bytes, not text: mount paths are whatever bytes someone gave a directory name.
     let mut text = Vec::with_capacity(16 * 1024);
     file.read_to_end(&mut text)
         .map_err(|source| OsError::ReadMountTable { source })?;
-    Ok(Seen {
-        file,
-        table: Arc::new(mountinfo::parse(&text)),
-    })
+    Ok((file, mountinfo::parse(&text)))
 }
 
 #[cfg(test)]
