@@ -132,7 +132,7 @@ async fn main() {
                     .await
                     .unwrap_or_else(|e| panic!("load on {}: {e}", d.name));
                 println!("== {label}, {}\n{}", d.name, outcome.report.table());
-                rows.push(row(&label, &outcome.report, d.name));
+                rows.push(row(&label, &outcome.report, &d.name));
             }
         }
         drop(drivers);

@@ -16,8 +16,9 @@
 //! chooses the disk directory, `PVDIR_BENCH_PAIRS` (default 300) the sequential pairs per
 //! driver and condition, `PVDIR_BENCH_SECS` (default 3) each concurrent run, and
 //! `PVDIR_BENCH_ON=tmpfs` or `disk` one filesystem only. `PVDIR_BENCH_BINARY` runs another
-//! pvdir binary than the one just built, and `PVDIR_BENCH_BASELINE` adds an earlier build
-//! beside it, as `pvdir-before`.
+//! pvdir binary than the one just built, and `PVDIR_BENCH_BASELINE` adds other builds beside
+//! it: a `:`-separated list of paths, each row named after its file (an identical copy of the
+//! binary under test shows this machine's noise within the run).
 //!
 //! Two figures bound what any durable driver can reach here, and are printed after the table:
 //! - the flush floor, one 512-byte `pwrite` + `fdatasync` into a pre-zeroed, pre-synced file on
@@ -287,7 +288,9 @@ async fn main() {
     let disk: PathBuf = env_or("PVDIR_BENCH_DISK", PathBuf::from("/var/tmp"));
     let hostpath = hostpath_binary();
     let pvdir = common::pvdir_binary();
-    let baseline = std::env::var_os("PVDIR_BENCH_BASELINE").map(PathBuf::from);
+    let baselines: Vec<PathBuf> = std::env::var_os("PVDIR_BENCH_BASELINE")
+        .map(|list| std::env::split_paths(&list).collect())
+        .unwrap_or_default();
     if hostpath.is_none() {
         println!("csi-driver-host-path not found: measuring pvdir alone");
     }
@@ -304,13 +307,12 @@ async fn main() {
             .tempdir_in(&parent)
             .expect("bench directory");
         let mut drivers = vec![start_pvdir("pvdir", &pvdir, dir.path(), "controller")];
-        if let Some(before) = &baseline {
-            drivers.push(start_pvdir(
-                "pvdir-before",
-                before,
-                dir.path(),
-                "controller",
-            ));
+        for other in &baselines {
+            let name = other.file_name().map_or_else(
+                || other.display().to_string(),
+                |n| n.to_string_lossy().into_owned(),
+            );
+            drivers.push(start_pvdir(&name, other, dir.path(), "controller"));
         }
         if let Some(binary) = &hostpath {
             drivers.push(start_hostpath(binary, dir.path()));

@@ -20,7 +20,7 @@ pub async fn connect(socket: &Path) -> ControllerClient<Channel> {
 
 /// A driver process serving CSI on `socket`, killed when dropped.
 pub struct Driver {
-    pub name: &'static str,
+    pub name: String,
     pub socket: PathBuf,
     pub child: Child,
 }
@@ -60,7 +60,7 @@ pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
 
 /// `pvdir serve` of the NFS backend in `dir/<name>`, controller and node, with its staging
 /// mounts in `dir/<name>/staging`.
-pub fn start_pvdir_nfs(name: &'static str, binary: &Path, dir: &Path) -> Driver {
+pub fn start_pvdir_nfs(name: &str, binary: &Path, dir: &Path) -> Driver {
     spawn_pvdir(name, binary, dir, "all", |cmd, dir, socket| {
         cmd.arg("--nfs-endpoint")
             .arg(format!("unix://{}", socket.display()))
@@ -70,7 +70,7 @@ pub fn start_pvdir_nfs(name: &'static str, binary: &Path, dir: &Path) -> Driver 
 }
 
 /// `pvdir serve` of the local backend in `dir/<name>`, serving the CSI services `mode` names.
-pub fn start_pvdir(name: &'static str, binary: &Path, dir: &Path, mode: &str) -> Driver {
+pub fn start_pvdir(name: &str, binary: &Path, dir: &Path, mode: &str) -> Driver {
     spawn_pvdir(name, binary, dir, mode, |cmd, dir, socket| {
         cmd.arg("--local-endpoint")
             .arg(format!("unix://{}", socket.display()))
@@ -82,7 +82,7 @@ pub fn start_pvdir(name: &'static str, binary: &Path, dir: &Path, mode: &str) ->
 /// `pvdir serve` in `dir/<name>` on the socket `pvdir.sock` there, with the backend's
 /// arguments added by `backend`.
 fn spawn_pvdir(
-    name: &'static str,
+    name: &str,
     binary: &Path,
     dir: &Path,
     mode: &str,
@@ -102,7 +102,7 @@ fn spawn_pvdir(
         .spawn()
         .expect("start pvdir serve");
     Driver {
-        name,
+        name: name.to_string(),
         socket,
         child,
     }
@@ -130,7 +130,7 @@ pub fn start_hostpath(binary: &Path, dir: &Path) -> Driver {
         .spawn()
         .expect("start hostpathplugin");
     Driver {
-        name: "host-path",
+        name: "host-path".to_string(),
         socket,
         child,
     }
