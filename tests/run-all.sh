@@ -10,10 +10,12 @@ if command -v go >/dev/null; then
     export PATH
 fi
 
-echo "== fmt and clippy"
+echo "== fmt, clippy and doc links"
 cargo fmt --all -- --check
 cargo fmt --manifest-path fuzz/Cargo.toml -- --check
 cargo clippy --all-targets -- -D warnings
+# A doc link that no longer resolves is a comment that no longer says where to look.
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --document-private-items --quiet
 
 # Kubernetes and csi-provisioner from the Go module proxy, cached outside the clone (seconds
 # when warm): the cluster tier runs them, and tests/manifests.rs renders the kustomize variants

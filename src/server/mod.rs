@@ -1,4 +1,4 @@
-//! Wiring and serving: builds the services for each configured backend ([`assemble`]) and
+//! Wiring and serving: builds the services for each configured backend ([`assemble`](assemble())) and
 //! serves each on its endpoint until SIGTERM/SIGINT, then lets in-flight calls finish and
 //! removes the sockets ([`serve`](serve())). Endpoints are parsed into [`Endpoint`].
 

@@ -81,7 +81,8 @@ pub struct LoadArgs {
     #[arg(long)]
     pub seed: Option<u64>,
 
-    /// Prefix of the volume names (default: load-<seconds since 1970>-<pid>).
+    /// Prefix of the volume names (default: load-SECS-PID, the seconds since 1970 and the
+    /// process ID).
     #[arg(long)]
     pub name_prefix: Option<String>,
 

@@ -187,7 +187,8 @@ impl Store {
         })
     }
 
-    /// A check for [`Projects::reserve`] and [`Projects::grow`]: refuse a promise beyond the
+    /// A check for [`Projects::reserve`](super::projects::Projects::reserve) and
+    /// [`Projects::grow`](super::projects::Projects::grow): refuse a promise beyond the
     /// room. The figures are read before the lock is taken; the promises are counted under
     /// it, so side-by-side creates cannot both take the last bytes.
     fn room_check(

@@ -40,7 +40,7 @@ pub(super) struct State {
     pub(super) rotations: u64,
     pub(super) checkpointed: u64,
     /// Filesystem syncs begun and finished by the checkpoint thread, and whether one is
-    /// wanted without a rotation (see [`Journal::sync_ticket`]).
+    /// wanted without a rotation (see [`Journal::sync_ticket`](super::Journal::sync_ticket)).
     pub(super) syncs_started: u64,
     pub(super) syncs_done: u64,
     pub(super) sync_wanted: bool,
