@@ -194,8 +194,3 @@ pub trait LocalDisk: Send + Sync + 'static {
     /// read again only when the kernel reports a change, see [`mount_watch`]).
     fn mount_table(&self) -> Result<std::sync::Arc<Vec<MountEntry>>, OsError>;
 }
-
-/// Read `/proc/self/mountinfo`; it blocks (briefly) on the kernel.
-pub fn read_mount_table() -> Result<Vec<MountEntry>, OsError> {
-    mount_watch::read_once()
-}

@@ -287,7 +287,7 @@ fn nfs_options(spec: &MountSpec) -> Vec<String> {
 #[async_trait]
 impl Os for RealOs {
     async fn mounts(&self) -> Result<Vec<MountEntry>, OsError> {
-        Self::blocking(super::read_mount_table).await
+        Self::blocking(super::mount_watch::read_once).await
     }
 
     async fn mount(&self, spec: &MountSpec) -> Result<(), OsError> {
