@@ -1,6 +1,7 @@
-//! Wiring and serving: builds the services for each configured backend ([`assemble`](assemble())) and
-//! serves each on its endpoint until SIGTERM/SIGINT, then lets in-flight calls finish and
-//! removes the sockets ([`serve`](serve())). Endpoints are parsed into [`Endpoint`].
+//! Wiring and serving: builds the services for each configured backend
+//! ([`assemble`](assemble())) and serves each on its endpoint until SIGTERM/SIGINT, then lets
+//! in-flight calls finish and removes the sockets ([`serve`](serve())). Endpoints are parsed
+//! into [`Endpoint`].
 
 mod assemble;
 mod endpoint;
