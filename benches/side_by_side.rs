@@ -287,9 +287,28 @@ async fn main() {
     let disk: PathBuf = env_or("PVDIR_BENCH_DISK", PathBuf::from("/var/tmp"));
     let hostpath = hostpath_binary();
     let pvdir = common::pvdir_binary();
-    let baselines: Vec<PathBuf> = std::env::var_os("PVDIR_BENCH_BASELINE")
-        .map(|list| std::env::split_paths(&list).collect())
-        .unwrap_or_default();
+    let baselines: Vec<(String, PathBuf)> = std::env::var_os("PVDIR_BENCH_BASELINE")
+        .map(|list| std::env::split_paths(&list).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|path| {
+            let name = path.file_name().map_or_else(
+                || path.display().to_string(),
+                |n| n.to_string_lossy().into_owned(),
+            );
+            (name, path)
+        })
+        .collect();
+    // Each driver's root and socket are named after it: two of one name would share them.
+    let mut names: Vec<&str> = baselines.iter().map(|(n, _)| n.as_str()).collect();
+    names.push("pvdir");
+    names.sort_unstable();
+    if let Some(pair) = names.windows(2).find(|w| w[0] == w[1]) {
+        panic!(
+            "PVDIR_BENCH_BASELINE: two builds named {:?}; give each its own file name",
+            pair[0]
+        );
+    }
     if hostpath.is_none() {
         println!("csi-driver-host-path not found: measuring pvdir alone");
     }
@@ -306,12 +325,8 @@ async fn main() {
             .tempdir_in(&parent)
             .expect("bench directory");
         let mut drivers = vec![start_pvdir("pvdir", &pvdir, dir.path(), "controller")];
-        for other in &baselines {
-            let name = other.file_name().map_or_else(
-                || other.display().to_string(),
-                |n| n.to_string_lossy().into_owned(),
-            );
-            drivers.push(start_pvdir(&name, other, dir.path(), "controller"));
+        for (name, other) in &baselines {
+            drivers.push(start_pvdir(name, other, dir.path(), "controller"));
         }
         if let Some(binary) = &hostpath {
             drivers.push(start_hostpath(binary, dir.path()));
