@@ -5,7 +5,10 @@
 //!
 //! The demo uses the real paths it names (/tmp/pvdir, /tmp/pod, /run/pvdir/local.sock), which
 //! no other test touches (they all work in temporary directories of their own); runs of this
-//! test in several processes are serialised by `flock` on [`LOCK`].
+//! test in several processes are serialised by `flock` on [`LOCK`], held for the whole test.
+//! Of those places, the ones that did not exist before the test are removed once it has
+//! passed, so a passing run leaves the machine as it found it; one that existed is left alone
+//! (it may be a user's own try of the demo), and a failing run leaves everything to look at.
 
 #[allow(dead_code)]
 mod common;
@@ -15,6 +18,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use nix::fcntl::{Flock, FlockArg};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 
@@ -67,9 +71,8 @@ fn run_demo(script: &str) -> (Option<i32>, String) {
         std::env::var("PATH").unwrap_or_default()
     );
     let log = tempfile::NamedTempFile::new().expect("log file");
-    let mut child = Command::new("flock")
-        .arg(LOCK)
-        .args(["bash", "-euo", "pipefail", "-c", script])
+    let mut child = Command::new("bash")
+        .args(["-euo", "pipefail", "-c", script])
         .env("PATH", path)
         // As a user's shell would have it: no pvdir settings from elsewhere.
         .env_remove("PVDIR_LOCAL_ENDPOINT")
@@ -120,6 +123,19 @@ fn the_readme_cli_demo_runs_verbatim_twice_and_leaves_nothing_behind() {
     let readme = std::fs::read_to_string(README).expect("read README.md");
     let block = sh_block_after(&readme, MARKER);
     let script = block.join("\n");
+    let lock_file = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(LOCK)
+        .expect("open the lock file");
+    let _lock = Flock::lock(lock_file, FlockArg::LockExclusive)
+        .map_err(|(_, errno)| errno)
+        .expect("lock");
+    let made: Vec<&str> = PLACES
+        .into_iter()
+        .filter(|p| !Path::new(p).exists())
+        .collect();
     // A socket file left by a killed driver is fine (the driver replaces a stale one); one
     // that answers is somebody's driver, which the demo must not meet.
     assert!(
@@ -135,6 +151,11 @@ fn the_readme_cli_demo_runs_verbatim_twice_and_leaves_nothing_behind() {
             !Path::new("/tmp/pod/www").exists(),
             "round {round}: target left"
         );
+    }
+    // Nothing is mounted below them (checked above), so this cannot reach into another
+    // filesystem; remove_dir_all does not follow symbolic links.
+    for place in made {
+        std::fs::remove_dir_all(place).unwrap_or_else(|e| panic!("remove {place}: {e}"));
     }
 }
 
