@@ -163,7 +163,13 @@ cat >/etc/cni/net.d/10-$POD_BRIDGE.conflist <<EOF
 EOF
 start containerd env HTTP_PROXY=http://127.0.0.1:9 HTTPS_PROXY=http://127.0.0.1:9 NO_PROXY= \
     containerd --config /etc/containerd/config.toml
-ctr_k8s() { timeout 60 ctr --address /run/containerd/containerd.sock --namespace k8s.io "$@"; }
+# ctr_k8s_within SECS ARGS...: ctr in the k8s.io namespace, killed if not done in SECS.
+ctr_k8s_within() {
+    local limit=$1
+    shift
+    timeout -k 10 "$limit" ctr --address /run/containerd/containerd.sock --namespace k8s.io "$@"
+}
+ctr_k8s() { ctr_k8s_within 60 "$@"; }
 wait_until 60 "containerd" containerd ctr_k8s version
 mark "containerd ready"
 # What pods on this node run: the sandbox, the workloads' busybox, and deploy/'s images (the
@@ -178,8 +184,7 @@ IMPORT_LIMIT=300
 import_image() {
     local tar=$1 t0=$SECONDS rc
     shift
-    timeout -k 10 "$IMPORT_LIMIT" ctr --address /run/containerd/containerd.sock --namespace k8s.io \
-        images import "$@" "$tar" >>"$LOGS/images.log" 2>&1
+    ctr_k8s_within "$IMPORT_LIMIT" images import "$@" "$tar" >>"$LOGS/images.log" 2>&1
     rc=$?
     case $rc in
         0) mark "imported ${tar##*/} in $((SECONDS - t0))s" ;;
